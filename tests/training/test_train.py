@@ -1,0 +1,166 @@
+"""The training loop: learns, writes its artifacts, reproduces, resumes, stops early."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint, read_config
+from training.train import TrainConfig, learning_rate, train
+
+SMALL = {"d_model": 32, "n_layer": 1, "n_head": 2, "context": 32}
+
+
+def _config(prepared: Path, out: Path, **changes) -> TrainConfig:
+    fields = dict(
+        kind="attention",
+        preset="tiny",
+        overrides=SMALL,
+        out=out,
+        data=prepared,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        max_steps=40,
+        eval_interval=20,
+        log_interval=10,
+        seed=7,
+        device="cpu",
+        progress=False,
+    )
+    fields.update(changes)
+    return TrainConfig(**fields)
+
+
+def _losses(run: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train_loss"], r.get("val_loss")) for r in records]
+
+
+def test_train_learns_and_writes_artifacts(prepared, tmp_path):
+    """Validation loss falls well below the uniform guess; every artifact is written."""
+    summary = train(_config(prepared, tmp_path / "run"))
+    run = tmp_path / "run"
+    assert summary["best_val_loss"] < math.log(400) - 1.0, summary
+    for name in (
+        "best/model.safetensors",
+        "best/config.json",
+        "last/train_state.pt",
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+    ):
+        assert (run / name).is_file(), name
+    info = read_config(run / "best")
+    assert info["kind"] == "attention" and info["config"]["d_model"] == 32
+    assert info["tokens_seen"] == info["step"] * 8 * 32
+    assert load_checkpoint(run / "best").config.context == 32
+
+
+def test_train_same_seed_same_losses(prepared, tmp_path):
+    train(_config(prepared, tmp_path / "a", max_steps=20))
+    train(_config(prepared, tmp_path / "b", max_steps=20))
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_train_resume_continues_as_if_uninterrupted(prepared, tmp_path):
+    """Stopping at step 20 and resuming gives the losses of a run that never stopped."""
+    train(_config(prepared, tmp_path / "straight"))
+    train(_config(prepared, tmp_path / "split", stop_at=20))
+    assert read_config(tmp_path / "split" / "last")["step"] == 20
+    train(_config(prepared, tmp_path / "split", resume=True))
+    straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+    assert [s for s, *_ in split] == [s for s, *_ in straight]
+    for (step, a_train, a_val), (_, b_train, b_val) in zip(straight, split, strict=True):
+        assert a_train == pytest.approx(b_train, rel=1e-5), step
+        assert (a_val is None) == (b_val is None)
+        if a_val is not None:
+            assert a_val == pytest.approx(b_val, rel=1e-5), step
+
+
+def test_train_early_stopping(prepared, tmp_path):
+    """With nothing to learn (lr 0), training stops after `patience` stale evaluations."""
+    summary = train(
+        _config(prepared, tmp_path / "run", lr=0.0, patience=2, eval_interval=10, max_steps=200)
+    )
+    assert summary["steps"] == 30 and summary["best_step"] == 10
+
+
+def test_train_time_budget_ends_run(prepared, tmp_path):
+    summary = train(
+        _config(prepared, tmp_path / "run", max_steps=10**7, time_budget=3.0, eval_interval=10**6)
+    )
+    assert 0 < summary["steps"] < 10**7 and summary["training_seconds"] < 60
+
+
+def test_train_bengio(prepared, tmp_path):
+    summary = train(
+        _config(prepared, tmp_path / "run", kind="bengio", overrides={"block": 32}, max_steps=40)
+    )
+    assert summary["best_val_loss"] < math.log(400) - 1.0, summary
+    assert read_config(tmp_path / "run" / "best")["config"]["pad_id"] == 0
+
+
+def test_learning_rate_warmup_then_cosine():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    assert learning_rate(0, 110, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, 110, cfg) == pytest.approx(1.0)
+    assert learning_rate(60, 110, cfg) == pytest.approx(0.55)
+    assert learning_rate(110, 110, cfg) == pytest.approx(0.1)
+
+
+def test_train_distributed_two_cpu_processes(prepared, tmp_path):
+    """torchrun with two processes on gloo trains one model and writes one checkpoint."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-m",
+        "training",
+        "train",
+        "--preset",
+        "tiny",
+        "--set",
+        "d_model=32",
+        "--set",
+        "n_layer=1",
+        "--set",
+        "context=32",
+        "--data",
+        str(prepared),
+        "--out",
+        str(out),
+        "--max-steps",
+        "20",
+        "--eval-interval",
+        "10",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hardware"].endswith("x2") and summary["steps"] == 20
+    assert summary["tokens_seen"] == 20 * 4 * 32 * 2
+    model = load_checkpoint(out / "best")
+    assert torch.isfinite(next(model.parameters())).all()

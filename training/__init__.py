@@ -1,0 +1,1 @@
+"""machado-lm training: corpus -> tokenizer -> models -> training -> evaluation -> ONNX."""

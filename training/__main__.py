@@ -1,0 +1,212 @@
+"""Command line: ``python -m training {prepare,train,evaluate,bench-attention} --help``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+from training import corpus, data
+
+
+def _value(text: str):
+    """A --set value as a Python literal where it is one (numbers, booleans), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {pair!r}")
+        out[key] = _value(value)
+    return out
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help=f"corpus folder (env {corpus.CORPUS_ENV}; default {corpus.DEFAULT_CORPUS})",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"prepared data folder, made from the corpus where missing "
+        f"(env {data.DATA_ENV}; default {data.DEFAULT_DATA})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.train import TrainConfig
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="clean the corpus, train the tokenizer, tokenize the splits")
+    _add_data_args(p)
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (8192)")
+
+    p = sub.add_parser("train", help="train a model (CPU or CUDA; torchrun for several processes)")
+    p.add_argument(
+        "--model", choices=("attention", "bengio"), default="attention", help="model kind"
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="attention: tiny, seed, small, base; bengio: tiny, base"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a model config field, e.g. --set dropout=0.1 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="run folder (runs/MODEL-PRESET)")
+    _add_data_args(p)
+    for name, kind, text in (
+        ("batch-size", int, "sequences per step and process"),
+        ("lr", float, "peak learning rate"),
+        ("min-lr-ratio", float, "final learning rate as a fraction of the peak"),
+        ("warmup-steps", int, "linear warm-up steps"),
+        ("max-steps", int, "step budget"),
+        ("time-budget", float, "seconds; the cosine schedule is stretched to end there"),
+        ("weight-decay", float, "AdamW weight decay on matrices"),
+        ("beta2", float, "AdamW beta2"),
+        ("grad-clip", float, "gradient norm clip"),
+        ("eval-interval", int, "steps between validations"),
+        ("eval-windows", int, "validation windows per evaluation (default: whole split)"),
+        ("patience", int, "evaluations without improvement before early stopping"),
+        ("log-interval", int, "steps between progress updates"),
+        ("seed", int, "random seed"),
+    ):
+        field = name.replace("-", "_")
+        p.add_argument(
+            f"--{name}",
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"{text} (default {getattr(defaults, field)})",
+        )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="leave off at this step with the schedule unchanged (then --resume)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="perplexity and bits per character of a checkpoint")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split (test)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument(
+        "--storage",
+        choices=("float32", "float16"),
+        default="float32",
+        help="round the weights to this precision first (what fp16 shipping costs)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _add_data_args(p)
+
+    p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
+    p.add_argument("--batch", type=int, default=32, help="B (32)")
+    p.add_argument("--steps", type=int, default=32, help="T (32)")
+    p.add_argument("--d-model", type=int, default=128, help="d (128)")
+    p.add_argument("--heads", type=int, default=1, help="heads (1)")
+    p.add_argument("--repeats", type=int, default=100, help="timed runs of matrix and fused")
+    p.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the loops")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except corpus.CorpusNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "prepare":
+        data.prepare(
+            corpus.resolve_corpus_dir(args.corpus),
+            data.resolve_data_dir(args.data),
+            args.vocab_size,
+        )
+    elif args.command == "train":
+        from training.train import TrainConfig, train
+
+        cfg = TrainConfig(
+            kind=args.model,
+            preset=args.preset,
+            overrides=_overrides(args.overrides),
+            out=args.out or Path("runs") / f"{args.model}-{args.preset}",
+            data=data.resolve_data_dir(args.data),
+            corpus=args.corpus,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            min_lr_ratio=args.min_lr_ratio,
+            warmup_steps=args.warmup_steps,
+            max_steps=args.max_steps,
+            time_budget=args.time_budget,
+            weight_decay=args.weight_decay,
+            beta2=args.beta2,
+            grad_clip=args.grad_clip,
+            eval_interval=args.eval_interval,
+            eval_windows=args.eval_windows,
+            patience=args.patience,
+            log_interval=args.log_interval,
+            seed=args.seed,
+            device=args.device,
+            compile=args.compile,
+            stop_at=args.stop_at,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+        train(cfg)
+    elif args.command == "evaluate":
+        from training.evaluate import evaluate_checkpoint, write_json
+
+        data_dir = data.resolve_data_dir(args.data)
+        data.ensure_prepared(data_dir, args.corpus)
+        result = evaluate_checkpoint(
+            args.checkpoint, data_dir, args.split, args.batch_size, args.device, args.storage
+        )
+        print(json.dumps(result, indent=2))
+        write_json(result, args.json)
+    elif args.command == "bench-attention":
+        from training.bench import bench_attention, format_table
+
+        result = bench_attention(
+            args.batch,
+            args.steps,
+            args.d_model,
+            args.heads,
+            args.loop_repeats,
+            args.repeats,
+            args.device,
+        )
+        print(format_table(result))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Neural probabilistic language model of Bengio, Ducharme, Vincent and Jauvin (2003, JMLR).
+
+y = b + W x + U tanh(d + H x), where x is the concatenation of the embeddings of the n previous
+tokens and W x is the paper's optional direct connection from embeddings to output.
+
+Changes from the paper: dropout on x and on the hidden layer, AdamW instead of plain SGD, and
+every position of a sequence predicted in one pass (the windows are gathered from one embedding
+lookup). A window that reaches before the start of a document is padded with the end-of-text
+token instead of being skipped, so the first tokens of every document are predicted too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BengioConfig:
+    vocab_size: int = 8192  # tokens of the tokenizer
+    context: int = 8  # n: previous tokens the model sees
+    d_embedding: int = 128  # m: embedding width per token
+    d_hidden: int = 1024  # h: tanh hidden units
+    direct: bool = True  # the paper's direct embedding-to-output connections (W)
+    dropout: float = 0.1  # dropout on the concatenated embeddings and the hidden layer
+    block: int = 128  # positions per training and evaluation window (not a model limit)
+    pad_id: int = 0  # token that pads windows before a document start (end-of-text)
+
+    @property
+    def kind(self) -> str:
+        return "bengio"
+
+
+BENGIO_PRESETS: dict[str, BengioConfig] = {
+    "tiny": BengioConfig(context=4, d_embedding=32, d_hidden=64, block=64),
+    "base": BengioConfig(),
+}
+
+
+class BengioLM(nn.Module):
+    """The MLP language model; ``forward(idx, targets) -> (logits, loss)``."""
+
+    def __init__(self, config: BengioConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.context * config.d_embedding
+        self.embedding = nn.Embedding(config.vocab_size, config.d_embedding)  # C
+        self.hidden = nn.Linear(width, config.d_hidden)  # H and d
+        self.output = nn.Linear(config.d_hidden, config.vocab_size)  # U and b
+        self.direct = nn.Linear(width, config.vocab_size, bias=False) if config.direct else None
+        self.dropout = nn.Dropout(config.dropout)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        if self.direct is not None:
+            nn.init.zeros_(self.direct.weight)
+
+    @property
+    def context_size(self) -> int:
+        return self.config.context
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block
+
+    def windows(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: (B, T) -> for each position the n tokens ending there, (B, T, n), padded."""
+        n, pad = self.config.context, self.config.pad_id
+        padded = F.pad(idx, (n - 1, 0), value=pad)  # (B, T + n - 1)
+        windows = padded.unfold(1, n, 1)  # (B, T, n), oldest token first
+        # Everything before the last end-of-text of a window belongs to another document.
+        boundary = windows == pad  # (B, T, n)
+        after = boundary.flip(-1).long().cumsum(-1).flip(-1) - boundary.long()  # (B, T, n)
+        return windows.masked_fill(after > 0, pad)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) -> logits (B, T, V) and the mean cross-entropy over targets != -1."""
+        batch, steps = idx.shape
+        x = self.embedding(self.windows(idx)).view(batch, steps, -1)  # (B, T, n * m)
+        x = self.dropout(x)
+        logits = self.output(self.dropout(torch.tanh(self.hidden(x))))  # (B, T, V)
+        if self.direct is not None:
+            logits = logits + self.direct(x)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss

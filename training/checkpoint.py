@@ -1,0 +1,96 @@
+"""Model configs, presets and checkpoints: weights in safetensors, config beside them in JSON.
+
+A checkpoint folder holds ``model.safetensors`` and ``config.json`` (kind, config, training
+metadata), so it rebuilds its own model with nothing else; ``train_state.pt`` (optimizer, step,
+random state) is there too where training can resume from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from training.attention_lm import ATTENTION_PRESETS, AttentionConfig, AttentionLM
+from training.bengio import BENGIO_PRESETS, BengioConfig, BengioLM
+
+KINDS = ("attention", "bengio")
+Config = AttentionConfig | BengioConfig
+
+
+def preset(kind: str, name: str, **overrides: Any) -> Config:
+    """A named preset of a model kind, with fields overridden."""
+    presets = {"attention": ATTENTION_PRESETS, "bengio": BENGIO_PRESETS}.get(kind)
+    if presets is None:
+        raise ValueError(f"model kind {kind!r} is not one of {KINDS}")
+    if name not in presets:
+        raise ValueError(f"{kind} preset {name!r} is not one of {sorted(presets)}")
+    return dataclasses.replace(presets[name], **overrides)
+
+
+def config_from_dict(kind: str, fields: dict[str, Any]) -> Config:
+    cls = {"attention": AttentionConfig, "bengio": BengioConfig}.get(kind)
+    if cls is None:
+        raise ValueError(f"model kind {kind!r} is not one of {KINDS}")
+    return cls(**fields)
+
+
+def build_model(config: Config) -> AttentionLM | BengioLM:
+    return AttentionLM(config) if isinstance(config, AttentionConfig) else BengioLM(config)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Distinct parameters (a tied weight counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def save_checkpoint(
+    folder: Path,
+    model: AttentionLM | BengioLM,
+    metadata: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> None:
+    """Write weights, config and (optionally) the training state, replacing the folder's files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, AttentionLM):
+        state.pop("head.weight")  # tied to token_embedding.weight
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / "model.safetensors")
+    config = {
+        "kind": model.config.kind,
+        "config": dataclasses.asdict(model.config),
+        "parameters": parameter_count(model),
+        **(metadata or {}),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if train_state is not None:
+        torch.save(train_state, folder / "train_state.pt.tmp")
+        (folder / "train_state.pt.tmp").replace(folder / "train_state.pt")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint: it has no config.json")
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> AttentionLM | BengioLM:
+    """The model a checkpoint folder describes, with its weights, in eval mode."""
+    folder = Path(folder)
+    info = read_config(folder)
+    model = build_model(config_from_dict(info["kind"], info["config"]))
+    state = load_file(str(folder / "model.safetensors"))
+    if isinstance(model, AttentionLM):
+        state["head.weight"] = state["token_embedding.weight"]
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval()
