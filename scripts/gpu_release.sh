@@ -15,7 +15,7 @@ TINY=${TINY:-0}
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-unknown}
+export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 
 if [ "$TINY" = 1 ]; then
   BIG=tiny; BENGIO=tiny; SEED=tiny; T_BIG=40; T_SMALL=15; COMPILE=""; STEPS=30

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {prepare,train,evaluate,bench-attention} --help``."""
+"""Command line: ``python -m training {prepare,train,evaluate,export,report,bench-attention}``."""
 
 from __future__ import annotations
 
@@ -120,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     _add_data_args(p)
 
+    p = sub.add_parser("export", help="checkpoint -> ONNX model folder with its card")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/attention")
+    p.add_argument("--name", default=None, help="model name (default: the folder's name)")
+    p.add_argument("--storage", choices=("float16", "float32"), default="float16",
+                   help="precision the weights are stored in (float16)")
+    p.add_argument("--eval", dest="evaluations", type=Path, action="append", default=[],
+                   help="an `evaluate --json` result to record in the card (repeatable)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer.json the model was trained with (default: DATA/tokenizer.json)")
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder")
+    p.add_argument("--note", default=None, help="a sentence on how it was trained, for the card")
+
+    p = sub.add_parser("report", help="regenerate models/README.md from the model cards")
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for latency")
+
     p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
     p.add_argument("--batch", type=int, default=32, help="B (32)")
     p.add_argument("--steps", type=int, default=32, help="T (32)")
@@ -189,6 +206,22 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(json.dumps(result, indent=2))
         write_json(result, args.json)
+    elif args.command == "export":
+        import shutil
+
+        from training.export import export_checkpoint
+
+        tokenizer = args.tokenizer or data.resolve_data_dir(args.data) / "tokenizer.json"
+        card = export_checkpoint(args.checkpoint, args.out, tokenizer, args.name, args.storage,
+                                 args.evaluations, {"note": args.note} if args.note else None)
+        history = args.checkpoint.parent / "metrics.jsonl"
+        if history.is_file():
+            shutil.copyfile(history, args.out / "metrics.jsonl")
+        print(json.dumps({k: card[k] for k in ("name", "kind", "parameters", "context")}))
+    elif args.command == "report":
+        from training.report import write_report
+
+        print(f"wrote {write_report(args.models, args.threads)}")
     elif args.command == "bench-attention":
         from training.bench import bench_attention, format_table
 

@@ -143,6 +143,15 @@ class AttentionLM(nn.Module):
                 all_weights.append(weights)
         return self.ln_final(x), all_weights
 
+    def logits_at(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits of chosen positions only: idx (B, T), positions (B, K) -> (B, K, V).
+
+        Generation asks for the last position alone and skips the output layer everywhere else.
+        """
+        states, _ = self.hidden_states(idx)
+        index = positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])  # (B, K, D)
+        return self.head(torch.gather(states, 1, index))
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

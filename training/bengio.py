@@ -67,23 +67,36 @@ class BengioLM(nn.Module):
     def windows(self, idx: torch.Tensor) -> torch.Tensor:
         """idx: (B, T) -> for each position the n tokens ending there, (B, T, n), padded."""
         n, pad = self.config.context, self.config.pad_id
+        steps = idx.shape[1]
         padded = F.pad(idx, (n - 1, 0), value=pad)  # (B, T + n - 1)
-        windows = padded.unfold(1, n, 1)  # (B, T, n), oldest token first
-        # Everything before the last end-of-text of a window belongs to another document.
-        boundary = windows == pad  # (B, T, n)
-        after = boundary.flip(-1).long().cumsum(-1).flip(-1) - boundary.long()  # (B, T, n)
+        # Shifted slices rather than unfold: plain Slice and Concat, which ONNX exports.
+        windows = torch.stack([padded[:, j : j + steps] for j in range(n)], -1)  # (B, T, n)
+        # Everything before the last end-of-text of a window belongs to another document:
+        # count the boundaries strictly after each slot (a product with a triangular matrix).
+        later = torch.ones(n, n, device=idx.device).tril(-1)  # later[k, j] = 1 where k > j
+        after = (windows == pad).float() @ later  # (B, T, n)
         return windows.masked_fill(after > 0, pad)
+
+    def _mlp(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows (B, K, n) -> logits (B, K, V)."""
+        x = self.embedding(windows).flatten(2)  # (B, K, n * m)
+        x = self.dropout(x)
+        logits = self.output(self.dropout(torch.tanh(self.hidden(x))))  # (B, K, V)
+        if self.direct is not None:
+            logits = logits + self.direct(x)
+        return logits
+
+    def logits_at(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits of chosen positions only: idx (B, T), positions (B, K) -> (B, K, V)."""
+        windows = self.windows(idx)  # (B, T, n)
+        index = positions.unsqueeze(-1).expand(-1, -1, windows.shape[-1])  # (B, K, n)
+        return self._mlp(torch.gather(windows, 1, index))
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) -> logits (B, T, V) and the mean cross-entropy over targets != -1."""
-        batch, steps = idx.shape
-        x = self.embedding(self.windows(idx)).view(batch, steps, -1)  # (B, T, n * m)
-        x = self.dropout(x)
-        logits = self.output(self.dropout(torch.tanh(self.hidden(x))))  # (B, T, V)
-        if self.direct is not None:
-            logits = logits + self.direct(x)
+        logits = self._mlp(self.windows(idx))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)

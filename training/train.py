@@ -222,7 +222,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "data": {"corpus": meta["corpus"], "splits": meta["splits"]},
         "hardware": hardware(device) + (f" x{world}" if world > 1 else ""),
         "git_commit": _git_commit(),
-        "command": " ".join(sys.argv),
+        "command": "python -m training " + " ".join(sys.argv[1:]),
     }
 
     def validate() -> float:

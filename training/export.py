@@ -1,0 +1,243 @@
+"""ONNX export: a checkpoint becomes a model folder that the service loads without torch.
+
+A model folder holds:
+
+- ``model.onnx``: ``input_ids`` (int64, [batch, sequence]) and ``positions`` (int64,
+  [batch, positions]) -> ``logits`` (float32, [batch, positions, vocab]). Only the asked positions
+  go through the output layer: generation asks for the last one, scoring for all of them.
+- ``attention.onnx`` (attention models): the same inputs -> ``logits`` and ``attentions``
+  (float32, [batch, layer, head, sequence, sequence]). A separate graph, because ONNX Runtime
+  computes every output of a graph whether asked for or not: generation must not pay for weights.
+- ``weights.bin``: the weights of both graphs, stored once (ONNX external data).
+- ``card.json``: what the model is, how it was trained and how well it does.
+
+Weights are stored as float16 by default and cast to float32 inside the graph, where ONNX
+Runtime folds the cast at load: half the disk, full-precision arithmetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from training.attention_lm import AttentionLM
+from training.bengio import BengioLM
+from training.checkpoint import load_checkpoint, parameter_count, read_config
+from training.tokenizer import file_sha256
+
+OPSET = 17
+WEIGHTS_FILE = "weights.bin"
+TOKENIZER_FILE = "tokenizer.json"
+# Initializers smaller than this stay inside the graph (and in float32).
+EXTERNAL_MIN_BYTES = 1024
+
+
+class ExportGraph(nn.Module):
+    """The exported computation: logits at chosen positions, and optionally attention weights."""
+
+    def __init__(self, model: AttentionLM | BengioLM, with_attention: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_attention = with_attention
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor):
+        if not self.with_attention:
+            return self.model.logits_at(input_ids, positions)
+        states, weights = self.model.hidden_states(input_ids, return_weights=True)
+        index = positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])  # (B, K, D)
+        logits = self.model.head(torch.gather(states, 1, index))  # (B, K, V)
+        return logits, torch.stack(weights, dim=1)  # (B, L, H, T, T)
+
+
+def _export_graph(model: AttentionLM | BengioLM, path: Path, with_attention: bool) -> None:
+    steps = min(8, model.context_size)
+    example = (torch.zeros(1, steps, dtype=torch.long), torch.arange(steps)[None])
+    outputs = ["logits", "attentions"] if with_attention else ["logits"]
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "positions": {0: "batch", 1: "positions"},
+        "logits": {0: "batch", 1: "positions"},
+    }
+    if with_attention:
+        axes["attentions"] = {0: "batch", 3: "sequence", 4: "sequence"}
+    torch.onnx.export(
+        ExportGraph(model, with_attention).eval(),
+        example,
+        str(path),
+        input_names=["input_ids", "positions"],
+        output_names=outputs,
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        do_constant_folding=False,  # a folded transpose would store the tied embedding twice
+        dynamo=False,
+    )
+
+
+def _store_half(graph_model: onnx.ModelProto) -> None:
+    """Replace each large float32 initializer by a float16 one plus a Cast back to float32."""
+    graph = graph_model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        big = init.data_type == TensorProto.FLOAT and np.prod(init.dims) * 4 >= EXTERNAL_MIN_BYTES
+        if not big:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
+                                       init.name + "__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=f"upcast_{init.name}"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+
+
+def _digest(tensor: onnx.TensorProto) -> str:
+    return hashlib.sha256(
+        tensor.raw_data + str((tensor.data_type, list(tensor.dims))).encode()
+    ).hexdigest()
+
+
+def _share_weights(folder: Path, graph_model: onnx.ModelProto) -> int:
+    """Point every initializer already stored in weights.bin at that copy; returns how many."""
+    stored = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    blob = (folder / WEIGHTS_FILE).read_bytes()
+    index: dict[str, tuple[int, int]] = {}
+    for init in stored.graph.initializer:
+        if init.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in init.external_data}
+        offset, length = int(info.get("offset", 0)), int(info["length"])
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        copy.raw_data = blob[offset : offset + length]
+        index[_digest(copy)] = (offset, length)
+    shared = 0
+    for init in graph_model.graph.initializer:
+        if not init.HasField("raw_data") or len(init.raw_data) < EXTERNAL_MIN_BYTES:
+            continue
+        found = index.get(_digest(init))
+        if found is None:
+            continue
+        onnx.external_data_helper.set_external_data(init, WEIGHTS_FILE, *found)
+        init.ClearField("raw_data")
+        init.data_location = TensorProto.EXTERNAL
+        shared += 1
+    return shared
+
+
+def _io(graph_model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    def describe(values) -> list[dict[str, Any]]:
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            out.append({
+                "name": value.name,
+                "dtype": TensorProto.DataType.Name(tensor.elem_type).lower(),
+                "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
+            })
+        return out
+
+    return {"inputs": describe(graph_model.graph.input),
+            "outputs": describe(graph_model.graph.output)}
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    tokenizer: Path,
+    name: str | None = None,
+    storage: str = "float16",
+    evaluations: list[Path] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write model.onnx (+ attention.onnx), weights.bin and card.json into ``out``."""
+    if storage not in ("float16", "float32"):
+        raise ValueError(f"storage {storage!r} is not float16 or float32")
+    info = read_config(checkpoint)
+    model = load_checkpoint(checkpoint, "cpu")
+    if isinstance(model, AttentionLM):
+        model.set_attention("matrix")  # plain MatMul/Softmax: every ONNX runtime runs it
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "attention.onnx", WEIGHTS_FILE):
+        (out / stale).unlink(missing_ok=True)
+
+    # The tokenizer lives once, beside the model folders, and the card names it by hash.
+    shared_tokenizer = out.parent / TOKENIZER_FILE
+    sha = file_sha256(tokenizer)
+    if info.get("tokenizer_sha256") not in (None, sha):
+        raise ValueError(f"{tokenizer} is not the tokenizer {checkpoint} was trained with")
+    if shared_tokenizer.is_file() and file_sha256(shared_tokenizer) != sha:
+        raise ValueError(f"{shared_tokenizer} differs from {tokenizer}: models in one folder "
+                         "must share one tokenizer")
+    if not shared_tokenizer.is_file():
+        shutil.copyfile(tokenizer, shared_tokenizer)
+
+    graphs = {"model": False}
+    if isinstance(model, AttentionLM):
+        graphs["attention"] = True
+    described = {}
+    for graph_name, with_attention in graphs.items():
+        raw = out / f"{graph_name}.raw.onnx"
+        _export_graph(model, raw, with_attention)
+        graph_model = onnx.load(str(raw))
+        raw.unlink()
+        if storage == "float16":
+            _store_half(graph_model)
+        path = out / f"{graph_name}.onnx"
+        if graph_name == "model":
+            onnx.save_model(graph_model, str(path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=WEIGHTS_FILE,
+                            size_threshold=EXTERNAL_MIN_BYTES)
+        else:
+            _share_weights(out, graph_model)
+            onnx.save_model(graph_model, str(path))
+        onnx.checker.check_model(str(path))
+        described[f"{graph_name}.onnx"] = _io(graph_model)
+
+    card: dict[str, Any] = {
+        "name": name or out.name,
+        "kind": info["kind"],
+        "config": info["config"],
+        "parameters": parameter_count(model),
+        "context": model.context_size,
+        "has_attention": isinstance(model, AttentionLM),
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha},
+        "storage": storage,
+        "opset": OPSET,
+        "graphs": described,
+        "training": {
+            "data": info.get("data"),
+            "hardware": info.get("hardware"),
+            "training_seconds": info.get("training_seconds"),
+            "tokens_seen": info.get("tokens_seen"),
+            "step": info.get("step"),
+            "train_config": info.get("train_config"),
+            "command": info.get("command"),
+            "git_commit": info.get("git_commit"),
+        },
+        "metrics": {},
+        **(extra or {}),
+    }
+    for path in evaluations or []:
+        result = json.loads(Path(path).read_text())
+        key = result["split"] if result.get("storage", "float32") == "float32" else (
+            f"{result['split']}_{result['storage']}")
+        card["metrics"][key] = {
+            k: result[k] for k in ("perplexity", "bits_per_character", "loss", "tokens",
+                                   "characters", "window", "stride", "device", "storage")
+            if k in result
+        }
+    (out / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    return card
