@@ -124,12 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/attention")
     p.add_argument("--name", default=None, help="model name (default: the folder's name)")
-    p.add_argument("--storage", choices=("float16", "float32"), default="float16",
-                   help="precision the weights are stored in (float16)")
-    p.add_argument("--eval", dest="evaluations", type=Path, action="append", default=[],
-                   help="an `evaluate --json` result to record in the card (repeatable)")
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help="tokenizer.json the model was trained with (default: DATA/tokenizer.json)")
+    p.add_argument(
+        "--storage",
+        choices=("float16", "float32"),
+        default="float16",
+        help="precision the weights are stored in (float16)",
+    )
+    p.add_argument(
+        "--eval",
+        dest="evaluations",
+        type=Path,
+        action="append",
+        default=[],
+        help="an `evaluate --json` result to record in the card (repeatable)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer.json the model was trained with (default: DATA/tokenizer.json)",
+    )
     p.add_argument("--data", type=Path, default=None, help="prepared data folder")
     p.add_argument("--note", default=None, help="a sentence on how it was trained, for the card")
 
@@ -145,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=100, help="timed runs of matrix and fused")
     p.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the loops")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+
+    p = sub.add_parser("bench-train", help="training throughput of a preset (tokens/s)")
+    p.add_argument("--model", choices=("attention", "bengio"), default="attention")
+    p.add_argument("--preset", default="base", help="preset (base)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per step (64)")
+    p.add_argument(
+        "--compile",
+        dest="compile_mode",
+        default=None,
+        nargs="?",
+        const="default",
+        help="torch.compile, optionally with a mode (max-autotune-no-cudagraphs, ...)",
+    )
+    p.add_argument("--steps", type=int, default=50, help="timed steps (50)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (10)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser
 
@@ -212,8 +244,15 @@ def _run(args: argparse.Namespace) -> int:
         from training.export import export_checkpoint
 
         tokenizer = args.tokenizer or data.resolve_data_dir(args.data) / "tokenizer.json"
-        card = export_checkpoint(args.checkpoint, args.out, tokenizer, args.name, args.storage,
-                                 args.evaluations, {"note": args.note} if args.note else None)
+        card = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            tokenizer,
+            args.name,
+            args.storage,
+            args.evaluations,
+            {"note": args.note} if args.note else None,
+        )
         history = args.checkpoint.parent / "metrics.jsonl"
         if history.is_file():
             shutil.copyfile(history, args.out / "metrics.jsonl")
@@ -222,6 +261,27 @@ def _run(args: argparse.Namespace) -> int:
         from training.report import write_report
 
         print(f"wrote {write_report(args.models, args.threads)}")
+    elif args.command == "bench-train":
+        from training.bench import bench_train
+
+        result = bench_train(
+            args.model,
+            args.preset,
+            args.batch_size,
+            args.compile_mode,
+            args.steps,
+            args.warmup,
+            args.device,
+            args.profile,
+        )
+        table = result.pop("profile", None)
+        print(json.dumps(result, indent=2))
+        if table:
+            print(table)
+            result["profile"] = table
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
     elif args.command == "bench-attention":
         from training.bench import bench_attention, format_table
 

@@ -85,3 +85,98 @@ def format_table(result: dict) -> str:
         + ", ".join(f"{k} {v:.2e}" for k, v in result["max_abs_difference"].items())
     )
     return "\n".join(lines)
+
+
+def bench_train(
+    kind: str = "attention",
+    preset_name: str = "base",
+    batch_size: int = 64,
+    compile_mode: str | None = None,
+    steps: int = 50,
+    warmup: int = 10,
+    device: str | None = None,
+    profile: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Training throughput of one preset on random tokens: tokens/s and ms per step.
+
+    The steps are the training loop's own (``training.train.training_step``): same optimizer,
+    autocast, clipping; the batches are random ids already on the device. ``compile_mode`` is
+    None (eager) or a ``torch.compile`` mode ("default", "max-autotune-no-cudagraphs", ...).
+    """
+    from training.checkpoint import build_model, parameter_count, preset
+    from training.train import (
+        TrainConfig,
+        autocast_for,
+        enable_tf32,
+        make_optimizer,
+        training_step,
+    )
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    enable_tf32(dev)
+    torch.manual_seed(seed)
+    model = build_model(preset(kind, preset_name)).to(dev)
+    optimizer = make_optimizer(model, TrainConfig(), dev)
+    runner = model if compile_mode is None else torch.compile(model, mode=compile_mode)
+    autocast = autocast_for(dev)
+    vocab, length = model.config.vocab_size, model.block_size
+    batches = [
+        (
+            torch.randint(0, vocab, (batch_size, length), device=dev),
+            torch.randint(0, vocab, (batch_size, length), device=dev),
+        )
+        for _ in range(4)
+    ]
+
+    def run(count: int) -> None:
+        for i in range(count):
+            training_step(runner, model, optimizer, batches[i % 4], autocast, 1.0)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    started = time.perf_counter()
+    run(warmup)
+    sync()
+    warmup_s = time.perf_counter() - started
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    started = time.perf_counter()
+    run(steps)
+    sync()
+    elapsed = time.perf_counter() - started
+    result = {
+        "kind": kind,
+        "preset": preset_name,
+        "parameters": parameter_count(model),
+        "batch_size": batch_size,
+        "sequence": length,
+        "compile": compile_mode,
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "warmup_steps": warmup,
+        "warmup_seconds": warmup_s,
+        "steps": steps,
+        "ms_per_step": elapsed / steps * 1000,
+        "tokens_per_s": steps * batch_size * length / elapsed,
+        "peak_memory_gib": (
+            torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        ),
+    }
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + (
+            [ProfilerActivity.CUDA] if dev.type == "cuda" else []
+        )
+        with torch_profile(activities=activities) as prof:
+            run(5)
+            sync()
+        sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=25)
+    return result

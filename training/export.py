@@ -83,19 +83,26 @@ def _export_graph(model: AttentionLM | BengioLM, path: Path, with_attention: boo
 
 
 def _store_half(graph_model: onnx.ModelProto) -> None:
-    """Replace each large float32 initializer by a float16 one plus a Cast back to float32."""
+    """Replace each float32 initializer by a float16 one plus a Cast back to float32.
+
+    Every weight is rounded, small ones too, so the graph computes exactly what
+    ``evaluate --storage float16`` measured.
+    """
     graph = graph_model.graph
     kept, casts = [], []
     for init in graph.initializer:
-        big = init.data_type == TensorProto.FLOAT and np.prod(init.dims) * 4 >= EXTERNAL_MIN_BYTES
-        if not big:
+        if init.data_type != TensorProto.FLOAT:
             kept.append(init)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
-                                       init.name + "__fp16")
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16"
+        )
         kept.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                      name=f"upcast_{init.name}"))
+        casts.append(
+            helper.make_node(
+                "Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"upcast_{init.name}"
+            )
+        )
     del graph.initializer[:]
     graph.initializer.extend(kept)
     nodes = list(graph.node)
@@ -142,15 +149,19 @@ def _io(graph_model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
         out = []
         for value in values:
             tensor = value.type.tensor_type
-            out.append({
-                "name": value.name,
-                "dtype": TensorProto.DataType.Name(tensor.elem_type).lower(),
-                "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
-            })
+            out.append(
+                {
+                    "name": value.name,
+                    "dtype": TensorProto.DataType.Name(tensor.elem_type).lower(),
+                    "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
+                }
+            )
         return out
 
-    return {"inputs": describe(graph_model.graph.input),
-            "outputs": describe(graph_model.graph.output)}
+    return {
+        "inputs": describe(graph_model.graph.input),
+        "outputs": describe(graph_model.graph.output),
+    }
 
 
 def export_checkpoint(
@@ -179,8 +190,10 @@ def export_checkpoint(
     if info.get("tokenizer_sha256") not in (None, sha):
         raise ValueError(f"{tokenizer} is not the tokenizer {checkpoint} was trained with")
     if shared_tokenizer.is_file() and file_sha256(shared_tokenizer) != sha:
-        raise ValueError(f"{shared_tokenizer} differs from {tokenizer}: models in one folder "
-                         "must share one tokenizer")
+        raise ValueError(
+            f"{shared_tokenizer} differs from {tokenizer}: models in one folder "
+            "must share one tokenizer"
+        )
     if not shared_tokenizer.is_file():
         shutil.copyfile(tokenizer, shared_tokenizer)
 
@@ -197,9 +210,14 @@ def export_checkpoint(
             _store_half(graph_model)
         path = out / f"{graph_name}.onnx"
         if graph_name == "model":
-            onnx.save_model(graph_model, str(path), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=WEIGHTS_FILE,
-                            size_threshold=EXTERNAL_MIN_BYTES)
+            onnx.save_model(
+                graph_model,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=WEIGHTS_FILE,
+                size_threshold=EXTERNAL_MIN_BYTES,
+            )
         else:
             _share_weights(out, graph_model)
             onnx.save_model(graph_model, str(path))
@@ -232,11 +250,24 @@ def export_checkpoint(
     }
     for path in evaluations or []:
         result = json.loads(Path(path).read_text())
-        key = result["split"] if result.get("storage", "float32") == "float32" else (
-            f"{result['split']}_{result['storage']}")
+        key = (
+            result["split"]
+            if result.get("storage", "float32") == "float32"
+            else (f"{result['split']}_{result['storage']}")
+        )
         card["metrics"][key] = {
-            k: result[k] for k in ("perplexity", "bits_per_character", "loss", "tokens",
-                                   "characters", "window", "stride", "device", "storage")
+            k: result[k]
+            for k in (
+                "perplexity",
+                "bits_per_character",
+                "loss",
+                "tokens",
+                "characters",
+                "window",
+                "stride",
+                "device",
+                "storage",
+            )
             if k in result
         }
     (out / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")

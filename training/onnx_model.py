@@ -19,7 +19,9 @@ class OnnxModel:
     def __init__(self, folder: Path, threads: int = 2) -> None:
         self.folder = Path(folder)
         self.card = json.loads((self.folder / "card.json").read_text())
-        self.tokenizer = Tokenizer.from_file(str(self.folder.parent / self.card["tokenizer"]["file"]))
+        self.tokenizer = Tokenizer.from_file(
+            str(self.folder.parent / self.card["tokenizer"]["file"])
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -52,17 +54,22 @@ class OnnxModel:
             raise ValueError(f"model {self.card['name']} has no attention")
         if self._attention is None:
             self._attention = ort.InferenceSession(
-                str(self.folder / "attention.onnx"), self._options,
+                str(self.folder / "attention.onnx"),
+                self._options,
                 providers=["CPUExecutionProvider"],
             )
         window = np.asarray(ids[-self.context :], dtype=np.int64)[None]
         positions = np.asarray([[window.shape[1] - 1]])
-        return self._attention.run(
-            ["attentions"], {"input_ids": window, "positions": positions}
-        )[0][0]
+        return self._attention.run(["attentions"], {"input_ids": window, "positions": positions})[
+            0
+        ][0]
 
     def generate(
-        self, prompt_ids: list[int], new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+        self,
+        prompt_ids: list[int],
+        new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
         seed: int = 0,
     ) -> list[int]:
         """Greedy (temperature 0) or top-k sampling; returns the new token ids."""

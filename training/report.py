@@ -33,8 +33,12 @@ def measure_latency(model: OnnxModel, context: int = LATENCY_CONTEXT, runs: int 
         model.next_logits(ids)
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
-    return {"context_tokens": len(ids), "runs": runs, "median_ms": statistics.median(samples),
-            "p90_ms": samples[int(0.9 * (runs - 1))]}
+    return {
+        "context_tokens": len(ids),
+        "runs": runs,
+        "median_ms": statistics.median(samples),
+        "p90_ms": samples[int(0.9 * (runs - 1))],
+    }
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -46,8 +50,10 @@ def _metric(card: dict, split: str, key: str) -> float | None:
 
 
 def build_report(models_dir: Path, threads: int = 2) -> dict[str, Any]:
-    folders = sorted((p.parent for p in models_dir.glob("*/card.json")),
-                     key=lambda p: (ORDER.get(p.name, 9), p.name))
+    folders = sorted(
+        (p.parent for p in models_dir.glob("*/card.json")),
+        key=lambda p: (ORDER.get(p.name, 9), p.name),
+    )
     if not folders:
         raise FileNotFoundError(f"{models_dir} holds no model folder with a card.json")
     models, histories, rows = {}, {}, []
@@ -56,19 +62,28 @@ def build_report(models_dir: Path, threads: int = 2) -> dict[str, Any]:
         models[folder.name] = model
         metrics_file = folder / "metrics.jsonl"
         if metrics_file.is_file():
-            histories[folder.name] = [json.loads(line) for line in
-                                      metrics_file.read_text().splitlines()]
+            histories[folder.name] = [
+                json.loads(line) for line in metrics_file.read_text().splitlines()
+            ]
     for name, model in models.items():
         card = model.card
         latency = measure_latency(model)
         training = card["training"]
-        rows.append({"name": name, "kind": card["kind"], "parameters": card["parameters"],
-                     "context": card["context"], "tokens_seen": training["tokens_seen"],
-                     "training_seconds": training["training_seconds"],
-                     "hardware": training["hardware"], "latency": latency,
-                     "validation": card["metrics"].get("validation", {}),
-                     "test": card["metrics"].get("test", {}),
-                     "test_float16": card["metrics"].get("test_float16", {})})
+        rows.append(
+            {
+                "name": name,
+                "kind": card["kind"],
+                "parameters": card["parameters"],
+                "context": card["context"],
+                "tokens_seen": training["tokens_seen"],
+                "training_seconds": training["training_seconds"],
+                "hardware": training["hardware"],
+                "latency": latency,
+                "validation": card["metrics"].get("validation", {}),
+                "test": card["metrics"].get("test", {}),
+                "test_float16": card["metrics"].get("test_float16", {}),
+            }
+        )
     samples = {}
     for prompt in PROMPTS:
         samples[prompt] = {}
@@ -76,14 +91,24 @@ def build_report(models_dir: Path, threads: int = 2) -> dict[str, Any]:
             ids = model.tokenizer.encode(prompt).ids
             greedy = model.generate(ids, 40)
             sampled = model.generate(ids, 40, temperature=0.8, top_k=40, seed=0)
-            samples[prompt][name] = {"greedy": model.tokenizer.decode(greedy),
-                                     "sampled": model.tokenizer.decode(sampled)}
+            samples[prompt][name] = {
+                "greedy": model.tokenizer.decode(greedy),
+                "sampled": model.tokenizer.decode(sampled),
+            }
     if histories:
-        plot_curves([], models_dir / "curves.png", "training curves (validation over whole split)",
-                    runs=histories)
-    return {"rows": rows, "samples": samples, "threads": threads,
-            "cpu": f"{platform.processor() or platform.machine()}, {threads} ONNX Runtime threads",
-            "curves": bool(histories)}
+        plot_curves(
+            [],
+            models_dir / "curves.png",
+            "training curves (validation over whole split)",
+            runs=histories,
+        )
+    return {
+        "rows": rows,
+        "samples": samples,
+        "threads": threads,
+        "cpu": f"{platform.processor() or platform.machine()}, {threads} ONNX Runtime threads",
+        "curves": bool(histories),
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -111,35 +136,55 @@ def render(report: dict[str, Any]) -> str:
             f"| {_fmt(r['test'].get('perplexity'), 1)} / {_fmt(r['test'].get('bits_per_character'))} "
             f"| {r['latency']['median_ms']:.2f} / {r['latency']['p90_ms']:.2f} |"
         )
-    lines += ["", f"Latency: ONNX Runtime on the CPU ({report['cpu']}), batch 1, one call that "
-              "returns the next token's logits, measured by `python -m training report`. The "
-              "Bengio model reads only its last 8 tokens of the 64.", ""]
+    lines += [
+        "",
+        f"Latency: ONNX Runtime on the CPU ({report['cpu']}), batch 1, one call that "
+        "returns the next token's logits, measured by `python -m training report`. The "
+        "Bengio model reads only its last 8 tokens of the 64.",
+        "",
+    ]
     findings = _findings(rows)
     if findings:
         lines += ["## What the comparison shows", "", *findings, ""]
     if report["curves"]:
-        lines += ["## Training curves", "", "![training curves](curves.png)", "",
-                  "Cross-entropy per token against tokens seen; faint lines are training loss "
-                  "(with dropout), dots are validation loss over the whole validation split.", ""]
-    lines += ["## Samples", "",
-              "Each model continues the same prompts with 40 tokens: greedy, then sampled "
-              "(temperature 0.8, top-k 40, seed 0).", ""]
+        lines += [
+            "## Training curves",
+            "",
+            "![training curves](curves.png)",
+            "",
+            "Cross-entropy per token against tokens seen; faint lines are training loss "
+            "(with dropout), dots are validation loss over the whole validation split.",
+            "",
+        ]
+    lines += [
+        "## Samples",
+        "",
+        "Each model continues the same prompts with 40 tokens: greedy, then sampled "
+        "(temperature 0.8, top-k 40, seed 0).",
+        "",
+    ]
     for prompt, by_model in report["samples"].items():
         lines += [f"### «{prompt}»", ""]
         for name, sample in by_model.items():
             greedy = sample["greedy"].replace("\n", " ⏎ ")
             sampled = sample["sampled"].replace("\n", " ⏎ ")
-            lines += [f"- `{name}` greedy: {prompt}**{greedy}**",
-                      f"- `{name}` sampled: {prompt}**{sampled}**"]
+            lines += [
+                f"- `{name}` greedy: {prompt}**{greedy}**",
+                f"- `{name}` sampled: {prompt}**{sampled}**",
+            ]
         lines.append("")
-    lines += ["## How each figure was made", "",
-              "- Training, tokens seen, time, hardware: the `command` and `train_config` in each "
-              "`card.json` (`training` section); the curves come from each folder's "
-              "`metrics.jsonl`.",
-              "- Validation and test perplexity and BPC: `python -m training evaluate "
-              "CHECKPOINT --split validation|test` (and `--storage float16`, the shipped "
-              "precision), recorded in each card's `metrics`.",
-              "- Latency and samples: `python -m training report` (this file).", ""]
+    lines += [
+        "## How each figure was made",
+        "",
+        "- Training, tokens seen, time, hardware: the `command` and `train_config` in each "
+        "`card.json` (`training` section); the curves come from each folder's "
+        "`metrics.jsonl`.",
+        "- Validation and test perplexity and BPC: `python -m training evaluate "
+        "CHECKPOINT --split validation|test` (and `--storage float16`, the shipped "
+        "precision), recorded in each card's `metrics`.",
+        "- Latency and samples: `python -m training report` (this file).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -169,15 +214,22 @@ def _findings(rows: dict[str, dict]) -> list[str]:
             f"{rows['attention-seed']['parameters'] / 1e6:.1f} M parameters against "
             f"{rows['bengio']['parameters'] / 1e6:.1f} M. Most of the full model's lead comes "
             f"from depth and a longer context"
-            + (f" ({seed - attention:.3f} BPC between the two attention models)."
-               if attention is not None else ".")
+            + (
+                f" ({seed - attention:.3f} BPC between the two attention models)."
+                if attention is not None
+                else "."
+            )
         )
     for name, row in rows.items():
-        full, half = row["test"].get("bits_per_character"), row["test_float16"].get(
-            "bits_per_character")
+        full, half = (
+            row["test"].get("bits_per_character"),
+            row["test_float16"].get("bits_per_character"),
+        )
         if full is not None and half is not None:
-            out.append(f"- `{name}` is stored in float16: test BPC {half:.5f} against "
-                       f"{full:.5f} in float32 ({half - full:+.5f}), for half the disk.")
+            out.append(
+                f"- `{name}` is stored in float16: test BPC {half:.5f} against "
+                f"{full:.5f} in float32 ({half - full:+.5f}), for half the disk."
+            )
     return out
 
 

@@ -122,6 +122,38 @@ class Batches:
         return x, y
 
 
+def training_step(
+    runner: torch.nn.Module,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    autocast: contextlib.AbstractContextManager,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimisation step; returns the loss on the device (no host synchronisation)."""
+    x, y = batch
+    with autocast:
+        _, loss = runner(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def enable_tf32(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size), joining the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -139,7 +171,8 @@ def _pick_device(cfg: TrainConfig, rank: int, world: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW with weight decay on matrices only; the fused kernel on CUDA."""
     params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -157,8 +190,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = _pick_device(cfg, rank, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
     log = print if main else (lambda *_: None)
     meta = data.ensure_prepared(cfg.data, cfg.corpus, log=log) if main else data.load_meta(cfg.data)
     if world > 1:
@@ -171,7 +203,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(model_config).to(device)
-    optimizer = _optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
     train_tokens = torch.as_tensor(data.load_split(cfg.data, "train"), device=device)
     val_tokens = data.load_split(cfg.data, "validation")
     batches = Batches(
@@ -203,11 +235,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[device.index] if device.type == "cuda" else None
         )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    autocast = autocast_for(device)
     tokens_per_step = cfg.batch_size * model.block_size * world
     n_params = parameter_count(model)
     log(
@@ -248,14 +276,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         lr = learning_rate(step, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = batches()
-        with autocast:
-            _, loss = runner(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
+        loss_sum += training_step(runner, model, optimizer, batches(), autocast, cfg.grad_clip)
         loss_steps += 1
         step += 1
         tokens_seen += tokens_per_step

@@ -1,0 +1,168 @@
+"""ONNX export: ONNX Runtime and PyTorch agree on logits, attention weights and greedy text."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.export import export_checkpoint
+from training.onnx_model import OnnxModel
+from training.tokenizer import file_sha256, load_tokenizer
+from training.train import TrainConfig, train
+
+TEXT = "Não há coração que resista. Capitu olhou para Bentinho, e o mundo parou um instante."
+
+
+@pytest.fixture(scope="module", params=["attention", "bengio"])
+def exported(request, prepared, tmp_path_factory):
+    """A briefly trained model of each kind, exported in float16 and float32."""
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"export-{kind}")
+    overrides = (
+        {"d_model": 32, "n_layer": 2, "n_head": 2, "context": 24}
+        if kind == "attention"
+        else {"block": 24}
+    )
+    train(
+        TrainConfig(
+            kind=kind,
+            overrides=overrides,
+            out=root / "run",
+            data=prepared,
+            batch_size=8,
+            lr=3e-3,
+            max_steps=60,
+            eval_interval=60,
+            device="cpu",
+            progress=False,
+        )
+    )
+    folders = {}
+    for storage in ("float16", "float32"):
+        folders[storage] = root / "models" / storage / kind
+        export_checkpoint(
+            root / "run" / "best", folders[storage], prepared / "tokenizer.json", storage=storage
+        )
+    return kind, root / "run" / "best", folders, load_tokenizer(prepared / "tokenizer.json")
+
+
+def _torch_model(checkpoint, storage: str):
+    model = load_checkpoint(checkpoint)
+    if storage == "float16":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
+    return model
+
+
+@pytest.mark.parametrize("storage", ["float16", "float32"])
+def test_export_logits_match_torch_on_random_ids(exported, storage):
+    """Max |ORT - torch| <= 1e-4 for every position, several lengths, batch 2."""
+    _, checkpoint, folders, _ = exported
+    model, onnx = _torch_model(checkpoint, storage), OnnxModel(folders[storage])
+    rng = np.random.default_rng(0)
+    for steps in (1, 5, onnx.context):
+        ids = rng.integers(0, onnx.card["config"]["vocab_size"], (2, steps))
+        with torch.no_grad():
+            expected = model(torch.as_tensor(ids))[0].numpy()
+        diff = np.abs(onnx.logits(ids) - expected).max()
+        assert diff <= 1e-4, f"{storage} T={steps}: {diff}"
+
+
+def test_export_logits_match_torch_on_real_text(exported):
+    _, checkpoint, folders, tokenizer = exported
+    model, onnx = _torch_model(checkpoint, "float16"), OnnxModel(folders["float16"])
+    ids = np.asarray(tokenizer.encode(TEXT).ids[: onnx.context])[None]
+    with torch.no_grad():
+        expected = model(torch.as_tensor(ids))[0].numpy()
+    diff = np.abs(onnx.logits(ids) - expected).max()
+    assert diff <= 1e-4, diff
+
+
+def test_export_last_position_only(exported):
+    """Asking for one position gives that position's logits and nothing else."""
+    _, _, folders, _ = exported
+    onnx = OnnxModel(folders["float16"])
+    ids = np.arange(1, 11)[None]
+    last = onnx.logits(ids, np.asarray([[9]]))
+    assert last.shape == (1, 1, onnx.card["config"]["vocab_size"])
+    assert np.abs(last[0, 0] - onnx.logits(ids)[0, 9]).max() <= 1e-5
+
+
+def test_export_attention_weights_match_torch(exported):
+    kind, checkpoint, folders, tokenizer = exported
+    if kind != "attention":
+        pytest.skip("the Bengio model has no attention")
+    model, onnx = _torch_model(checkpoint, "float16"), OnnxModel(folders["float16"])
+    ids = tokenizer.encode(TEXT).ids[: onnx.context]
+    with torch.no_grad():
+        _, weights = model.hidden_states(torch.as_tensor([ids]), return_weights=True)
+    expected = torch.stack(weights, 1)[0].numpy()  # (L, H, T, T)
+    got = onnx.attentions(ids)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_export_greedy_50_tokens_identical(exported):
+    """50 greedy tokens from ONNX Runtime are the 50 PyTorch picks."""
+    _, checkpoint, folders, tokenizer = exported
+    model, onnx = _torch_model(checkpoint, "float16"), OnnxModel(folders["float16"])
+    prompt = tokenizer.encode("Capitu olhou").ids
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(50):
+            window = torch.as_tensor([ids[-onnx.context :]])
+            ids.append(int(model(window)[0][0, -1].argmax()))
+    assert onnx.generate(prompt, 50) == ids[len(prompt) :]
+
+
+def test_export_card_describes_the_model(exported, prepared):
+    kind, _, folders, _ = exported
+    card = json.loads((folders["float16"] / "card.json").read_text())
+    assert card["kind"] == kind and card["storage"] == "float16"
+    assert card["tokenizer"]["sha256"] == file_sha256(prepared / "tokenizer.json")
+    assert (folders["float16"].parent / card["tokenizer"]["file"]).is_file()
+    assert card["graphs"]["model.onnx"]["inputs"][0] == {
+        "name": "input_ids",
+        "dtype": "int64",
+        "shape": ["batch", "sequence"],
+    }
+    assert card["graphs"]["model.onnx"]["outputs"][0]["shape"] == [
+        "batch",
+        "positions",
+        card["config"]["vocab_size"],
+    ]
+    for key in ("parameters", "context", "training", "metrics", "opset"):
+        assert key in card
+    assert card["training"]["tokens_seen"] > 0 and card["training"]["hardware"]
+    assert ("attention.onnx" in card["graphs"]) == (kind == "attention")
+
+
+def test_export_attention_graph_shares_the_weights(exported):
+    """attention.onnx stores no weights of its own: both graphs read weights.bin."""
+    kind, _, folders, _ = exported
+    if kind != "attention":
+        pytest.skip("the Bengio model has one graph")
+    import onnx
+
+    folder = folders["float16"]
+    graph = onnx.load(str(folder / "attention.onnx"), load_external_data=False).graph
+    inline = [i.name for i in graph.initializer if len(i.raw_data) >= 1024]
+    assert inline == [], f"weights stored twice: {inline}"
+    external = {e.value for i in graph.initializer for e in i.external_data if e.key == "location"}
+    assert external == {"weights.bin"}
+    half = (folder / "weights.bin").stat().st_size
+    full = (folders["float32"] / "weights.bin").stat().st_size
+    assert half < 0.6 * full
+
+
+def test_export_refuses_another_tokenizer(exported, tmp_path):
+    _, checkpoint, _, _ = exported
+    other = tmp_path / "tokenizer.json"
+    other.write_text("{}")
+    with pytest.raises(ValueError, match="not the tokenizer"):
+        export_checkpoint(checkpoint, tmp_path / "models" / "m", other)
