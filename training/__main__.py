@@ -96,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{text} (default {getattr(defaults, field)})",
         )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        default=None,
+        nargs="?",
+        const="reduce-overhead",
+        metavar="MODE",
+        help="torch.compile the model; MODE defaults to reduce-overhead (CUDA graphs: "
+        "the step loop stops paying Python's launch overhead)",
+    )
     p.add_argument(
         "--stop-at",
         type=int,

@@ -126,14 +126,15 @@ def render(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
-        minutes = "—" if r["training_seconds"] is None else f"{r['training_seconds']:.0f} s"
+        seconds = "—" if r["training_seconds"] is None else f"{r['training_seconds']:.0f} s"
         tokens = "—" if r["tokens_seen"] is None else f"{r['tokens_seen'] / 1e6:.1f} M"
         lines.append(
             f"| `{r['name']}` | {r['kind']} | {r['parameters'] / 1e6:.2f} M | {r['context']} "
-            f"| {tokens} | {minutes} on {r['hardware']} "
+            f"| {tokens} | {seconds} on {r['hardware']} "
             f"| {_fmt(r['validation'].get('perplexity'), 1)} / "
             f"{_fmt(r['validation'].get('bits_per_character'))} "
-            f"| {_fmt(r['test'].get('perplexity'), 1)} / {_fmt(r['test'].get('bits_per_character'))} "
+            f"| {_fmt(r['test'].get('perplexity'), 1)} / "
+            f"{_fmt(r['test'].get('bits_per_character'))} "
             f"| {r['latency']['median_ms']:.2f} / {r['latency']['p90_ms']:.2f} |"
         )
     lines += [

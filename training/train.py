@@ -62,7 +62,7 @@ class TrainConfig:
     log_interval: int = 20  # steps between progress updates
     seed: int = 1337  # seeds weights, dropout and batch sampling
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: cuda if available)
-    compile: bool = False  # torch.compile the model
+    compile: str | None = None  # torch.compile mode ("default", "reduce-overhead"...); None: eager
     stop_at: int | None = None  # leave off at this step, schedule unchanged (resume later)
     resume: bool = False  # continue from out/last
     progress: bool = True  # show a progress bar
@@ -230,7 +230,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
 
-    runner: torch.nn.Module = torch.compile(model) if cfg.compile else model
+    runner: torch.nn.Module = torch.compile(model, mode=cfg.compile) if cfg.compile else model
     if world > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[device.index] if device.type == "cuda" else None
@@ -271,6 +271,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loss_steps, window_start, window_tokens = 0, time.perf_counter(), 0
     started = time.perf_counter() - elapsed
     stop = False
+    record_count = 0
     runner.train()
     while step < total_steps and not stop:
         lr = learning_rate(step, total_steps, cfg)
@@ -290,7 +291,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         now = time.perf_counter()
         rate = window_tokens / max(now - window_start, 1e-9)
         elapsed = now - started
-        if cfg.time_budget is not None:
+        first_window = record_count == 0  # compilation and warm-up: not the steady rate
+        record_count += 1
+        if cfg.time_budget is not None and not first_window:
             # Stretch or shrink the schedule so that it ends when the time budget does.
             steps_per_s = rate / tokens_per_step
             estimate = step + int(max(0.0, cfg.time_budget - elapsed) * steps_per_s)
