@@ -3,7 +3,7 @@
 # project and its pinned dependencies (torch's CPU build where the machine provides it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=${1:-train,dev}
+extras=${1:-gpu,train,dev}
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[${extras}]"

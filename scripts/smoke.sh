@@ -3,7 +3,7 @@
 # each model for a few hundred steps on the CPU, evaluate both on the test split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || bash scripts/setup.sh train,dev
+[ -x .venv/bin/python ] || bash scripts/setup.sh gpu,train,dev
 py=.venv/bin/python
 for kind in attention bengio; do
   $py -m training train --model "$kind" --preset tiny --max-steps 300 --batch-size 16 \

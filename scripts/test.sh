@@ -3,7 +3,7 @@
 # read it from MACHADO_CORPUS (default ../shared/corpus/machado) and skip where it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pytest ] || bash scripts/setup.sh train,dev
+[ -x .venv/bin/pytest ] || bash scripts/setup.sh gpu,train,dev
 .venv/bin/ruff check training service tests scripts
 .venv/bin/ruff format --check training service tests scripts
 exec .venv/bin/pytest "$@"

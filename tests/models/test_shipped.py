@@ -14,7 +14,7 @@ import pytest
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = ("attention", "attention-seed", "bengio")
 # What a user of the service installs: the runtime, numpy and the tokenizer, nothing else.
-RUNTIME_ONLY = ("onnxruntime==1.32.0", "numpy==2.4.6", "tokenizers==0.23.3")
+RUNTIME_ONLY = ("onnxruntime==1.31.1", "numpy==2.4.6", "tokenizers==0.23.3")
 
 
 def _card(name: str) -> dict:

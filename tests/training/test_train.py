@@ -117,6 +117,11 @@ def test_learning_rate_warmup_then_cosine():
 
 def test_train_distributed_two_cpu_processes(prepared, tmp_path):
     """torchrun with two processes on gloo trains one model and writes one checkpoint."""
+    import socket
+
+    with socket.socket() as probe:  # torchrun needs a real port: 0 leaves the ranks waiting
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -125,7 +130,7 @@ def test_train_distributed_two_cpu_processes(prepared, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "0",
+        str(port),
         "-m",
         "training",
         "train",
@@ -155,7 +160,7 @@ def test_train_distributed_two_cpu_processes(prepared, tmp_path):
         cmd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=180,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

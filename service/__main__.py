@@ -1,0 +1,61 @@
+"""``python -m service``: serve the models directory over HTTP with uvicorn.
+
+Every flag defaults to its MACHADO_<NAME> environment variable, then to the built-in default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        choices = typing.get_args(field.annotation) or None
+        kind = {int: int, float: float, Path: Path}.get(field.annotation, str)
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=default,
+            type=kind,
+            choices=choices,
+            help=f"{field.description or name} (env MACHADO_{name.upper()}; now {default})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.logs import logging_config
+
+    try:
+        defaults = Settings()
+        args = build_parser(defaults).parse_args(argv)
+        settings = Settings(**vars(args))
+    except ValidationError as error:
+        print(f"error: invalid setting: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=logging_config(settings.log_format, settings.log_level),
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

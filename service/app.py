@@ -1,0 +1,138 @@
+"""The FastAPI application: models loaded once in the lifespan, routers, guards, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.engine import Engine
+from service.errors import error_body, install_error_handlers
+from service.registry import load_models
+from service.routes import inference, meta, tokens
+from service.settings import Settings
+
+log = logging.getLogger("service.app")
+
+
+class BodyGuard:
+    """Pure ASGI middleware for requests with a body: JSON content type (415), size limit (413),
+    UTF-8 (400). Checked before FastAPI parses anything."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            await _reject(
+                send,
+                415,
+                "unsupported_media_type",
+                f"send the body as application/json, not {media or 'no content type'!r}",
+            )
+            return
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _reject(
+                send,
+                413,
+                "payload_too_large",
+                f"the body has {declared} bytes; the limit is {self.max_bytes}",
+            )
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _reject(
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"the body is over the limit of {self.max_bytes} bytes",
+                )
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await _reject(
+                send,
+                400,
+                "invalid_utf8",
+                f"the body is not valid UTF-8 (byte {exc.start}): JSON must be UTF-8",
+            )
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _reject(send: Send, status: int, type_: str, message: str) -> None:
+    payload = json.dumps(error_body(type_, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        models = load_models(settings)
+        app.state.models = models
+        app.state.engines = {name: Engine(m) for name, m in models.items() if m.ready}
+        app.state.in_flight = 0
+        ready = sorted(app.state.engines)
+        failed = sorted(set(models) - set(ready))
+        log.info(
+            f"serving {len(ready)} model(s) from {settings.models_dir}: {ready}"
+            + (f"; failed: {failed}" if failed else "")
+        )
+        yield
+
+    app = FastAPI(
+        title="machado-lm",
+        version="0.1.0",
+        summary="Language models of Machado de Assis, with attention and without, side by side.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.models, app.state.engines, app.state.in_flight = {}, {}, 0
+    install_error_handlers(app)
+    app.include_router(inference.router)
+    app.include_router(tokens.router)
+    app.include_router(meta.router)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,91 @@
+"""One JSON error shape for every failure: {"error": {"type", "message", "field"}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class APIError(Exception):
+    """An error with its HTTP status, a machine-readable type and the field it concerns."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message, self.field = status, type_, message, field
+        self.headers = headers
+
+
+def error_body(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"type": type_, "message": message, "field": field}}
+
+
+def error_response(
+    status: int,
+    type_: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(type_, message, field), status_code=status, headers=headers)
+
+
+def _location(loc: tuple | list) -> str | None:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or None
+
+
+_HTTP_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "overloaded",
+    503: "not_ready",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.type, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":
+            return error_response(
+                400,
+                "invalid_json",
+                f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+            )
+        field = _location(first.get("loc", ()))
+        message = "; ".join(
+            f"{_location(e.get('loc', ())) or 'body'}: {e['msg']}" for e in errors[:5]
+        )
+        return error_response(422, "invalid_field", message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(
+            exc.status_code,
+            _HTTP_TYPES.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            None,
+            getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")

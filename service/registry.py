@@ -1,0 +1,144 @@
+"""The models the service serves: every folder of the models directory with a card.json.
+
+Each graph gets one ONNX Runtime session at start-up. A model that fails to load is kept in the
+registry with its error, so /ready, /models and the log say what happened instead of the
+process dying and restarting in a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from service.settings import Settings
+
+log = logging.getLogger("service.registry")
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+@dataclass
+class LoadedModel:
+    """One model: its card, tokenizer and sessions, or the reason it could not load."""
+
+    name: str
+    folder: Path
+    card: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Tokenizer | None = None
+    session: ort.InferenceSession | None = None
+    attention_session: ort.InferenceSession | None = None
+    provider: str | None = None
+    provider_reason: str = ""
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None and self.session is not None
+
+    @property
+    def has_attention(self) -> bool:
+        return bool(self.card.get("has_attention")) and self.attention_session is not None
+
+
+def choose_providers(preference: str) -> tuple[list[str], str]:
+    """The providers to ask for, and why, from the preference and what this wheel offers."""
+    available = ort.get_available_providers()
+    if preference == "cpu":
+        return [CPU], "CPU asked for (MACHADO_PROVIDER=cpu)"
+    if CUDA not in available:
+        why = "this onnxruntime build has no CUDA provider"
+        if preference == "cuda":
+            return [CPU], f"CUDA asked for but {why}; falling back to CPU"
+        return [CPU], why
+    return [CUDA, CPU], "CUDA provider available"
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: the wheel's CUDA probing is loud otherwise
+    return options
+
+
+def _open(path: Path, settings: Settings, providers: list[str]) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(settings), providers=providers)
+
+
+@dataclass
+class ProviderChoice:
+    """Providers for the next session, and why; narrowed to CPU once CUDA proves unusable."""
+
+    providers: list[str]
+    reason: str
+
+
+def load_model(
+    folder: Path, settings: Settings, tokenizers: dict[str, Tokenizer], choice: ProviderChoice
+) -> LoadedModel:
+    model = LoadedModel(name=folder.name, folder=folder)
+    try:
+        model.card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+        tok = model.card["tokenizer"]
+        tok_path = (folder.parent / tok["file"]).resolve()
+        if not tok_path.is_relative_to(folder.parent.resolve()):
+            raise ValueError(f"tokenizer {tok['file']!r} lies outside the models directory")
+        digest = hashlib.sha256(tok_path.read_bytes()).hexdigest()
+        if digest != tok["sha256"]:
+            raise ValueError(
+                f"{tok_path.name} has sha256 {digest[:12]}, the card names {tok['sha256'][:12]}"
+            )
+        if digest not in tokenizers:
+            tokenizers[digest] = Tokenizer.from_file(str(tok_path))
+        model.tokenizer = tokenizers[digest]
+        probing = choice.providers[0] == CUDA
+        if probing:  # ONNX Runtime reports a CUDA provider that cannot load at length: hush it
+            ort.set_default_logger_severity(4)
+        try:
+            model.session = _open(folder / "model.onnx", settings, choice.providers)
+        finally:
+            ort.set_default_logger_severity(3)
+        got = model.session.get_providers()[0]
+        if probing and got != CUDA:
+            choice.providers = [CPU]
+            choice.reason = (
+                "this onnxruntime has a CUDA provider, but it is not usable here "
+                "(no GPU, or CUDA 13 / cuDNN 9 libraries missing): CPU"
+            )
+        model.provider, model.provider_reason = got, choice.reason
+        if model.card.get("has_attention"):
+            model.attention_session = _open(folder / "attention.onnx", settings, [got])
+    except Exception as exc:  # a broken folder is reported, never fatal
+        model.error = f"{type(exc).__name__}: {exc}"
+        model.session = model.attention_session = None
+        log.error("model failed to load", extra={"model": model.name, "error": model.error})
+        return model
+    log.info(
+        f"model {model.name} loaded on {model.provider}: {model.provider_reason}",
+        extra={"model": model.name, "provider": model.provider},
+    )
+    return model
+
+
+def load_models(settings: Settings) -> dict[str, LoadedModel]:
+    """Every model folder of the models directory, loaded or with its error."""
+    root = settings.models_dir
+    if not root.is_dir():
+        log.error(f"models directory {root} does not exist")
+        return {}
+    tokenizers: dict[str, Tokenizer] = {}
+    folders = sorted(p.parent for p in root.glob("*/card.json"))
+    if not folders:
+        log.error(f"models directory {root} holds no model folder (no */card.json)")
+    ort.set_default_logger_severity(3)
+    choice = ProviderChoice(*choose_providers(settings.provider))
+    return {folder.name: load_model(folder, settings, tokenizers, choice) for folder in folders}

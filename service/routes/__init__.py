@@ -1,0 +1,1 @@
+"""One router per resource: inference (generate, next-token, attention, score), tokenize, meta."""

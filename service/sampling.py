@@ -1,0 +1,86 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+
+Pure numpy on one vocabulary-sized vector, so it is tested against known logits without a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1: no nucleus filter
+    repetition_penalty: float = 1.0  # 1: none; > 1 discourages tokens already in the context
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities in float64 (stable for any finite or -inf logits)."""
+    x = logits.astype(np.float64)
+    top = np.max(x, axis=-1, keepdims=True)
+    return x - top - np.log(np.sum(np.exp(x - top), axis=-1, keepdims=True))
+
+
+def entropy_bits(logprobs: np.ndarray) -> float:
+    probs = np.exp(logprobs)
+    finite = np.where(probs > 0, logprobs, 0.0)  # 0 * -inf would be nan
+    return float(-np.sum(probs * finite) / np.log(2))
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: Iterable[int], penalty: float) -> np.ndarray:
+    """CTRL's penalty (Keskar et al. 2019): seen tokens' positive logits divided, negative
+    multiplied, by the penalty."""
+    if penalty == 1.0:
+        return logits
+    out = logits.astype(np.float64).copy()
+    ids = np.unique(np.fromiter(seen, dtype=np.int64))
+    if ids.size:
+        values = out[ids]
+        out[ids] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
+def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Only the k largest logits stay; the rest become -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    cut = np.partition(logits, -k)[-k]
+    return np.where(logits < cut, -np.inf, logits)
+
+
+def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """The smallest set of most likely tokens whose probability reaches p stays (Holtzman et al.
+    2020); the most likely token always does."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(-logits, kind="stable")
+    probs = np.exp(log_softmax(logits[order]))
+    keep = np.cumsum(probs) - probs < p  # keep a token while the mass before it is below p
+    keep[0] = True
+    out = np.full_like(logits, -np.inf, dtype=np.float64)
+    out[order[keep]] = logits[order[keep]]
+    return out
+
+
+def choose(
+    logits: np.ndarray, params: SamplingParams, seen: Iterable[int], rng: np.random.Generator
+) -> int:
+    """The next token id under ``params``; ``rng`` makes sampling reproducible."""
+    scores = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.temperature == 0.0:
+        return int(np.argmax(scores))
+    scores = np.asarray(scores, dtype=np.float64) / params.temperature
+    scores = filter_top_p(filter_top_k(scores, params.top_k), params.top_p)
+    probs = np.exp(log_softmax(scores))
+    return int(rng.choice(probs.shape[-1], p=probs / probs.sum()))
+
+
+def first_stop(text: str, stops: Iterable[str]) -> int:
+    """Index in ``text`` where the earliest stop string starts, or -1."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else -1

@@ -1,0 +1,40 @@
+"""Service settings: environment variables prefixed MACHADO_, or command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each also reads MACHADO_<NAME> from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MACHADO_", extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="folder of model folders to serve")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    threads: int = Field(2, ge=1, le=256, description="ONNX Runtime intra-op threads per session")
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="execution provider: auto (CUDA where usable, else CPU), cuda, cpu"
+    )
+    max_concurrency: int = Field(
+        8, ge=1, le=1024, description="inference requests at once; more get 429"
+    )
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request time limit")
+    drain_timeout_s: float = Field(
+        10.0, ge=0, le=600, description="on shutdown, wait this long for in-flight requests"
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="request body limit (413 above)")
+    max_prompt_chars: int = Field(8_000, ge=1, description="longest prompt accepted")
+    max_new_tokens: int = Field(512, ge=1, description="most tokens one /generate may ask for")
+    max_top_k: int = Field(100, ge=1, description="largest top_k of /next-token and /generate")
+    max_logprobs: int = Field(20, ge=0, description="most alternatives per generated token")
+    max_stop_strings: int = Field(8, ge=0, description="most stop strings per request")
+    max_score_chars: int = Field(200_000, ge=1, description="longest text /score accepts")
+    max_attention_tokens: int = Field(64, ge=1, description="tokens /attention returns weights for")
+    log_format: Literal["json", "text"] = Field("json", description="log lines as JSON or text")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")

@@ -1,0 +1,344 @@
+"""Every endpoint and every error of the API, on the shipped models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import make_settings
+
+
+def _error(response, status: int, type_: str, field: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == type_, error
+    assert error["message"]
+    if field is not None:
+        assert error["field"] == field, error
+    return error
+
+
+def test_api_health_ready_models(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert set(models) == {"attention", "attention-seed", "bengio"}
+    assert models["attention"]["has_attention"] and not models["bengio"]["has_attention"]
+    assert models["bengio"]["provider"] == "CPUExecutionProvider"
+    assert models["attention"]["metrics"]["test"]["bits_per_character"] > 0
+    assert models["attention"]["vocabulary"] == 8192 and models["attention"]["context"] == 256
+
+
+def test_api_generate_greedy_is_deterministic(client):
+    body = {
+        "model": "attention",
+        "prompt": "Capitu olhou para mim",
+        "max_new_tokens": 8,
+        "temperature": 0,
+    }
+    first, second = (
+        client.post("/generate", json=body).json(),
+        client.post("/generate", json=body).json(),
+    )
+    assert first["text"] == second["text"] and len(first["tokens"]) == 8
+    assert first["finish_reason"] == "length"
+    assert first["usage"] == {"prompt_tokens": 6, "completion_tokens": 8, "total_tokens": 14}
+    assert "".join(t["token"] for t in first["tokens"]) == first["text"]
+    assert all(t["logprob"] <= 0 for t in first["tokens"])
+
+
+def test_api_generate_same_seed_same_output(client):
+    body = {
+        "model": "bengio",
+        "prompt": "A vida é",
+        "max_new_tokens": 12,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "seed": 42,
+    }
+    a, b = client.post("/generate", json=body).json(), client.post("/generate", json=body).json()
+    c = client.post("/generate", json={**body, "seed": 43}).json()
+    assert a["text"] == b["text"] and a["text"] != c["text"]
+
+
+def test_api_generate_logprobs_and_stop(client):
+    body = {
+        "model": "attention-seed",
+        "prompt": "Capitu",
+        "max_new_tokens": 20,
+        "temperature": 0,
+        "logprobs": 3,
+    }
+    full = client.post("/generate", json=body).json()
+    assert all(len(t["top_logprobs"]) == 3 for t in full["tokens"])
+    stop = full["text"][4:7]
+    cut = client.post("/generate", json={**body, "stop": [stop]}).json()
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == full["text"][: full["text"].find(stop)]
+
+
+def test_api_generate_long_prompt_keeps_its_end(client):
+    body = {"model": "bengio", "prompt": "Era uma vez " * 30, "max_new_tokens": 3}
+    result = client.post("/generate", json=body).json()
+    assert result["prompt_truncated"] is True and result["usage"]["prompt_tokens"] == 8
+
+
+def test_api_next_token(client):
+    result = client.post(
+        "/next-token", json={"model": "attention", "prompt": "Capitu olhou", "top_k": 5}
+    ).json()
+    assert result["tokens"][0] == "<|endoftext|>" and len(result["top"]) == 5
+    probs = [c["probability"] for c in result["top"]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-9
+    assert math.isclose(result["top"][0]["logprob"], math.log(probs[0]), rel_tol=1e-9)
+    assert 0 < result["entropy_bits"] < 13
+
+
+def test_api_attention_shapes_and_rows(client):
+    result = client.post(
+        "/attention", json={"model": "attention", "prompt": "Capitu olhou para mim"}
+    ).json()
+    n = len(result["tokens"])
+    weights = result["attention"]
+    assert (len(weights), len(weights[0]), len(weights[0][0]), len(weights[0][0][0])) == (
+        6,
+        6,
+        n,
+        n,
+    )
+    for row in weights[2][3]:
+        assert abs(sum(row) - 1) < 1e-3
+    one = client.post(
+        "/attention", json={"model": "attention", "prompt": "Capitu olhou", "layer": 5, "head": 0}
+    ).json()
+    assert one["layers"] == [5] and one["heads"] == [0] and len(one["attention"]) == 1
+
+
+def test_api_attention_is_bounded(client):
+    result = client.post(
+        "/attention", json={"model": "attention-seed", "prompt": "palavra " * 200}
+    ).json()
+    assert result["truncated"] is True and len(result["tokens"]) == 8
+
+
+def test_api_attention_errors(client):
+    _error(
+        client.post("/attention", json={"model": "bengio", "prompt": "x"}),
+        422,
+        "no_attention",
+        "model",
+    )
+    _error(
+        client.post("/attention", json={"model": "attention", "prompt": "x", "layer": 6}),
+        422,
+        "invalid_field",
+        "layer",
+    )
+    _error(
+        client.post("/attention", json={"model": "attention", "prompt": "x", "head": 9}),
+        422,
+        "invalid_field",
+        "head",
+    )
+
+
+def test_api_score(client):
+    text = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria."
+    result = client.post(
+        "/score", json={"model": "attention", "text": text, "per_token": True}
+    ).json()
+    assert result["characters"] == len(text)
+    assert len(result["token_logprobs"]) == result["tokens"]
+    nll = -sum(t["logprob"] for t in result["token_logprobs"])
+    assert math.isclose(nll, result["nll_nats"], rel_tol=1e-9)
+    assert math.isclose(result["bits_per_character"], nll / math.log(2) / len(text), rel_tol=1e-9)
+    plain = client.post("/score", json={"model": "attention", "text": text}).json()
+    assert "token_logprobs" not in plain
+
+
+def test_api_score_attention_beats_bengio_on_machado(client):
+    text = (
+        "Capitu tinha os olhos de cigana oblíqua e dissimulada, e eu não sabia "
+        "o que dizer, porque a vida é assim mesmo."
+    )
+    bpc = {
+        m: client.post("/score", json={"model": m, "text": text}).json()["bits_per_character"]
+        for m in ("attention", "bengio")
+    }
+    assert bpc["attention"] < bpc["bengio"], bpc
+
+
+def test_api_tokenize(client):
+    result = client.post("/tokenize", json={"text": "Não há coração"}).json()
+    assert "".join(result["tokens"]) == "Não há coração"
+    assert result["offsets"][0][0] == 0 and result["offsets"][-1][1] == len("Não há coração")
+    assert len(result["ids"]) == len(result["tokens"]) == len(result["offsets"])
+
+
+def test_api_unknown_model_404(client):
+    _error(
+        client.post("/generate", json={"model": "gpt", "prompt": "a"}),
+        404,
+        "model_not_found",
+        "model",
+    )
+    _error(client.post("/tokenize", json={"text": "a", "model": "gpt"}), 404, "model_not_found")
+
+
+@pytest.mark.parametrize("name", ["../models", "a/b", "..", "x y", ".hidden", "a" * 65])
+def test_api_model_names_with_path_characters_422(client, name):
+    _error(
+        client.post("/next-token", json={"model": name, "prompt": "a"}),
+        422,
+        "invalid_field",
+        "model",
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   \n\t"}, "prompt"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": "NaN"}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 10**9}, "max_new_tokens"),
+        ({"max_new_tokens": 33}, "max_new_tokens"),
+        ({"repetition_penalty": 0.5}, "repetition_penalty"),
+        ({"seed": -1}, "seed"),
+        ({"stop": [""]}, "stop.0"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"unknown": 1}, "unknown"),
+        ({"prompt": 5}, "prompt"),
+    ],
+)
+def test_api_generate_invalid_fields_422(client, change, field):
+    body = {"model": "attention", "prompt": "Capitu", **change}
+    _error(client.post("/generate", json=body), 422, "invalid_field", field)
+
+
+def test_api_nan_literal_temperature_422(client):
+    raw = b'{"model": "attention", "prompt": "a", "temperature": NaN}'
+    response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
+    _error(response, 422, "invalid_field", "temperature")
+
+
+def test_api_malformed_json_400(client):
+    response = client.post(
+        "/generate", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
+    _error(response, 400, "invalid_json")
+
+
+def test_api_invalid_utf8_400(client):
+    raw = b'{"model": "attention", "prompt": "\xff\xfe"}'
+    response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
+    _error(response, 400, "invalid_utf8")
+
+
+def test_api_lone_surrogate_422(client):
+    raw = b'{"model": "attention", "prompt": "a\\ud800b"}'
+    response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
+    _error(response, 422, "invalid_field", "prompt")
+
+
+def test_api_wrong_content_type_415(client):
+    response = client.post(
+        "/generate",
+        content=b"model=attention",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    _error(response, 415, "unsupported_media_type")
+
+
+def test_api_body_over_limit_413(client):
+    response = client.post("/score", json={"model": "attention", "text": "a" * 70_000})
+    _error(response, 413, "payload_too_large")
+
+
+def test_api_prompt_over_configured_limit_422(client):
+    _error(
+        client.post("/generate", json={"model": "attention", "prompt": "a" * 2001}),
+        422,
+        "invalid_field",
+        "max_prompt_chars",
+    )
+    _error(
+        client.post("/score", json={"model": "attention", "text": "a" * 5001}),
+        422,
+        "invalid_field",
+        "max_score_chars",
+    )
+
+
+def test_api_unknown_route_and_method(client):
+    _error(client.get("/nothing"), 404, "not_found")
+    _error(client.get("/generate"), 405, "method_not_allowed")
+
+
+def test_api_overloaded_429_with_retry_after(client):
+    """With every slot taken, an inference request is turned away at once."""
+    client.app.state.in_flight = client.app.state.settings.max_concurrency
+    try:
+        response = client.post("/next-token", json={"model": "attention", "prompt": "a"})
+    finally:
+        client.app.state.in_flight = 0
+    _error(response, 429, "overloaded")
+    assert response.headers["retry-after"] == "1"
+    assert client.post("/next-token", json={"model": "attention", "prompt": "a"}).status_code == 200
+
+
+def test_api_timeout_504():
+    with TestClient(create_app(make_settings(request_timeout_s=0.001))) as slow:
+        response = slow.post(
+            "/generate", json={"model": "attention", "prompt": "Capitu", "max_new_tokens": 32}
+        )
+    _error(response, 504, "timeout")
+
+
+def test_api_not_ready_without_models(tmp_path):
+    with TestClient(create_app(make_settings(models_dir=tmp_path))) as empty:
+        assert empty.get("/ready").status_code == 503
+        _error(empty.post("/tokenize", json={"text": "a"}), 503, "not_ready")
+        assert empty.get("/health").status_code == 200
+
+
+def test_api_broken_model_is_reported_not_fatal(tmp_path):
+    """A model folder that cannot load shows in /ready and /models; the others serve."""
+    import shutil
+
+    from tests.service.conftest import MODELS
+
+    shutil.copytree(MODELS / "attention-seed", tmp_path / "attention-seed")
+    shutil.copy(MODELS / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.json").write_text("{not json")
+    with TestClient(create_app(make_settings(models_dir=tmp_path))) as partial:
+        ready = partial.get("/ready")
+        assert ready.status_code == 503 and ready.json()["models"]["broken"].startswith("failed")
+        models = {m["name"]: m for m in partial.get("/models").json()["models"]}
+        assert models["broken"]["status"] == "failed" and models["broken"]["error"]
+        _error(
+            partial.post("/next-token", json={"model": "broken", "prompt": "a"}),
+            503,
+            "not_ready",
+            "model",
+        )
+        ok = partial.post("/next-token", json={"model": "attention-seed", "prompt": "a"})
+        assert ok.status_code == 200
+
+
+def test_api_openapi_shows_limits(client):
+    schema = client.get("/openapi.json").json()
+    generate = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert generate["max_new_tokens"]["maximum"] == 4096
+    assert generate["top_p"]["exclusiveMinimum"] == 0
+    assert client.get("/docs").status_code == 200

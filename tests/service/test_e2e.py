@@ -1,0 +1,139 @@
+"""The real server in a subprocess on a free port, called over HTTP with httpx."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import MODELS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "MACHADO_MAX_NEW_TOKENS": "64", "MACHADO_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--models-dir",
+            str(MODELS),
+            "--drain-timeout-s",
+            "20",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not become ready: {proc.stdout.read()[-3000:]}")
+    yield base, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_e2e_every_endpoint(server):
+    base, _ = server
+    with httpx.Client(base_url=base, timeout=30) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        assert http.get("/ready").json()["ready"] is True
+        assert len(http.get("/models").json()["models"]) == 3
+        assert http.get("/docs").status_code == 200
+        assert http.get("/openapi.json").json()["info"]["title"] == "machado-lm"
+        gen = http.post(
+            "/generate",
+            json={
+                "model": "attention",
+                "prompt": "Capitu",
+                "max_new_tokens": 64,
+                "temperature": 0.8,
+                "seed": 1,
+            },
+        ).json()
+        assert gen["usage"]["completion_tokens"] + (gen["finish_reason"] != "length") >= 1
+        nxt = http.post("/next-token", json={"model": "bengio", "prompt": "A vida"}).json()
+        assert len(nxt["top"]) == 10
+        att = http.post("/attention", json={"model": "attention", "prompt": "Capitu"}).json()
+        assert len(att["attention"]) == 6
+        score = http.post("/score", json={"model": "attention-seed", "text": "A vida é"}).json()
+        assert score["bits_per_character"] > 0
+        tok = http.post("/tokenize", json={"text": "Capitu"}).json()
+        assert tok["ids"]
+        bad = http.post("/generate", json={"model": "nope", "prompt": "a"})
+        assert bad.status_code == 404 and bad.json()["error"]["type"] == "model_not_found"
+
+
+def test_e2e_logs_are_json_lines_naming_providers(server):
+    _, proc = server
+    # The start-up lines were written before /ready answered; read what is buffered so far.
+    os.set_blocking(proc.stdout.fileno(), False)
+    text = proc.stdout.read() or ""
+    os.set_blocking(proc.stdout.fileno(), True)
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert any(
+        '"provider": "CPUExecutionProvider"' in line and '"model": "attention"' in line
+        for line in lines
+    ), text[-2000:]
+
+
+def test_e2e_shutdown_drains_in_flight_requests(server):
+    """SIGTERM while a generation runs: the generation still completes, then the server exits."""
+    base, proc = server
+    result = {}
+
+    def long_request() -> None:
+        response = httpx.post(
+            f"{base}/generate",
+            timeout=60,
+            json={
+                "model": "attention",
+                "prompt": "Capitu " * 30,
+                "max_new_tokens": 64,
+                "temperature": 0,
+            },
+        )
+        result["status"] = response.status_code
+        result["tokens"] = response.json()["usage"]["completion_tokens"]
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    thread.join(60)
+    assert result == {"status": 200, "tokens": 64}
+    # uvicorn re-raises the signal once drained, so the exit status names SIGTERM.
+    assert proc.wait(30) in (0, -signal.SIGTERM)

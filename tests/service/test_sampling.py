@@ -1,0 +1,188 @@
+"""Sampling rules on known logits, and generation on a fake model whose logits are known."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from service.engine import Engine
+from service.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    choose,
+    entropy_bits,
+    filter_top_k,
+    filter_top_p,
+    first_stop,
+    log_softmax,
+)
+from tests.service.conftest import MODELS
+
+LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.1]))
+
+
+def _draws(params: SamplingParams, n: int = 4000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.bincount([choose(LOGITS, params, [], rng) for _ in range(n)], minlength=4) / n
+
+
+def test_sampling_greedy_takes_the_argmax():
+    rng = np.random.default_rng(0)
+    assert all(choose(LOGITS, SamplingParams(temperature=0), [], rng) == 0 for _ in range(20))
+
+
+def test_sampling_temperature_one_follows_the_distribution():
+    freq = _draws(SamplingParams(temperature=1.0))
+    assert np.allclose(freq, [0.5, 0.25, 0.15, 0.1], atol=0.03), freq
+
+
+def test_sampling_low_temperature_sharpens_high_flattens():
+    cold, hot = _draws(SamplingParams(temperature=0.3)), _draws(SamplingParams(temperature=5.0))
+    assert cold[0] > 0.85 and hot[0] < 0.35, (cold, hot)
+
+
+def test_sampling_top_k_keeps_only_k():
+    freq = _draws(SamplingParams(top_k=2))
+    assert freq[2] == 0 and freq[3] == 0
+    assert freq[0] == pytest.approx(2 / 3, abs=0.03)
+    assert np.isneginf(filter_top_k(LOGITS, 1)[1:]).all()
+
+
+def test_sampling_top_p_keeps_the_nucleus():
+    """p = 0.7: 0.5 alone is short of it, 0.5 + 0.25 reaches it; the rest is cut."""
+    kept = np.isfinite(filter_top_p(LOGITS, 0.7))
+    assert kept.tolist() == [True, True, False, False]
+    assert np.isfinite(filter_top_p(LOGITS, 0.01)).tolist() == [True, False, False, False]
+    assert (_draws(SamplingParams(top_p=0.7))[2:] == 0).all()
+
+
+def test_sampling_repetition_penalty_discourages_seen_tokens():
+    logits = np.array([2.0, -1.0, 1.0])
+    out = apply_repetition_penalty(logits, [0, 1], 2.0)
+    assert out.tolist() == [1.0, -2.0, 1.0]
+    rng = np.random.default_rng(0)
+    assert (
+        choose(
+            np.array([2.0, 1.5]), SamplingParams(temperature=0, repetition_penalty=2.0), [0], rng
+        )
+        == 1
+    )
+
+
+def test_sampling_same_seed_same_choices():
+    params = SamplingParams(temperature=1.0)
+    runs = []
+    for _ in range(2):
+        rng = np.random.default_rng(7)
+        runs.append([choose(LOGITS, params, [], rng) for _ in range(50)])
+    assert runs[0] == runs[1] and len(set(runs[0])) > 1
+
+
+def test_sampling_log_softmax_and_entropy():
+    logp = log_softmax(np.zeros(8))
+    assert np.allclose(np.exp(logp).sum(), 1.0)
+    assert entropy_bits(logp) == pytest.approx(3.0)
+    assert entropy_bits(log_softmax(np.array([0.0, -np.inf]))) == pytest.approx(0.0)
+
+
+def test_sampling_first_stop():
+    assert first_stop("abc. def", [".", "def"]) == 3
+    assert first_stop("abc", ["x"]) == -1
+
+
+class CountingSession:
+    """A fake model: the next token is always (last token + 1) mod V, with probability ~0.9."""
+
+    def __init__(self, vocab: int, end_at: int | None = None) -> None:
+        self.vocab, self.end_at, self.calls = vocab, end_at, 0
+
+    def run(self, names, feeds):
+        self.calls += 1
+        ids, positions = feeds["input_ids"], feeds["positions"]
+        last = np.take_along_axis(ids, positions, 1)  # (B, K)
+        logits = np.zeros((*last.shape, self.vocab), dtype=np.float32)
+        target = (last + 1) % self.vocab
+        if self.end_at is not None:
+            target = np.where(last == self.end_at, 0, target)
+        np.put_along_axis(logits, target[..., None], 5.0, -1)
+        return [logits]
+
+
+def _fake_engine(end_at: int | None = None) -> Engine:
+    tokenizer = Tokenizer.from_file(str(MODELS / "tokenizer.json"))
+    model = SimpleNamespace(
+        name="fake",
+        ready=True,
+        error=None,
+        tokenizer=tokenizer,
+        has_attention=False,
+        session=CountingSession(tokenizer.get_vocab_size(), end_at),
+        card={"context": 4, "kind": "fake", "config": {"vocab_size": tokenizer.get_vocab_size()}},
+    )
+    return Engine(model)
+
+
+def _finish(engine: Engine, prompt: str, n: int, **kw):
+    options = dict(params=SamplingParams(temperature=0), seed=None, stop=[], logprobs=0)
+    options.update(kw)
+    *steps, final = engine.generate(prompt, n, **options)
+    return steps, final
+
+
+def test_generate_greedy_follows_the_known_logits():
+    engine = _fake_engine()
+    steps, final = _finish(engine, "a", 5)
+    start = engine.encode("a")[-1]
+    assert [s.id for s in steps] == [start + i for i in range(1, 6)]
+    assert final.finish_reason == "length" and final.text == engine.decode([s.id for s in steps])
+
+
+def test_generate_stops_at_end_of_text():
+    engine = _fake_engine()
+    start = engine.encode("a")[-1]
+    engine.model.session.end_at = start + 2
+    _, final = _finish(engine, "a", 10)
+    assert final.finish_reason == "end_of_text" and len(final.steps) == 2
+
+
+def test_generate_stop_string_cuts_the_text():
+    engine = _fake_engine()
+    _, full = _finish(engine, "a", 6)
+    stop = full.text[3:5]
+    _, final = _finish(engine, "a", 6, stop=[stop])
+    assert final.finish_reason == "stop" and final.text == full.text[: full.text.find(stop)]
+
+
+def test_generate_slides_the_window_past_the_context():
+    """The fake model's context is 4 tokens: every call sees at most 4."""
+    engine = _fake_engine()
+    seen = []
+    original = engine.model.session.run
+
+    def spy(names, feeds):
+        seen.append(feeds["input_ids"].shape[1])
+        return original(names, feeds)
+
+    engine.model.session.run = spy
+    _, final = _finish(engine, "Capitu olhou para mim", 6)
+    assert max(seen) == 4 and final.prompt_truncated and len(final.steps) == 6
+
+
+def test_generate_same_seed_same_tokens():
+    engine = _fake_engine()
+    hot = SamplingParams(temperature=3.0)
+    a = _finish(engine, "a", 8, params=hot, seed=11)[1]
+    b = _finish(engine, "a", 8, params=hot, seed=11)[1]
+    c = _finish(engine, "a", 8, params=hot, seed=12)[1]
+    assert [s.id for s in a.steps] == [s.id for s in b.steps]
+    assert [s.id for s in a.steps] != [s.id for s in c.steps]
+
+
+def test_generate_reports_logprobs_alternatives():
+    engine = _fake_engine()
+    steps, _ = _finish(engine, "a", 2, logprobs=3)
+    assert len(steps[0].top) == 3 and steps[0].top[0][0] == steps[0].id
+    assert steps[0].logprob == pytest.approx(steps[0].top[0][1])
