@@ -14,6 +14,7 @@ from service.engine import Engine
 from service.errors import error_body, install_error_handlers
 from service.registry import load_models
 from service.routes import inference, meta, tokens
+from service.schemas import build_requests
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
@@ -23,11 +24,12 @@ class BodyGuard:
     """Pure ASGI middleware for requests with a body: JSON content type (415), size limit (413),
     UTF-8 (400). Checked before FastAPI parses anything."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: frozenset[str]) -> None:
+        self.app, self.max_bytes, self.paths = app, max_bytes, paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        # Only the JSON endpoints: anything else goes on to its 404 or 405.
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -131,8 +133,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.models, app.state.engines, app.state.in_flight = {}, {}, 0
     install_error_handlers(app)
-    app.include_router(inference.router)
-    app.include_router(tokens.router)
+    requests = build_requests(settings)
+    app.include_router(inference.build_router(requests))
+    app.include_router(tokens.build_router(requests))
     app.include_router(meta.router)
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    post_paths = frozenset(
+        route.path for route in app.routes if "POST" in getattr(route, "methods", ())
+    )
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, paths=post_paths)
     return app

@@ -228,15 +228,15 @@ class Engine:
         layers, heads = int(config["n_layer"]), int(config["n_head"])
         if layer is not None and layer >= layers:
             raise APIError(
-                422,
-                "invalid_field",
+                404,
+                "layer_not_found",
                 f"layer {layer} does not exist: {self.name} has layers 0..{layers - 1}",
                 "layer",
             )
         if head is not None and head >= heads:
             raise APIError(
-                422,
-                "invalid_field",
+                404,
+                "head_not_found",
                 f"head {head} does not exist: {self.name} has heads 0..{heads - 1}",
                 "head",
             )

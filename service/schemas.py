@@ -1,15 +1,15 @@
-"""Request and response bodies, with the limits that show in the OpenAPI schema.
+"""Request and response bodies. Request limits come from the settings, so the OpenAPI schema
+shows the limits this server enforces."""
 
-Hard ceilings here keep the schema honest; the configured limits (settings) may be lower and are
-checked in the routes, with an error that names the limit.
-"""
-
-from __future__ import annotations
-
+import typing
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from service.settings import Settings
+
+NOT_BLANK = r"\S"  # something other than whitespace
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ModelName = Annotated[
     str,
@@ -41,46 +41,28 @@ def _valid_text(value: str) -> str:
     return value
 
 
-def _not_blank(value: str) -> str:
-    if not _valid_text(value).strip():
-        raise ValueError("must contain something other than whitespace")
-    return value
+def _json_kind(annotation: object) -> type | None:
+    """int, float or bool for a (possibly optional) numeric or boolean field, else None."""
+    options = typing.get_args(annotation) or (annotation,)
+    kinds = [k for k in options if k in (int, float, bool)]
+    return kinds[0] if kinds else None
 
 
 class Strict(BaseModel):
+    """Unknown fields refused; numbers and booleans only as JSON numbers and booleans (3.0 is an
+    integer, as JSON Schema has it; "3" and true are not)."""
+
     model_config = ConfigDict(extra="forbid")
 
-
-class GenerateRequest(Strict):
-    model: ModelName
-    prompt: Prompt
-    max_new_tokens: int = Field(16, ge=1, le=4096, description="tokens to generate at most")
-    temperature: float = Field(
-        1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0 is greedy decoding"
-    )
-    top_k: int = Field(0, ge=0, le=8192, description="sample among the k likeliest; 0: off")
-    top_p: float = Field(
-        1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass; 1: off"
-    )
-    repetition_penalty: float = Field(
-        1.0,
-        ge=1.0,
-        le=10.0,
-        allow_inf_nan=False,
-        description="> 1 discourages tokens already in context",
-    )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same output")
-    stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-        default_factory=list, max_length=32, description="stop before any of these strings"
-    )
-    logprobs: int = Field(0, ge=0, le=100, description="alternatives listed per token")
-
-    _prompt_not_blank = field_validator("prompt")(_not_blank)
-
-    @field_validator("stop")
+    @field_validator("*", mode="before")
     @classmethod
-    def _stops_are_text(cls, stops: list[str]) -> list[str]:
-        return [_valid_text(s) for s in stops]
+    def _json_types(cls, value: object, info: ValidationInfo) -> object:
+        kind = _json_kind(cls.model_fields[info.field_name].annotation)
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        if kind in (int, float) and (isinstance(value, bool | str)):
+            raise ValueError(f"must be a JSON number, not {type(value).__name__}")
+        return value
 
 
 class TokenAlternative(BaseModel):
@@ -115,14 +97,6 @@ class GenerateResponse(BaseModel):
     tokens_per_second: float
 
 
-class NextTokenRequest(Strict):
-    model: ModelName
-    prompt: Prompt
-    top_k: int = Field(10, ge=1, le=8192, description="how many likely next tokens to list")
-
-    _prompt_not_blank = field_validator("prompt")(_not_blank)
-
-
 class NextTokenCandidate(BaseModel):
     id: int
     token: str
@@ -139,15 +113,6 @@ class NextTokenResponse(BaseModel):
     entropy_bits: float
 
 
-class AttentionRequest(Strict):
-    model: ModelName
-    prompt: Prompt
-    layer: int | None = Field(None, ge=0, le=1024, description="one layer (default: all)")
-    head: int | None = Field(None, ge=0, le=1024, description="one head (default: all)")
-
-    _prompt_not_blank = field_validator("prompt")(_not_blank)
-
-
 class AttentionResponse(BaseModel):
     model: str
     tokens: list[str]
@@ -158,14 +123,6 @@ class AttentionResponse(BaseModel):
     attention: list[list[list[list[float]]]] = Field(
         description="weights [layer][head][query][key]; each query row sums to 1"
     )
-
-
-class ScoreRequest(Strict):
-    model: ModelName
-    text: Annotated[str, Field(min_length=1, max_length=1_000_000)]
-    per_token: bool = Field(False, description="also list each token's log-probability")
-
-    _text_not_blank = field_validator("text")(_not_blank)
 
 
 class TokenLogprob(BaseModel):
@@ -187,17 +144,10 @@ class ScoreResponse(BaseModel):
     token_logprobs: list[TokenLogprob] | None = None
 
 
-class TokenizeRequest(Strict):
-    text: Annotated[str, Field(min_length=1, max_length=100_000)]
-    model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")
-
-    _text_is_text = field_validator("text")(_valid_text)
-
-
 class TokenizeResponse(BaseModel):
     ids: list[int]
     tokens: list[str]
-    offsets: list[tuple[int, int]] = Field(description="[start, end) character offsets")
+    offsets: list[list[int]] = Field(description="[start, end) character offsets, a pair a token")
 
 
 class ModelInfo(BaseModel):
@@ -225,3 +175,145 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     models: dict[str, str]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="machine-readable kind, e.g. invalid_field, model_not_found")
+    message: str = Field(description="what was wrong and what is allowed")
+    field: str | None = Field(None, description="the offending field, where there is one")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI entries for the error statuses a route may answer, all with ErrorResponse."""
+    meaning = {
+        400: "malformed JSON or invalid UTF-8",
+        404: "no such model or route",
+        405: "method not allowed",
+        413: "body over the size limit",
+        415: "body is not application/json",
+        422: "a field is invalid or over a limit",
+        429: "too many requests in flight; see Retry-After",
+        503: "model or service not ready",
+        504: "the request ran past its time limit",
+    }
+    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
+
+
+INFERENCE_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """The request bodies, built for one Settings: their limits are the server's limits, so the
+    OpenAPI schema tells clients exactly what this server accepts."""
+
+    generate: type[BaseModel]
+    next_token: type[BaseModel]
+    attention: type[BaseModel]
+    score: type[BaseModel]
+    tokenize: type[BaseModel]
+
+
+def build_requests(settings: Settings) -> Requests:
+    PromptText = Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=settings.max_prompt_chars,
+            pattern=NOT_BLANK,
+            description="text to continue; not empty or only whitespace",
+            examples=["Capitu olhou para mim"],
+        ),
+    ]
+    StopString = Annotated[str, Field(min_length=1, max_length=100)]
+
+    class GenerateRequest(Strict):
+        model: ModelName
+        prompt: PromptText
+        max_new_tokens: int = Field(
+            min(16, settings.max_new_tokens),
+            ge=1,
+            le=settings.max_new_tokens,
+            description="tokens to generate at most",
+        )
+        temperature: float = Field(
+            1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0 is greedy decoding"
+        )
+        top_k: int = Field(
+            0, ge=0, le=settings.max_top_k, description="sample among the k likeliest; 0: off"
+        )
+        top_p: float = Field(
+            1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass; 1: off"
+        )
+        repetition_penalty: float = Field(
+            1.0,
+            ge=1.0,
+            le=10.0,
+            allow_inf_nan=False,
+            description="> 1 discourages tokens already in context",
+        )
+        seed: int | None = Field(None, ge=0, le=2**53 - 1, description="same seed, same output")
+        stop: list[StopString] = Field(
+            default_factory=list,
+            max_length=settings.max_stop_strings,
+            description="stop before any of these strings",
+        )
+        logprobs: int = Field(
+            0, ge=0, le=settings.max_logprobs, description="alternatives listed per token"
+        )
+
+        _prompt_is_text = field_validator("prompt")(_valid_text)
+
+        @field_validator("stop")
+        @classmethod
+        def _stops_are_text(cls, stops: list[str]) -> list[str]:
+            return [_valid_text(s) for s in stops]
+
+    class NextTokenRequest(Strict):
+        model: ModelName
+        prompt: PromptText
+        top_k: int = Field(
+            min(10, settings.max_top_k),
+            ge=1,
+            le=settings.max_top_k,
+            description="how many likely next tokens to list",
+        )
+
+        _prompt_is_text = field_validator("prompt")(_valid_text)
+
+    class AttentionRequest(Strict):
+        model: ModelName
+        prompt: PromptText
+        layer: int | None = Field(None, ge=0, le=1024, description="one layer (default: all)")
+        head: int | None = Field(None, ge=0, le=1024, description="one head (default: all)")
+
+        _prompt_is_text = field_validator("prompt")(_valid_text)
+
+    class ScoreRequest(Strict):
+        model: ModelName
+        text: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=settings.max_score_chars,
+                pattern=NOT_BLANK,
+                description="text to score",
+            ),
+        ]
+        per_token: bool = Field(False, description="also list each token's log-probability")
+
+        _text_is_text = field_validator("text")(_valid_text)
+
+    class TokenizeRequest(Strict):
+        text: Annotated[str, Field(min_length=1, max_length=settings.max_score_chars)]
+        model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")
+
+        _text_is_text = field_validator("text")(_valid_text)
+
+    return Requests(
+        GenerateRequest, NextTokenRequest, AttentionRequest, ScoreRequest, TokenizeRequest
+    )

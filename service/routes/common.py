@@ -37,17 +37,6 @@ def engine_for(request: Request, name: str) -> Engine:
     )
 
 
-def check_limit(value: int, limit: int, field: str, what: str) -> None:
-    if value > limit:
-        raise APIError(
-            422,
-            "invalid_field",
-            f"{field} is {value}; this server allows at most {limit} {what} "
-            f"(setting MACHADO_{field.upper()} or its like)",
-            field,
-        )
-
-
 @asynccontextmanager
 async def inference_slot(request: Request) -> AsyncIterator[float]:
     """Holds one of the max_concurrency slots (429 when none is free); yields the deadline."""

@@ -134,14 +134,14 @@ def test_api_attention_errors(client):
     )
     _error(
         client.post("/attention", json={"model": "attention", "prompt": "x", "layer": 6}),
-        422,
-        "invalid_field",
+        404,
+        "layer_not_found",
         "layer",
     )
     _error(
         client.post("/attention", json={"model": "attention", "prompt": "x", "head": 9}),
-        422,
-        "invalid_field",
+        404,
+        "head_not_found",
         "head",
     )
 
@@ -211,6 +211,7 @@ def test_api_model_names_with_path_characters_422(client, name):
         ({"top_k": -1}, "top_k"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"max_new_tokens": 10**9}, "max_new_tokens"),
+        ({"top_k": 101}, "top_k"),
         ({"max_new_tokens": 33}, "max_new_tokens"),
         ({"repetition_penalty": 0.5}, "repetition_penalty"),
         ({"seed": -1}, "seed"),
@@ -265,18 +266,10 @@ def test_api_body_over_limit_413(client):
 
 
 def test_api_prompt_over_configured_limit_422(client):
-    _error(
-        client.post("/generate", json={"model": "attention", "prompt": "a" * 2001}),
-        422,
-        "invalid_field",
-        "max_prompt_chars",
-    )
-    _error(
-        client.post("/score", json={"model": "attention", "text": "a" * 5001}),
-        422,
-        "invalid_field",
-        "max_score_chars",
-    )
+    long_prompt = {"model": "attention", "prompt": "a" * 2001}
+    _error(client.post("/generate", json=long_prompt), 422, "invalid_field", "prompt")
+    long_text = {"model": "attention", "text": "a" * 5001}
+    _error(client.post("/score", json=long_text), 422, "invalid_field", "text")
 
 
 def test_api_unknown_route_and_method(client):
@@ -337,8 +330,10 @@ def test_api_broken_model_is_reported_not_fatal(tmp_path):
 
 
 def test_api_openapi_shows_limits(client):
+    """The schema carries this server's configured limits (the test client's: 32 new tokens)."""
     schema = client.get("/openapi.json").json()
     generate = schema["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert generate["max_new_tokens"]["maximum"] == 4096
+    assert generate["max_new_tokens"]["maximum"] == 32
+    assert generate["prompt"]["maxLength"] == 2000
     assert generate["top_p"]["exclusiveMinimum"] == 0
     assert client.get("/docs").status_code == 200
