@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tokens.build_router(requests))
     app.include_router(meta.router)
     post_paths = frozenset(
-        route.path for route in app.routes if "POST" in getattr(route, "methods", ())
+        path for path, operations in app.openapi()["paths"].items() if "post" in operations
     )
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, paths=post_paths)
     return app
