@@ -1,0 +1,210 @@
+"""Service benchmark (not a test): HTTP latency and throughput beside the raw ONNX Runtime call.
+
+Starts `python -m service` on a free loopback port, then measures for one model:
+- /next-token with a 64-token prompt: p50/p99 latency over sequential requests;
+- /generate with 64 new tokens (greedy): p50/p99 latency;
+- /next-token requests per second at concurrency 1 and 16 (bounded in time);
+- the same next-token computation called in-process on ONNX Runtime, no HTTP.
+Writes the figures as JSON and prints a Markdown table.
+
+    python scripts/bench_service.py --model attention --json benchmarks/service-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. " * 12
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "n": len(ordered),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompt_of(tokens: int, models_dir: Path) -> str:
+    """A prompt that is exactly ``tokens`` tokens after the end-of-text token."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(models_dir / "tokenizer.json"))
+    ids = tokenizer.encode(TEXT, add_special_tokens=False).ids[: tokens - 1]
+    return tokenizer.decode(ids)
+
+
+def timed(fn, n: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def throughput(base: str, body: dict, concurrency: int, seconds: float) -> dict:
+    """Requests per second with ``concurrency`` clients looping for ``seconds``."""
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                response = await client.post("/next-token", json=body)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    done = sum(statuses.values())
+    return {
+        "concurrency": concurrency,
+        "requests": done,
+        "seconds": elapsed,
+        "requests_per_s": done / elapsed,
+        "statuses": statuses,
+    }
+
+
+def raw_onnx(models_dir: Path, model: str, prompt: str, threads: int, n: int) -> dict:
+    """The next-token graph call alone, in-process, with the service's session options."""
+    sys.path.insert(0, str(ROOT))
+    from service.registry import ProviderChoice, load_model
+    from service.settings import Settings
+
+    settings = Settings(models_dir=models_dir, threads=threads, provider="cpu")
+    loaded = load_model(
+        models_dir / model, settings, {}, ProviderChoice(["CPUExecutionProvider"], "benchmark")
+    )
+    eot = loaded.tokenizer.token_to_id("<|endoftext|>")
+    ids = [eot, *loaded.tokenizer.encode(prompt, add_special_tokens=False).ids]
+    window = np.asarray(ids[-int(loaded.card["context"]) :], dtype=np.int64)[None]
+    positions = np.asarray([[window.shape[1] - 1]])
+    return percentiles(
+        timed(
+            lambda: loaded.session.run(["logits"], {"input_ids": window, "positions": positions}), n
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="attention", help="model to measure (attention)")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
+    parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+
+    prompt = prompt_of(64, args.models_dir)
+    port = free_port()
+    env = {**os.environ, "MACHADO_MAX_CONCURRENCY": "32", "MACHADO_LOG_LEVEL": "warning"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--port",
+            str(port),
+            "--models-dir",
+            str(args.models_dir),
+            "--threads",
+            str(args.threads),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit("the server did not become ready")
+        next_body = {"model": args.model, "prompt": prompt, "top_k": 5}
+        gen_body = {"model": args.model, "prompt": prompt, "max_new_tokens": 64, "temperature": 0}
+        with httpx.Client(base_url=base, timeout=120) as http:
+            seen = http.post("/next-token", json=next_body).json()["tokens"]
+            next_token = percentiles(
+                timed(lambda: http.post("/next-token", json=next_body), args.requests)
+            )
+            generated = http.post("/generate", json=gen_body).json()["usage"]
+            generate = percentiles(
+                timed(lambda: http.post("/generate", json=gen_body), args.generations, warmup=1)
+            )
+        rates = [asyncio.run(throughput(base, next_body, c, args.seconds)) for c in (1, 16)]
+    finally:
+        server.terminate()
+        server.wait(30)
+    raw = raw_onnx(args.models_dir, args.model, prompt, args.threads, args.requests)
+    result = {
+        "model": args.model,
+        "prompt_tokens_seen": len(seen),
+        "generate_new_tokens": generated["completion_tokens"],
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "threads": args.threads,
+        "next_token_http": next_token,
+        "generate_http": generate,
+        "throughput": rates,
+        "next_token_raw_onnxruntime": raw,
+    }
+    print(json.dumps(result, indent=2))
+    print(f"\n| measure ({args.model}) | p50 ms | p99 ms |\n|---|---|---|")
+    print(
+        f"| raw ONNX Runtime next-token call, in-process | {raw['p50_ms']:.2f} | "
+        f"{raw['p99_ms']:.2f} |"
+    )
+    print(
+        f"| POST /next-token, {len(seen)} tokens seen | {next_token['p50_ms']:.2f} | "
+        f"{next_token['p99_ms']:.2f} |"
+    )
+    print(
+        f"| POST /generate, {generated['completion_tokens']} new tokens | "
+        f"{generate['p50_ms']:.1f} | {generate['p99_ms']:.1f} |"
+    )
+    for rate in rates:
+        print(
+            f"| /next-token at concurrency {rate['concurrency']}: "
+            f"{rate['requests_per_s']:.1f} requests/s, statuses {rate['statuses']} | | |"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
