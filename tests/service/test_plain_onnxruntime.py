@@ -1,0 +1,86 @@
+"""The service installed alone (the `cpu` extra: plain onnxruntime, no torch) serves the models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import venv
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_service_runs_on_plain_onnxruntime_without_torch(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[cpu]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if install.returncode != 0:
+        pytest.fail(f"pip install .[cpu] failed: {install.stderr[-3000:]}")
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "import onnxruntime, importlib.util as u; "
+            "print(onnxruntime.get_available_providers(), u.find_spec('torch') is None)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert "CPUExecutionProvider" in probe.stdout, probe.stdout + probe.stderr
+    assert "CUDAExecutionProvider" not in probe.stdout, probe.stdout
+    assert probe.stdout.strip().endswith("True"), "torch is importable"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    server = subprocess.Popen(
+        [
+            str(env_dir / "bin" / "machado-serve"),
+            "--port",
+            str(port),
+            "--models-dir",
+            str(ROOT / "models"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            server.kill()
+            pytest.fail(f"not ready: {server.stdout.read()[-3000:]}")
+        models = httpx.get(f"{base}/models").json()["models"]
+        assert {m["provider"] for m in models} == {"CPUExecutionProvider"}
+        assert all("no CUDA provider" in m["provider_reason"] for m in models)
+        result = httpx.post(
+            f"{base}/generate",
+            timeout=60,
+            json={"model": "attention", "prompt": "Capitu olhou", "max_new_tokens": 8},
+        )
+        assert result.status_code == 200 and result.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        server.terminate()
+        server.wait(30)
