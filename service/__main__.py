@@ -20,7 +20,8 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
-        choices = typing.get_args(field.annotation) or None
+        literal = typing.get_origin(field.annotation) is typing.Literal
+        choices = typing.get_args(field.annotation) if literal else None
         kind = {int: int, float: float, Path: Path}.get(field.annotation, str)
         parser.add_argument(
             flag,

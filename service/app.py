@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.ab import ABStats, parse_weights
 from service.engine import Engine
 from service.errors import error_body, install_error_handlers
+from service.observability import Metrics, RequestContext
 from service.registry import load_models
-from service.routes import inference, meta, tokens
-from service.schemas import build_requests
+from service.routes import compare, inference, meta, openai, tokens
+from service.schemas import build_compare_request, build_requests
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
@@ -116,6 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.models = models
         app.state.engines = {name: Engine(m) for name, m in models.items() if m.ready}
         app.state.in_flight = 0
+        for name, m in models.items():
+            app.state.metrics.models.labels(name, m.provider or "none").set(1 if m.ready else 0)
+        try:
+            app.state.ab_weights = parse_weights(settings.ab_weights, sorted(app.state.engines))
+        except ValueError as error:
+            app.state.ab_weights, app.state.ab_error = {}, str(error)
+            log.error(f"A/B experiment off: {error}")
         ready = sorted(app.state.engines)
         failed = sorted(set(models) - set(ready))
         log.info(
@@ -132,13 +143,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.models, app.state.engines, app.state.in_flight = {}, {}, 0
+    app.state.metrics, app.state.ab_stats = Metrics(), ABStats()
+    app.state.ab_weights, app.state.ab_error = {}, None
+    app.state.started = time.time()
     install_error_handlers(app)
     requests = build_requests(settings)
     app.include_router(inference.build_router(requests))
+    app.include_router(compare.build_router(build_compare_request(settings)))
+    app.include_router(openai.build_router(settings))
     app.include_router(tokens.build_router(requests))
     app.include_router(meta.router)
     post_paths = frozenset(
         path for path, operations in app.openapi()["paths"].items() if "post" in operations
     )
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, paths=post_paths)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-client-id", "x-request-id"],
+            expose_headers=["x-request-id", "x-model", "retry-after"],
+        )
+    # Outermost: every response, errors and rejections included, gets its id and log line.
+    app.add_middleware(RequestContext, metrics=app.state.metrics, log_prompts=settings.log_prompts)
     return app

@@ -46,6 +46,7 @@ def _location(loc: tuple | list) -> str | None:
 
 
 _HTTP_TYPES = {
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",

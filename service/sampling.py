@@ -74,7 +74,11 @@ def choose(
     scores = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.temperature == 0.0:
         return int(np.argmax(scores))
-    scores = np.asarray(scores, dtype=np.float64) / params.temperature
+    scores = np.asarray(scores, dtype=np.float64)
+    # Shift before dividing: with the maximum at 0, even a vanishing temperature gives -inf
+    # (probability 0) for the others, never inf - inf.
+    with np.errstate(over="ignore"):
+        scores = (scores - scores.max()) / params.temperature
     scores = filter_top_p(filter_top_k(scores, params.top_k), params.top_p)
     probs = np.exp(log_softmax(scores))
     return int(rng.choice(probs.shape[-1], p=probs / probs.sum()))

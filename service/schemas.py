@@ -191,6 +191,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI entries for the error statuses a route may answer, all with ErrorResponse."""
     meaning = {
         400: "malformed JSON or invalid UTF-8",
+        401: "API key missing or wrong",
         404: "no such model or route",
         405: "method not allowed",
         413: "body over the size limit",
@@ -203,7 +204,20 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
 
 
-INFERENCE_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504)
+def sse_doc(description: str) -> dict[int | str, dict]:
+    """OpenAPI entry of a 200 that may be a stream of server-sent events (each event's fields)."""
+    event = {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string"},
+            "id": {"type": "string"},
+        },
+    }
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}
+
+
+INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -265,6 +279,7 @@ def build_requests(settings: Settings) -> Requests:
         logprobs: int = Field(
             0, ge=0, le=settings.max_logprobs, description="alternatives listed per token"
         )
+        stream: bool = Field(False, description="answer with server-sent events, one per token")
 
         _prompt_is_text = field_validator("prompt")(_valid_text)
 
@@ -317,3 +332,64 @@ def build_requests(settings: Settings) -> Requests:
     return Requests(
         GenerateRequest, NextTokenRequest, AttentionRequest, ScoreRequest, TokenizeRequest
     )
+
+
+class CompareModelResult(BaseModel):
+    model: str
+    completion: str
+    finish_reason: Literal["length", "stop", "end_of_text"]
+    next_tokens: list[NextTokenCandidate]
+    surprisal_bits: list[float] = Field(description="-log2 p of each prompt token, in order")
+    total_surprisal_bits: float
+    latency_ms: float
+
+
+class CompareResponse(BaseModel):
+    prompt_tokens: list[str]
+    results: list[CompareModelResult]
+    least_surprised: list[str | None] = Field(
+        description="per prompt token, the model that gave it the highest probability (null "
+        "where the models tokenize the prompt differently)"
+    )
+
+
+def build_compare_request(settings: Settings) -> type[BaseModel]:
+    class CompareRequest(Strict):
+        prompt: str = Field(
+            min_length=1,
+            max_length=settings.max_prompt_chars,
+            pattern=NOT_BLANK,
+            examples=["Capitu olhou para mim"],
+        )
+        models: list[ModelName] | None = Field(
+            None,
+            min_length=1,
+            max_length=settings.max_compare_models,
+            description="models to compare (default: every loaded model)",
+        )
+        max_new_tokens: int = Field(
+            min(16, settings.max_new_tokens), ge=1, le=settings.max_new_tokens
+        )
+        temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False)
+        top_k: int = Field(0, ge=0, le=settings.max_top_k)
+        top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+        repetition_penalty: float = Field(1.0, ge=1.0, le=10.0, allow_inf_nan=False)
+        seed: int | None = Field(None, ge=0, le=2**53 - 1, description="one seed for all models")
+        stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+            default_factory=list, max_length=settings.max_stop_strings
+        )
+        top_n: int = Field(
+            min(5, settings.max_top_k),
+            ge=1,
+            le=settings.max_top_k,
+            description="next tokens listed per model",
+        )
+
+        _prompt_is_text = field_validator("prompt")(_valid_text)
+
+        @field_validator("stop")
+        @classmethod
+        def _stops_are_text(cls, stops: list[str]) -> list[str]:
+            return [_valid_text(s) for s in stops]
+
+    return CompareRequest

@@ -36,5 +36,21 @@ class Settings(BaseSettings):
     max_stop_strings: int = Field(8, ge=0, description="most stop strings per request")
     max_score_chars: int = Field(200_000, ge=1, description="longest text /score accepts")
     max_attention_tokens: int = Field(64, ge=1, description="tokens /attention returns weights for")
+    max_compare_models: int = Field(8, ge=1, description="models one /compare may run")
+    max_completions: int = Field(4, ge=1, description="most choices (n) of /v1/completions")
+    ab_weights: str = Field(
+        "",
+        description="A/B arms for model 'ab', e.g. 'attention=50,bengio=50' "
+        "(empty: every loaded model, equal weights)",
+    )
+    api_key: str | None = Field(
+        None,
+        description="if set, model endpoints need 'Authorization: "
+        "Bearer <key>'; /health, /ready, /metrics stay open",
+    )
+    cors_origins: str = Field(
+        "", description="comma-separated origins allowed by CORS (empty: CORS off)"
+    )
+    log_prompts: bool = Field(False, description="include prompts in the request log lines")
     log_format: Literal["json", "text"] = Field("json", description="log lines as JSON or text")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")

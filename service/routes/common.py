@@ -1,7 +1,9 @@
-"""What every inference route shares: finding the model, the concurrency limit, the time limit."""
+"""What every inference route shares: the model (or A/B arm), the API key, the concurrency
+limit, the time limit."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +12,7 @@ from typing import TypeVar
 import anyio
 from fastapi import Request
 
+from service.ab import AB_MODEL, pick_arm
 from service.engine import Engine
 from service.errors import APIError
 from service.settings import Settings
@@ -21,10 +24,27 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def require_api_key(request: Request) -> None:
+    """With MACHADO_API_KEY set, the model endpoints want 'Authorization: Bearer <key>'."""
+    key = settings_of(request).api_key
+    if not key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), key):
+        raise APIError(
+            401,
+            "unauthorized",
+            "this endpoint needs 'Authorization: Bearer <key>' with the server's API key",
+            None,
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
 def engine_for(request: Request, name: str) -> Engine:
     """The engine serving ``name``: 404 if no such model, 503 if it failed to load."""
     engines: dict[str, Engine] = request.app.state.engines
     if name in engines:
+        request.state.model = name
         return engines[name]
     models = request.app.state.models
     if name in models:
@@ -33,8 +53,29 @@ def engine_for(request: Request, name: str) -> Engine:
         )
     known = ", ".join(sorted(engines)) or "none"
     raise APIError(
-        404, "model_not_found", f"no model named {name!r}; served models: {known}", "model"
+        404,
+        "model_not_found",
+        f"no model named {name!r}; served models: {known} (or 'ab' for the A/B "
+        "experiment where the endpoint offers it)",
+        "model",
     )
+
+
+def resolve(request: Request, name: str, client_id: str | None = None) -> tuple[Engine, str | None]:
+    """The engine for ``name``, or for the client's A/B arm when ``name`` is 'ab' (the client
+    is ``client_id``, else the X-Client-Id header, else anonymous and random)."""
+    if name != AB_MODEL:
+        return engine_for(request, name), None
+    weights = request.app.state.ab_weights
+    if not weights:
+        raise APIError(
+            503,
+            "not_ready",
+            f"the A/B experiment has no arm: {request.app.state.ab_error or 'no model loaded'}",
+            "model",
+        )
+    arm = pick_arm(weights, client_id or request.headers.get("x-client-id"))
+    return engine_for(request, arm), arm
 
 
 @asynccontextmanager
@@ -42,6 +83,7 @@ async def inference_slot(request: Request) -> AsyncIterator[float]:
     """Holds one of the max_concurrency slots (429 when none is free); yields the deadline."""
     state, settings = request.app.state, settings_of(request)
     if state.in_flight >= settings.max_concurrency:
+        state.metrics.rejected.labels("overloaded").inc()
         raise APIError(
             429,
             "overloaded",
@@ -51,10 +93,12 @@ async def inference_slot(request: Request) -> AsyncIterator[float]:
             {"Retry-After": "1"},
         )
     state.in_flight += 1
+    state.metrics.in_flight.set(state.in_flight)
     try:
         yield time.monotonic() + settings.request_timeout_s
     finally:
         state.in_flight -= 1
+        state.metrics.in_flight.set(state.in_flight)
 
 
 async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
@@ -65,3 +109,25 @@ async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
     if scope.cancelled_caught:
         raise APIError(504, "timeout", f"the request ran past its time limit of {timeout:g} s")
     raise AssertionError("unreachable")
+
+
+def record_ab(
+    request: Request,
+    arm: str | None,
+    started: float,
+    ok: bool,
+    tokens: int = 0,
+    bpc: float | None = None,
+) -> None:
+    """A/B figures for GET /ab and Prometheus, when the request went through an arm."""
+    if arm is None:
+        return
+    seconds = time.perf_counter() - started
+    state = request.app.state
+    state.ab_stats.record(arm, seconds, ok, tokens, bpc)
+    state.metrics.ab_requests.labels(arm, "ok" if ok else "error").inc()
+    state.metrics.ab_latency.labels(arm).observe(seconds)
+    if tokens:
+        state.metrics.ab_tokens.labels(arm).inc(tokens)
+    if bpc is not None:
+        state.metrics.ab_bpc.labels(arm).observe(bpc)

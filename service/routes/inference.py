@@ -1,14 +1,27 @@
-"""Model endpoints: /generate, /next-token, /attention, /score."""
+"""Model endpoints: /generate (also streamed), /next-token, /attention, /score."""
 
 # No `from __future__ import annotations`: the request bodies are classes built from the
 # settings, and FastAPI reads the endpoints' annotations as real objects.
 
+import json
 import time
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+import anyio
+from fastapi import APIRouter, Depends, Request, Response
+from sse_starlette.sse import EventSourceResponse
 
-from service.engine import Generation
-from service.routes.common import engine_for, inference_slot, run_blocking, settings_of
+from service.engine import Engine, Generation, Step
+from service.errors import APIError, error_body
+from service.routes.common import (
+    engine_for,
+    inference_slot,
+    record_ab,
+    require_api_key,
+    resolve,
+    run_blocking,
+    settings_of,
+)
 from service.sampling import SamplingParams
 from service.schemas import (
     INFERENCE_ERRORS,
@@ -20,68 +33,177 @@ from service.schemas import (
     ScoreResponse,
     TokenAlternative,
     Usage,
+    sse_doc,
+)
+
+SSE_DOC = sse_doc(
+    "with stream: true, events 'token' (id, text, logprob), then 'done' "
+    "(finish_reason, usage) or 'error'"
 )
 
 
-def build_router(requests: Requests) -> APIRouter:
-    router = APIRouter(tags=["inference"])
-
-    @router.post("/generate", response_model=GenerateResponse, responses=INFERENCE_ERRORS)
-    async def generate(body: requests.generate, request: Request) -> GenerateResponse:
-        """Continue a prompt: greedy or sampled, with stop strings and per-token
-        log-probabilities."""
-        engine = engine_for(request, body.model)
-        params = SamplingParams(body.temperature, body.top_k, body.top_p, body.repetition_penalty)
-        async with inference_slot(request) as deadline:
-            started = time.perf_counter()
-
-            def work() -> Generation:
-                *_, final = engine.generate(
-                    body.prompt,
-                    body.max_new_tokens,
-                    params,
-                    body.seed,
-                    body.stop,
-                    body.logprobs,
-                    deadline,
-                )
-                return final
-
-            result = await run_blocking(request, work)
-            seconds = time.perf_counter() - started
-        tokens = [
-            GeneratedToken(
-                id=s.id,
-                token=s.text,
-                logprob=s.logprob,
-                top_logprobs=[
-                    TokenAlternative(id=i, token=engine.decode([i]), logprob=lp) for i, lp in s.top
-                ],
-            )
-            for s in result.steps
-        ]
-        n = len(tokens)
-        return GenerateResponse(
-            model=engine.name,
-            text=result.text,
-            tokens=tokens,
-            finish_reason=result.finish_reason,
-            prompt_truncated=result.prompt_truncated,
-            usage=Usage(
-                prompt_tokens=len(result.prompt_ids),
-                completion_tokens=n,
-                total_tokens=len(result.prompt_ids) + n,
-            ),
-            seconds=seconds,
-            tokens_per_second=n / seconds if seconds > 0 else 0.0,
+def generation_response(engine: Engine, result: Generation, seconds: float) -> GenerateResponse:
+    tokens = [
+        GeneratedToken(
+            id=s.id,
+            token=s.text,
+            logprob=s.logprob,
+            top_logprobs=[
+                TokenAlternative(id=i, token=engine.decode([i]), logprob=lp) for i, lp in s.top
+            ],
         )
+        for s in result.steps
+    ]
+    n = len(tokens)
+    return GenerateResponse(
+        model=engine.name,
+        text=result.text,
+        tokens=tokens,
+        finish_reason=result.finish_reason,
+        prompt_truncated=result.prompt_truncated,
+        usage=Usage(
+            prompt_tokens=len(result.prompt_ids),
+            completion_tokens=n,
+            total_tokens=len(result.prompt_ids) + n,
+        ),
+        seconds=seconds,
+        tokens_per_second=n / seconds if seconds > 0 else 0.0,
+    )
+
+
+def count_tokens(request: Request, engine: Engine, tokens: int, seconds: float) -> None:
+    metrics = request.app.state.metrics
+    if tokens:
+        metrics.tokens.labels(engine.name).inc(tokens)
+        metrics.token_time.labels(engine.name).observe(seconds / tokens)
+
+
+async def stream_steps(
+    request: Request, steps, on_step, on_done, on_error, release
+) -> AsyncIterator[dict]:
+    """Server-sent events from a blocking step generator, one step per worker-thread call.
+
+    A client that leaves cancels this iterator (sse-starlette watches the connection): the step
+    in progress finishes, no further step starts, and the slot is released.
+    """
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, steps, None)
+            if item is None:
+                break
+            if isinstance(item, Step):
+                yield on_step(item)
+            else:
+                yield on_done(item)
+                break
+    except APIError as exc:
+        yield on_error(error_body(exc.type, exc.message, exc.field))
+    except Exception as exc:  # the stream has started: report, never crash the connection
+        yield on_error(error_body("internal_error", f"generation failed: {type(exc).__name__}"))
+    finally:
+        steps.close()
+        await release()
+
+
+def build_router(requests: Requests) -> APIRouter:
+    router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+
+    @router.post(
+        "/generate", response_model=GenerateResponse, responses={**INFERENCE_ERRORS, **SSE_DOC}
+    )
+    async def generate(body: requests.generate, request: Request, response: Response):
+        """Continue a prompt: greedy or sampled, with stop strings and per-token
+        log-probabilities; `stream: true` sends each token as a server-sent event."""
+        engine, arm = resolve(request, body.model)
+        request.state.prompt = body.prompt
+        params = SamplingParams(body.temperature, body.top_k, body.top_p, body.repetition_penalty)
+        started = time.perf_counter()
+        slot = inference_slot(request)
+        deadline = await slot.__aenter__()
+        steps = engine.generate(
+            body.prompt, body.max_new_tokens, params, body.seed, body.stop, body.logprobs, deadline
+        )
+        if body.stream:
+            produced = {"tokens": 0, "ok": True}
+
+            def on_step(step: Step) -> dict:
+                produced["tokens"] += 1
+                return {
+                    "event": "token",
+                    "data": json.dumps(
+                        {
+                            "id": step.id,
+                            "text": step.text,
+                            "logprob": step.logprob,
+                            "top_logprobs": [{"id": i, "logprob": lp} for i, lp in step.top],
+                        },
+                        ensure_ascii=False,
+                    ),
+                }
+
+            def on_done(result: Generation) -> dict:
+                final = generation_response(engine, result, time.perf_counter() - started)
+                return {
+                    "event": "done",
+                    "data": json.dumps(
+                        {
+                            "model": engine.name,
+                            "text": final.text,
+                            "finish_reason": final.finish_reason,
+                            "prompt_truncated": final.prompt_truncated,
+                            "usage": final.usage.model_dump(),
+                            "seconds": final.seconds,
+                        },
+                        ensure_ascii=False,
+                    ),
+                }
+
+            def on_error(error: dict) -> dict:
+                produced["ok"] = False
+                return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
+
+            async def release() -> None:
+                seconds = time.perf_counter() - started
+                count_tokens(request, engine, produced["tokens"], seconds)
+                record_ab(request, arm, started, produced["ok"], produced["tokens"])
+                await slot.__aexit__(None, None, None)
+
+            return EventSourceResponse(
+                stream_steps(request, steps, on_step, on_done, on_error, release),
+                headers={"X-Model": engine.name},
+                ping=15,
+            )
+        try:
+            result = await run_blocking(request, lambda: _last(steps))
+        except APIError:
+            record_ab(request, arm, started, False)
+            raise
+        finally:
+            await slot.__aexit__(None, None, None)
+        final = generation_response(engine, result, time.perf_counter() - started)
+        count_tokens(request, engine, len(final.tokens), final.seconds)
+        record_ab(request, arm, started, True, len(final.tokens))
+        response.headers["X-Model"] = engine.name
+        return final
 
     @router.post("/next-token", response_model=NextTokenResponse, responses=INFERENCE_ERRORS)
-    async def next_token(body: requests.next_token, request: Request) -> NextTokenResponse:
+    async def next_token(
+        body: requests.next_token, request: Request, response: Response
+    ) -> NextTokenResponse:
         """The distribution of the next token: the likeliest candidates and the entropy."""
-        engine = engine_for(request, body.model)
-        async with inference_slot(request):
-            result = await run_blocking(request, lambda: engine.next_token(body.prompt, body.top_k))
+        engine, arm = resolve(request, body.model)
+        request.state.prompt = body.prompt
+        started = time.perf_counter()
+        try:
+            async with inference_slot(request):
+                result = await run_blocking(
+                    request, lambda: engine.next_token(body.prompt, body.top_k)
+                )
+        except APIError:
+            record_ab(request, arm, started, False)
+            raise
+        record_ab(request, arm, started, True)
+        response.headers["X-Model"] = engine.name
         return NextTokenResponse(model=engine.name, **result)
 
     @router.post("/attention", response_model=AttentionResponse, responses=INFERENCE_ERRORS)
@@ -90,6 +212,7 @@ def build_router(requests: Requests) -> APIRouter:
         bertviz reads)."""
         limit = settings_of(request).max_attention_tokens
         engine = engine_for(request, body.model)
+        request.state.prompt = body.prompt
         async with inference_slot(request):
             result = await run_blocking(
                 request, lambda: engine.attention(body.prompt, limit, body.layer, body.head)
@@ -102,13 +225,25 @@ def build_router(requests: Requests) -> APIRouter:
         responses=INFERENCE_ERRORS,
         response_model_exclude_none=True,
     )
-    async def score(body: requests.score, request: Request) -> ScoreResponse:
+    async def score(body: requests.score, request: Request, response: Response) -> ScoreResponse:
         """Negative log-likelihood, perplexity and bits per character of a text."""
-        engine = engine_for(request, body.model)
-        async with inference_slot(request) as deadline:
-            result = await run_blocking(
-                request, lambda: engine.score(body.text, body.per_token, deadline=deadline)
-            )
+        engine, arm = resolve(request, body.model)
+        started = time.perf_counter()
+        try:
+            async with inference_slot(request) as deadline:
+                result = await run_blocking(
+                    request, lambda: engine.score(body.text, body.per_token, deadline=deadline)
+                )
+        except APIError:
+            record_ab(request, arm, started, False)
+            raise
+        record_ab(request, arm, started, True, bpc=result["bits_per_character"])
+        response.headers["X-Model"] = engine.name
         return ScoreResponse(model=engine.name, **result)
 
     return router
+
+
+def _last(steps) -> Generation:
+    *_, final = steps
+    return final

@@ -1,16 +1,23 @@
-"""GET /models, /health and /ready."""
+"""GET /models, /ab, /health, /ready and /metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.schemas import Health, ModelInfo, ModelList, Readiness
+from service.routes.common import require_api_key
+from service.schemas import Health, ModelInfo, ModelList, Readiness, error_responses
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/models", response_model=ModelList)
+@router.get(
+    "/models",
+    response_model=ModelList,
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(401),
+)
 async def models(request: Request) -> ModelList:
     """Every model of the models directory: what it is, where it runs, how good it is."""
     out = []
@@ -34,6 +41,14 @@ async def models(request: Request) -> ModelList:
     return ModelList(models=out)
 
 
+@router.get("/ab", dependencies=[Depends(require_api_key)], responses=error_responses(401))
+async def ab(request: Request) -> dict:
+    """The A/B experiment since start, per arm: requests, errors, latency p50/p95/p99, tokens
+    generated, mean bits per character of the texts it scored."""
+    state = request.app.state
+    return {"weights": state.ab_weights, "error": state.ab_error, "arms": state.ab_stats.summary()}
+
+
 @router.get("/health", response_model=Health)
 async def health() -> Health:
     """The process is up and answering."""
@@ -48,4 +63,16 @@ async def ready(request: Request) -> JSONResponse:
     ok = bool(models) and all(m.ready for m in models.values())
     return JSONResponse(
         Readiness(ready=ok, models=states).model_dump(), status_code=200 if ok else 503
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

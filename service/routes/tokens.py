@@ -2,20 +2,20 @@
 
 # No `from __future__ import annotations`: see inference.py.
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from service.errors import APIError
-from service.routes.common import engine_for
+from service.routes.common import engine_for, require_api_key
 from service.schemas import Requests, TokenizeResponse, error_responses
 
 
 def build_router(requests: Requests) -> APIRouter:
-    router = APIRouter(tags=["tokens"])
+    router = APIRouter(tags=["tokens"], dependencies=[Depends(require_api_key)])
 
     @router.post(
         "/tokenize",
         response_model=TokenizeResponse,
-        responses=error_responses(400, 404, 413, 415, 422, 503),
+        responses=error_responses(400, 401, 404, 413, 415, 422, 503),
     )
     async def tokenize(body: requests.tokenize, request: Request) -> TokenizeResponse:
         """Token ids, token strings and [start, end) character offsets of a text."""

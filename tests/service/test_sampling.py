@@ -186,3 +186,11 @@ def test_generate_reports_logprobs_alternatives():
     steps, _ = _finish(engine, "a", 2, logprobs=3)
     assert len(steps[0].top) == 3 and steps[0].top[0][0] == steps[0].id
     assert steps[0].logprob == pytest.approx(steps[0].top[0][1])
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-8])
+def test_sampling_vanishing_temperature_is_greedy_not_nan(temperature):
+    """Found by schemathesis: a denormal temperature once made the probabilities NaN."""
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=temperature)
+    assert all(choose(LOGITS, params, [], rng) == 0 for _ in range(10))

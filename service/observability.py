@@ -1,0 +1,137 @@
+"""Request ids, one JSON log line per request, and Prometheus metrics.
+
+Metrics live in a registry of their own per app (not the process-global one), so several apps
+in one process (tests) never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("service.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Every Prometheus series the service exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "machado_requests_total",
+            "HTTP requests answered",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "machado_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "machado_in_flight_requests", "inference requests running", registry=r
+        )
+        self.rejected = Counter(
+            "machado_rejected_requests_total",
+            "requests turned away before inference",
+            ["reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "machado_generated_tokens_total", "tokens generated", ["model"], registry=r
+        )
+        self.token_time = Histogram(
+            "machado_seconds_per_token",
+            "generation time per token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.models = Gauge(
+            "machado_model_loaded",
+            "1 for a loaded model, 0 for a failed one",
+            ["model", "provider"],
+            registry=r,
+        )
+        self.ab_requests = Counter(
+            "machado_ab_requests_total", "A/B requests by arm", ["arm", "outcome"], registry=r
+        )
+        self.ab_latency = Histogram(
+            "machado_ab_request_seconds",
+            "A/B latency by arm",
+            ["arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ab_tokens = Counter(
+            "machado_ab_generated_tokens_total", "A/B tokens by arm", ["arm"], registry=r
+        )
+        self.ab_bpc = Histogram(
+            "machado_ab_bits_per_character",
+            "BPC of texts scored, by arm",
+            ["arm"],
+            buckets=(0.5, 1, 1.5, 2, 2.5, 3, 4, 6, 8),
+            registry=r,
+        )
+
+
+class RequestContext:
+    """Pure ASGI middleware: X-Request-Id on every response, a log line and metrics per request.
+
+    Routes add what they know (model, prompt) to ``scope["state"]``; the log line reads it back.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_prompts: bool) -> None:
+        self.app, self.metrics, self.log_prompts = app, metrics, log_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            model = state.get("model", "")
+            self.metrics.requests.labels(path, model, str(status)).inc()
+            self.metrics.latency.labels(path).observe(seconds)
+            extra = {
+                "request_id": request_id,
+                "method": scope["method"],
+                "route": path,
+                "model": model or None,
+                "status": status,
+                "ms": round(seconds * 1000, 2),
+            }
+            if self.log_prompts and "prompt" in state:
+                extra["prompt"] = state["prompt"]
+            log.info(f"{scope['method']} {path} {status}", extra=extra)

@@ -1,0 +1,71 @@
+"""POST /compare: one prompt through several models, side by side."""
+
+# No `from __future__ import annotations`: see inference.py.
+
+import math
+import time
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from service.engine import Engine
+from service.routes.common import engine_for, inference_slot, require_api_key, run_blocking
+from service.sampling import SamplingParams
+from service.schemas import (
+    INFERENCE_ERRORS,
+    CompareModelResult,
+    CompareResponse,
+    NextTokenCandidate,
+)
+
+
+def build_router(compare_request: type[BaseModel]) -> APIRouter:
+    router = APIRouter(tags=["comparison"], dependencies=[Depends(require_api_key)])
+
+    @router.post("/compare", response_model=CompareResponse, responses=INFERENCE_ERRORS)
+    async def compare(body: compare_request, request: Request) -> CompareResponse:
+        """The same prompt, settings and seed through several models: completions, next-token
+        candidates, the prompt's surprisal token by token, and which model each token surprised
+        least."""
+        names = body.models or sorted(request.app.state.engines)
+        engines = [engine_for(request, name) for name in dict.fromkeys(names)]
+        request.state.model = ",".join(e.name for e in engines)
+        request.state.prompt = body.prompt
+        params = SamplingParams(body.temperature, body.top_k, body.top_p, body.repetition_penalty)
+
+        def run(engine: Engine, deadline: float) -> tuple[CompareModelResult, list[int]]:
+            started = time.perf_counter()
+            *_, generation = engine.generate(
+                body.prompt, body.max_new_tokens, params, body.seed, body.stop, 0, deadline
+            )
+            nxt = engine.next_token(body.prompt, body.top_n)
+            scored = engine.score(body.prompt, per_token=True, deadline=deadline)
+            bits = [-t["logprob"] / math.log(2) for t in scored["token_logprobs"]]
+            result = CompareModelResult(
+                model=engine.name,
+                completion=generation.text,
+                finish_reason=generation.finish_reason,
+                next_tokens=[NextTokenCandidate(**c) for c in nxt["top"]],
+                surprisal_bits=bits,
+                total_surprisal_bits=sum(bits),
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+            return result, [t["id"] for t in scored["token_logprobs"]]
+
+        async with inference_slot(request) as deadline:
+            outcomes = [await run_blocking(request, lambda e=e: run(e, deadline)) for e in engines]
+        results = [r for r, _ in outcomes]
+        token_ids = [ids for _, ids in outcomes]
+        same = all(ids == token_ids[0] for ids in token_ids)
+        least = (
+            [
+                min(results, key=lambda r: r.surprisal_bits[i]).model if same else None
+                for i in range(len(token_ids[0]))
+            ]
+            if same
+            else [None] * max(len(ids) for ids in token_ids)
+        )
+        prompt_tokens = engines[0].token_texts(token_ids[0])
+        return CompareResponse(prompt_tokens=prompt_tokens, results=results, least_surprised=least)
+
+    return router
