@@ -194,14 +194,14 @@ def build_router(requests: Requests) -> APIRouter:
         engine, arm = resolve(request, body.model)
         request.state.prompt = body.prompt
         started = time.perf_counter()
-        try:
-            async with inference_slot(request):
+        async with inference_slot(request):  # a 429 here is no fault of the arm's
+            try:
                 result = await run_blocking(
                     request, lambda: engine.next_token(body.prompt, body.top_k)
                 )
-        except APIError:
-            record_ab(request, arm, started, False)
-            raise
+            except APIError:
+                record_ab(request, arm, started, False)
+                raise
         record_ab(request, arm, started, True)
         response.headers["X-Model"] = engine.name
         return NextTokenResponse(model=engine.name, **result)
@@ -229,14 +229,15 @@ def build_router(requests: Requests) -> APIRouter:
         """Negative log-likelihood, perplexity and bits per character of a text."""
         engine, arm = resolve(request, body.model)
         started = time.perf_counter()
-        try:
-            async with inference_slot(request) as deadline:
+        async with inference_slot(request) as deadline:
+            try:
                 result = await run_blocking(
-                    request, lambda: engine.score(body.text, body.per_token, deadline=deadline)
+                    request,
+                    lambda: engine.score(body.text, body.per_token, deadline=deadline),
                 )
-        except APIError:
-            record_ab(request, arm, started, False)
-            raise
+            except APIError:
+                record_ab(request, arm, started, False)
+                raise
         record_ab(request, arm, started, True, bpc=result["bits_per_character"])
         response.headers["X-Model"] = engine.name
         return ScoreResponse(model=engine.name, **result)

@@ -1,0 +1,185 @@
+"""Load run (bounded in count and time, loopback only): many clients mixing every endpoint.
+
+Starts `python -m service` on a free 127.0.0.1 port with an A/B experiment, then runs CLIENTS
+concurrent clients for SECONDS, each picking endpoints at random (/generate plain and streamed,
+/next-token, /score, /attention, /tokenize, /compare, /v1/completions, the A/B arm through
+'ab' with a client id). Records every status, latency, and the server's resident memory over
+time; passes when there is no 5xx, every rejection is a 429, and memory stays flat.
+
+    python scripts/load_test.py --clients 32 --seconds 60 --json benchmarks/load-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.service.conftest import start_server  # noqa: E402
+
+PROMPTS = [
+    "Capitu olhou para mim",
+    "Não tive filhos",
+    "A vida é",
+    "Era uma vez",
+    "O Conselheiro Aires escreveu no seu memorial",
+]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def request_for(rng: random.Random, client_id: str) -> tuple[str, str, dict, dict]:
+    prompt = rng.choice(PROMPTS)
+    headers = {"X-Client-Id": client_id}
+    choice = rng.random()
+    if choice < 0.25:
+        return (
+            "ab /generate",
+            "/generate",
+            {"model": "ab", "prompt": prompt, "max_new_tokens": 16, "seed": rng.randrange(9)},
+            headers,
+        )
+    if choice < 0.35:
+        return (
+            "/generate stream",
+            "/generate",
+            {
+                "model": rng.choice(["attention", "bengio"]),
+                "prompt": prompt,
+                "max_new_tokens": 16,
+                "stream": True,
+            },
+            headers,
+        )
+    if choice < 0.55:
+        return "ab /next-token", "/next-token", {"model": "ab", "prompt": prompt}, headers
+    if choice < 0.65:
+        return "ab /score", "/score", {"model": "ab", "text": prompt * 4}, headers
+    if choice < 0.75:
+        return "/attention", "/attention", {"model": "attention", "prompt": prompt}, headers
+    if choice < 0.82:
+        return "/tokenize", "/tokenize", {"text": prompt}, headers
+    if choice < 0.90:
+        return "/compare", "/compare", {"prompt": prompt, "max_new_tokens": 8}, headers
+    return (
+        "/v1/completions",
+        "/v1/completions",
+        {"model": "attention-seed", "prompt": prompt, "max_tokens": 8},
+        headers,
+    )
+
+
+async def client_loop(base: str, index: int, deadline: float, results: list) -> None:
+    rng = random.Random(index)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        while time.monotonic() < deadline:
+            # Each client speaks for many users, so the A/B split is over many ids.
+            label, path, body, headers = request_for(rng, f"user-{rng.randrange(10_000)}")
+            started = time.perf_counter()
+            try:
+                if body.get("stream"):
+                    async with http.stream("POST", path, json=body, headers=headers) as r:
+                        async for _ in r.aiter_lines():
+                            pass
+                        status, response = r.status_code, r
+                else:
+                    response = await http.post(path, json=body, headers=headers)
+                    status = response.status_code
+            except httpx.HTTPError as error:
+                status = f"transport error: {type(error).__name__}"
+            results.append((label, status, time.perf_counter() - started))
+            if status == 429:  # a polite client waits as told
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+
+
+async def run(base: str, pid: int, clients: int, seconds: float) -> dict:
+    results: list = []
+    memory: list[tuple[float, float]] = []
+    start = time.monotonic()
+    deadline = start + seconds
+
+    async def sample_memory() -> None:
+        while time.monotonic() < deadline:
+            memory.append((time.monotonic() - start, rss_mib(pid)))
+            await asyncio.sleep(2)
+
+    await asyncio.gather(
+        sample_memory(), *(client_loop(base, i, deadline, results) for i in range(clients))
+    )
+    return {"results": results, "memory": memory, "seconds": time.monotonic() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    base, proc = start_server(
+        {"MACHADO_AB_WEIGHTS": "attention=50,bengio=50", "MACHADO_LOG_LEVEL": "warning"}
+    )
+    try:
+        # Warm every path once, so that memory is measured after first-use allocations.
+        asyncio.run(run(base, proc.pid, 4, 5))
+        outcome = asyncio.run(run(base, proc.pid, args.clients, args.seconds))
+        ab = httpx.get(f"{base}/ab").json()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    statuses = Counter(str(s) for _, s, _ in outcome["results"])
+    by_route: dict[str, Counter] = {}
+    latencies: dict[str, list[float]] = {}
+    for label, status, seconds in outcome["results"]:
+        by_route.setdefault(label, Counter())[str(status)] += 1
+        if status == 200:
+            latencies.setdefault(label, []).append(seconds * 1000)
+    memory = [m for _, m in outcome["memory"]]
+    half = len(memory) // 2
+    summary = {
+        "clients": args.clients,
+        "seconds": round(outcome["seconds"], 1),
+        "requests": len(outcome["results"]),
+        "requests_per_s": len(outcome["results"]) / outcome["seconds"],
+        "statuses": dict(statuses),
+        "server_errors": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "non_429_rejections": sum(n for s, n in statuses.items() if s != "200" and s != "429"),
+        "by_route": {k: dict(v) for k, v in sorted(by_route.items())},
+        "p50_ms": {k: statistics.median(v) for k, v in sorted(latencies.items())},
+        "rss_mib": {
+            "first_half_mean": statistics.mean(memory[:half]),
+            "second_half_mean": statistics.mean(memory[half:]),
+            "min": min(memory),
+            "max": max(memory),
+            "samples": len(memory),
+        },
+        "ab": ab,
+    }
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    ok = summary["server_errors"] == 0 and summary["non_429_rejections"] == 0
+    print("PASS" if ok else "FAIL: 5xx or a rejection other than 429")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

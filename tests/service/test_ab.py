@@ -1,0 +1,96 @@
+"""A/B routing: sticky per client, split by weight, named in body and header; /ab figures."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.ab import parse_weights, pick_arm
+from service.app import create_app
+from tests.service.conftest import make_settings
+
+
+@pytest.fixture(scope="module")
+def ab_client():
+    settings = make_settings(ab_weights="attention-seed=70,bengio=30")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_ab_same_client_same_arm(ab_client):
+    """Fifty requests from one client id all land on one arm, named in body and header."""
+    arms = set()
+    for _ in range(50):
+        r = ab_client.post(
+            "/next-token",
+            json={"model": "ab", "prompt": "Capitu", "top_k": 1},
+            headers={"X-Client-Id": "reader-42"},
+        )
+        assert r.status_code == 200
+        assert r.headers["x-model"] == r.json()["model"]
+        arms.add(r.json()["model"])
+    assert len(arms) == 1 and arms <= {"attention-seed", "bengio"}
+
+
+def test_ab_split_follows_weights_within_five_points():
+    weights = parse_weights("attention-seed=70,bengio=30", ["attention-seed", "bengio"])
+    picks = [pick_arm(weights, f"client-{i}") for i in range(10_000)]
+    share = picks.count("attention-seed") / len(picks)
+    assert abs(share - 0.70) < 0.05, share
+
+
+def test_ab_split_through_the_api(ab_client):
+    arms = [
+        ab_client.post(
+            "/score", json={"model": "ab", "text": "A vida é"}, headers={"X-Client-Id": f"c{i}"}
+        ).json()["model"]
+        for i in range(200)
+    ]
+    share = arms.count("attention-seed") / len(arms)
+    assert abs(share - 0.70) < 0.10, share
+
+
+def test_ab_without_client_id_is_random(ab_client):
+    arms = {
+        ab_client.post("/next-token", json={"model": "ab", "prompt": "a", "top_k": 1}).json()[
+            "model"
+        ]
+        for _ in range(40)
+    }
+    assert arms == {"attention-seed", "bengio"}
+
+
+def test_ab_generate_and_stats(ab_client):
+    r = ab_client.post(
+        "/generate",
+        json={"model": "ab", "prompt": "Capitu", "max_new_tokens": 3, "temperature": 0},
+        headers={"X-Client-Id": "stats"},
+    )
+    assert r.status_code == 200 and r.headers["x-model"] == r.json()["model"]
+    stats = ab_client.get("/ab").json()
+    assert stats["weights"] == {"attention-seed": 0.7, "bengio": 0.3}
+    arm = stats["arms"][r.json()["model"]]
+    assert arm["requests"] >= 1 and arm["tokens_generated"] >= 3
+    assert arm["latency_ms"]["p50"] > 0 and arm["latency_ms"]["p99"] >= arm["latency_ms"]["p50"]
+    scored = [a for a in stats["arms"].values() if a["texts_scored"]]
+    assert scored and all(0 < a["mean_bits_per_character"] < 10 for a in scored)
+    metrics = ab_client.get("/metrics").text
+    assert "machado_ab_requests_total" in metrics and "machado_ab_bits_per_character" in metrics
+
+
+def test_ab_not_offered_on_attention(ab_client):
+    r = ab_client.post("/attention", json={"model": "ab", "prompt": "a"})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
+
+
+def test_ab_bad_weights_turn_the_experiment_off():
+    with TestClient(create_app(make_settings(ab_weights="gpt=100"))) as client:
+        r = client.post("/next-token", json={"model": "ab", "prompt": "a"})
+        assert r.status_code == 503 and "gpt" in r.json()["error"]["message"]
+        assert client.get("/ab").json()["error"]
+
+
+@pytest.mark.parametrize("text", ["attention", "attention=-1", "attention=0", "attention=x"])
+def test_ab_weight_parsing_errors(text):
+    with pytest.raises(ValueError):
+        parse_weights(text, ["attention"])

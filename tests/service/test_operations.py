@@ -1,0 +1,102 @@
+"""Request ids, JSON logs, Prometheus metrics, CORS and the API key."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.logs import JsonFormatter
+from tests.service.conftest import make_settings
+
+BODY = {"model": "attention-seed", "prompt": "Capitu olhou", "max_new_tokens": 2}
+
+
+def test_request_id_echoed_or_generated(client):
+    given = client.post("/generate", json=BODY, headers={"X-Request-Id": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    fresh = client.get("/health")
+    assert len(fresh.headers["x-request-id"]) == 32
+    odd = client.get("/health", headers={"X-Request-Id": "bad id with spaces"})
+    assert odd.headers["x-request-id"] != "bad id with spaces"
+    error = client.post(
+        "/generate", json={"model": "nope", "prompt": "a"}, headers={"X-Request-Id": "err-1"}
+    )
+    assert error.status_code == 404 and error.headers["x-request-id"] == "err-1"
+
+
+def test_access_log_is_one_json_object_without_prompt(client, caplog):
+    caplog.set_level(logging.INFO, logger="service.access")
+    client.post("/generate", json=BODY, headers={"X-Request-Id": "log-1"})
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == "log-1"]
+    assert len(records) == 1
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["route"] == "/generate" and line["model"] == "attention-seed"
+    assert line["status"] == 200 and line["ms"] > 0 and "prompt" not in line
+
+
+def test_access_log_has_prompt_when_asked(caplog):
+    caplog.set_level(logging.INFO, logger="service.access")
+    with TestClient(create_app(make_settings(log_prompts=True))) as c:
+        c.post("/generate", json=BODY, headers={"X-Request-Id": "log-2"})
+    record = next(r for r in caplog.records if getattr(r, "request_id", None) == "log-2")
+    assert record.prompt == "Capitu olhou"
+
+
+def test_metrics_in_prometheus_format(client):
+    client.post("/generate", json=BODY)
+    client.post("/next-token", json={"model": "nope", "prompt": "a"})
+    text = client.get("/metrics").text
+    assert 'machado_requests_total{model="attention-seed",route="/generate",status="200"}' in text
+    assert 'machado_requests_total{model="",route="/next-token",status="404"}' in text
+    assert 'machado_generated_tokens_total{model="attention-seed"}' in text
+    assert "machado_request_seconds_bucket" in text and "machado_seconds_per_token" in text
+    assert 'machado_model_loaded{model="attention",provider="CPUExecutionProvider"} 1.0' in text
+    assert "machado_in_flight_requests 0.0" in text
+
+
+def test_rejections_counted(client):
+    client.app.state.in_flight = client.app.state.settings.max_concurrency
+    try:
+        assert (
+            client.post("/next-token", json={"model": "attention", "prompt": "a"}).status_code
+            == 429
+        )
+    finally:
+        client.app.state.in_flight = 0
+    assert 'machado_rejected_requests_total{reason="overloaded"}' in client.get("/metrics").text
+
+
+def test_api_key_protects_model_endpoints_only():
+    with TestClient(create_app(make_settings(api_key="s3cret"))) as c:
+        for method, path, body in [
+            ("post", "/generate", BODY),
+            ("post", "/tokenize", {"text": "a"}),
+            ("get", "/models", None),
+            ("get", "/ab", None),
+            ("post", "/v1/completions", {"model": "attention", "prompt": "a"}),
+        ]:
+            response = getattr(c, method)(path, **({"json": body} if body else {}))
+            assert response.status_code == 401, path
+            assert response.json()["error"]["type"] == "unauthorized"
+            assert response.headers["www-authenticate"] == "Bearer"
+        wrong = c.post("/generate", json=BODY, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = c.post("/generate", json=BODY, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        for path in ("/health", "/ready", "/metrics"):
+            assert c.get(path).status_code == 200, path
+
+
+def test_cors_off_by_default_and_configurable(client):
+    preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+    assert (
+        "access-control-allow-origin" not in client.options("/generate", headers=preflight).headers
+    )
+    with TestClient(create_app(make_settings(cors_origins="https://example.org"))) as c:
+        response = c.options("/generate", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://example.org"
+        other = c.options("/generate", headers={**preflight, "Origin": "https://evil.test"})
+        assert "access-control-allow-origin" not in other.headers

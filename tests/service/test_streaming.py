@@ -1,0 +1,179 @@
+"""Server-sent events from /generate and /v1/completions; a client that leaves stops the work;
+/compare; the official openai client against the real server."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.service.conftest import start_server
+
+
+def sse_events(lines) -> list[tuple[str, str]]:
+    """(event, data) pairs from SSE lines ('message' where no event name is given)."""
+    events, name, data = [], "message", []
+    for line in lines:
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line.strip() and data:
+            events.append((name, "\n".join(data)))
+            name, data = "message", []
+    if data:
+        events.append((name, "\n".join(data)))
+    return events
+
+
+@pytest.fixture(scope="module")
+def server():
+    base, proc = start_server({"MACHADO_MAX_NEW_TOKENS": "512"})
+    yield base
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_stream_generate_events(client):
+    body = {
+        "model": "attention",
+        "prompt": "Capitu olhou",
+        "max_new_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+    }
+    with client.stream("POST", "/generate", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-model"] == "attention"
+        events = sse_events(response.iter_lines())
+    tokens = [json.loads(d) for e, d in events if e == "token"]
+    done = [json.loads(d) for e, d in events if e == "done"]
+    assert len(tokens) == 6 and len(done) == 1
+    assert done[0]["finish_reason"] == "length" and done[0]["usage"]["completion_tokens"] == 6
+    assert "".join(t["text"] for t in tokens) == done[0]["text"]
+    plain = client.post("/generate", json={**body, "stream": False}).json()
+    assert plain["text"] == done[0]["text"]
+
+
+def test_stream_error_event_mid_stream():
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    with TestClient(create_app(make_settings(request_timeout_s=0.05))) as slow:
+        body = {
+            "model": "attention",
+            "prompt": "Capitu " * 40,
+            "max_new_tokens": 32,
+            "temperature": 0,
+            "stream": True,
+        }
+        with slow.stream("POST", "/generate", json=body) as response:
+            events = sse_events(response.iter_lines())
+    errors = [json.loads(d) for e, d in events if e == "error"]
+    assert errors and errors[0]["error"]["type"] == "timeout"
+    assert not [e for e, _ in events if e == "done"]
+
+
+def _generated_tokens(base: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    match = re.search(r'machado_generated_tokens_total\{model="attention"\} ([0-9.e+]+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_stream_disconnect_stops_generation(server):
+    """Reading three tokens of 512 and hanging up: the server stops within a few tokens."""
+    before = _generated_tokens(server)
+    body = {
+        "model": "attention",
+        "prompt": "Capitu " * 30,
+        "max_new_tokens": 512,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server}/generate", json=body, timeout=30) as response:
+        seen = 0
+        for line in response.iter_lines():
+            if line.startswith("event: token"):
+                seen += 1
+                if seen == 3:
+                    break
+    time.sleep(1.5)
+    first = _generated_tokens(server) - before
+    time.sleep(1.0)
+    second = _generated_tokens(server) - before
+    assert 3 <= first < 100, first  # counted when the stream closed: a handful, not 512
+    assert second == first
+    slots = re.search(r"machado_in_flight_requests ([0-9.]+)", httpx.get(f"{server}/metrics").text)
+    assert float(slots.group(1)) == 0.0
+
+
+def test_compare_side_by_side(client):
+    body = {
+        "prompt": "Não tive filhos, não transmiti",
+        "max_new_tokens": 5,
+        "temperature": 0.7,
+        "seed": 3,
+        "top_n": 4,
+    }
+    result = client.post("/compare", json=body).json()
+    models = [r["model"] for r in result["results"]]
+    assert models == ["attention", "attention-seed", "bengio"]
+    n = len(result["prompt_tokens"])
+    assert len(result["least_surprised"]) == n and set(result["least_surprised"]) <= set(models)
+    for r in result["results"]:
+        assert len(r["surprisal_bits"]) == n and len(r["next_tokens"]) == 4
+        assert r["total_surprisal_bits"] == pytest.approx(sum(r["surprisal_bits"]))
+        assert r["latency_ms"] > 0 and r["completion"]
+    again = client.post("/compare", json=body).json()
+    assert [r["completion"] for r in again["results"]] == [
+        r["completion"] for r in result["results"]
+    ]
+    some = client.post("/compare", json={**body, "models": ["bengio", "attention"]}).json()
+    assert [r["model"] for r in some["results"]] == ["bengio", "attention"]
+    missing = client.post("/compare", json={**body, "models": ["nope"]})
+    assert missing.status_code == 404
+
+
+def test_openai_client_completions(server):
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in client.models.list()} == {"attention", "attention-seed", "bengio"}
+    completion = client.completions.create(
+        model="attention", prompt="Capitu olhou", max_tokens=8, temperature=0, logprobs=2
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason in ("length", "stop") and choice.text
+    assert len(choice.logprobs.tokens) == completion.usage.completion_tokens
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    several = client.completions.create(
+        model="bengio", prompt=["A vida", "O amor"], max_tokens=4, n=2, seed=5, temperature=1.0
+    )
+    assert sorted(c.index for c in several.choices) == [0, 1, 2, 3]
+    stopped = client.completions.create(
+        model="attention", prompt="Capitu olhou", max_tokens=40, temperature=0, stop=[","]
+    )
+    assert "," not in stopped.choices[0].text
+
+
+def test_openai_client_streaming(server):
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    plain = (
+        client.completions.create(
+            model="attention", prompt="Capitu olhou", max_tokens=8, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+    chunks = list(
+        client.completions.create(
+            model="attention", prompt="Capitu olhou", max_tokens=8, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == plain
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
