@@ -169,6 +169,7 @@ def main() -> None:
             "min": min(memory),
             "max": max(memory),
             "samples": len(memory),
+            "series": [[round(t, 1), round(m, 1)] for t, m in outcome["memory"]],
         },
         "ab": ab,
     }

@@ -3,7 +3,9 @@
 # read it from MACHADO_CORPUS (default ../shared/corpus/machado) and skip where it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pytest ] || bash scripts/setup.sh gpu,train,dev
+bash scripts/setup.sh gpu,train,dev  # idempotent: a no-op when everything is installed
 .venv/bin/ruff check training service tests scripts
 .venv/bin/ruff format --check training service tests scripts
+.venv/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.train
+.venv/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 exec .venv/bin/pytest "$@"
