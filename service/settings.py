@@ -53,4 +53,6 @@ class Settings(BaseSettings):
     )
     log_prompts: bool = Field(False, description="include prompts in the request log lines")
     log_format: Literal["json", "text"] = Field("json", description="log lines as JSON or text")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="lowest level logged"
+    )
