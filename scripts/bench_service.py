@@ -17,9 +17,7 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.service.conftest import start_server  # noqa: E402
+
 TEXT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. " * 12
 
 
@@ -38,12 +40,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "n": len(ordered),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prompt_of(tokens: int, models_dir: Path) -> str:
@@ -92,7 +88,6 @@ async def throughput(base: str, body: dict, concurrency: int, seconds: float) ->
 
 def raw_onnx(models_dir: Path, model: str, prompt: str, threads: int, n: int) -> dict:
     """The next-token graph call alone, in-process, with the service's session options."""
-    sys.path.insert(0, str(ROOT))
     from service.registry import ProviderChoice, load_model
     from service.settings import Settings
 
@@ -125,36 +120,15 @@ def main() -> None:
     args = parser.parse_args()
 
     prompt = prompt_of(64, args.models_dir)
-    port = free_port()
-    env = {**os.environ, "MACHADO_MAX_CONCURRENCY": "32", "MACHADO_LOG_LEVEL": "warning"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--port",
-            str(port),
-            "--models-dir",
-            str(args.models_dir),
-            "--threads",
-            str(args.threads),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    base, server = start_server(
+        {
+            "MACHADO_MAX_CONCURRENCY": "32",
+            "MACHADO_LOG_LEVEL": "warning",
+            "MACHADO_MODELS_DIR": str(args.models_dir),
+            "MACHADO_THREADS": str(args.threads),
+        }
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not become ready")
         next_body = {"model": args.model, "prompt": prompt, "top_k": 5}
         gen_body = {"model": args.model, "prompt": prompt, "max_new_tokens": 64, "temperature": 0}
         with httpx.Client(base_url=base, timeout=120) as http:

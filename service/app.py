@@ -18,7 +18,7 @@ from service.errors import error_body, install_error_handlers
 from service.observability import Metrics, RequestContext
 from service.registry import load_models
 from service.routes import compare, inference, meta, openai, tokens
-from service.schemas import build_compare_request, build_requests
+from service.schemas import build_requests
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     requests = build_requests(settings)
     app.include_router(inference.build_router(requests))
-    app.include_router(compare.build_router(build_compare_request(settings)))
+    app.include_router(compare.build_router(requests.compare))
     app.include_router(openai.build_router(settings))
     app.include_router(tokens.build_router(requests))
     app.include_router(meta.router)

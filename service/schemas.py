@@ -226,6 +226,7 @@ class Requests:
     OpenAPI schema tells clients exactly what this server accepts."""
 
     generate: type[BaseModel]
+    compare: type[BaseModel]
     next_token: type[BaseModel]
     attention: type[BaseModel]
     score: type[BaseModel]
@@ -245,8 +246,9 @@ def build_requests(settings: Settings) -> Requests:
     ]
     StopString = Annotated[str, Field(min_length=1, max_length=100)]
 
-    class GenerateRequest(Strict):
-        model: ModelName
+    class Generation(Strict):
+        """What every generating endpoint shares: the prompt and the sampling settings."""
+
         prompt: PromptText
         max_new_tokens: int = Field(
             min(16, settings.max_new_tokens),
@@ -276,10 +278,6 @@ def build_requests(settings: Settings) -> Requests:
             max_length=settings.max_stop_strings,
             description="stop before any of these strings",
         )
-        logprobs: int = Field(
-            0, ge=0, le=settings.max_logprobs, description="alternatives listed per token"
-        )
-        stream: bool = Field(False, description="answer with server-sent events, one per token")
 
         _prompt_is_text = field_validator("prompt")(_valid_text)
 
@@ -287,6 +285,27 @@ def build_requests(settings: Settings) -> Requests:
         @classmethod
         def _stops_are_text(cls, stops: list[str]) -> list[str]:
             return [_valid_text(s) for s in stops]
+
+    class GenerateRequest(Generation):
+        model: ModelName
+        logprobs: int = Field(
+            0, ge=0, le=settings.max_logprobs, description="alternatives listed per token"
+        )
+        stream: bool = Field(False, description="answer with server-sent events, one per token")
+
+    class CompareRequest(Generation):
+        models: list[ModelName] | None = Field(
+            None,
+            min_length=1,
+            max_length=settings.max_compare_models,
+            description="models to compare (default: every loaded model)",
+        )
+        top_n: int = Field(
+            min(5, settings.max_top_k),
+            ge=1,
+            le=settings.max_top_k,
+            description="next tokens listed per model",
+        )
 
     class NextTokenRequest(Strict):
         model: ModelName
@@ -330,7 +349,12 @@ def build_requests(settings: Settings) -> Requests:
         _text_is_text = field_validator("text")(_valid_text)
 
     return Requests(
-        GenerateRequest, NextTokenRequest, AttentionRequest, ScoreRequest, TokenizeRequest
+        GenerateRequest,
+        CompareRequest,
+        NextTokenRequest,
+        AttentionRequest,
+        ScoreRequest,
+        TokenizeRequest,
     )
 
 
@@ -351,45 +375,3 @@ class CompareResponse(BaseModel):
         description="per prompt token, the model that gave it the highest probability (null "
         "where the models tokenize the prompt differently)"
     )
-
-
-def build_compare_request(settings: Settings) -> type[BaseModel]:
-    class CompareRequest(Strict):
-        prompt: str = Field(
-            min_length=1,
-            max_length=settings.max_prompt_chars,
-            pattern=NOT_BLANK,
-            examples=["Capitu olhou para mim"],
-        )
-        models: list[ModelName] | None = Field(
-            None,
-            min_length=1,
-            max_length=settings.max_compare_models,
-            description="models to compare (default: every loaded model)",
-        )
-        max_new_tokens: int = Field(
-            min(16, settings.max_new_tokens), ge=1, le=settings.max_new_tokens
-        )
-        temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False)
-        top_k: int = Field(0, ge=0, le=settings.max_top_k)
-        top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-        repetition_penalty: float = Field(1.0, ge=1.0, le=10.0, allow_inf_nan=False)
-        seed: int | None = Field(None, ge=0, le=2**53 - 1, description="one seed for all models")
-        stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-            default_factory=list, max_length=settings.max_stop_strings
-        )
-        top_n: int = Field(
-            min(5, settings.max_top_k),
-            ge=1,
-            le=settings.max_top_k,
-            description="next tokens listed per model",
-        )
-
-        _prompt_is_text = field_validator("prompt")(_valid_text)
-
-        @field_validator("stop")
-        @classmethod
-        def _stops_are_text(cls, stops: list[str]) -> list[str]:
-            return [_valid_text(s) for s in stops]
-
-    return CompareRequest

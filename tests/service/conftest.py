@@ -35,12 +35,21 @@ def client():
         yield test_client
 
 
-def start_server(env_changes: dict[str, str] | None = None):
-    """`python -m service` on a free loopback port: (base URL, process), once /ready answers."""
+def start_server(
+    env_changes: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
+):
+    """The service on a free loopback port: (base URL, process), once /ready answers.
+
+    ``command`` replaces `python -m service` (it gets the address from MACHADO_HOST and
+    MACHADO_PORT); ``env_changes`` are added to the environment.
+    """
     import os
     import socket
     import subprocess
     import sys
+    import tempfile
     import time
 
     import httpx
@@ -48,32 +57,33 @@ def start_server(env_changes: dict[str, str] | None = None):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MACHADO_LOG_FORMAT": "json", **(env_changes or {})}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(
+        MACHADO_LOG_FORMAT="json",
+        MACHADO_HOST="127.0.0.1",
+        MACHADO_PORT=str(port),
+        MACHADO_MODELS_DIR=str(MODELS),
+        **(env_changes or {}),
+    )
+    # Output to a file, not a pipe: nobody reads a pipe while the server runs, and a full pipe
+    # would block the server's logging.
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--models-dir",
-            str(MODELS),
-        ],
-        cwd=MODELS.parent,
+        command or [sys.executable, "-m", "service"],
+        cwd=cwd or MODELS.parent,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    proc.log_path = Path(log.name)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
                 return base, proc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"server did not become ready: {proc.stdout.read()[-3000:]}")
+    raise RuntimeError(f"server did not become ready: {proc.log_path.read_text()[-3000:]}")

@@ -3,14 +3,13 @@ virtual environment (the `cpu` extra: plain onnxruntime, no torch), then the ima
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.service.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,37 +47,11 @@ def test_service_runs_on_plain_onnxruntime_without_torch(tmp_path):
     assert "CPUExecutionProvider" in probe.stdout, probe.stdout + probe.stderr
     assert "CUDAExecutionProvider" not in probe.stdout, probe.stdout
     assert probe.stdout.strip().endswith("True"), "torch is importable"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # The image's environment (docker/Dockerfile), but on loopback and a free port.
-    env.update(
-        MACHADO_HOST="127.0.0.1",
-        MACHADO_PORT=str(port),
-        MACHADO_MODELS_DIR=str(ROOT / "models"),
-        MACHADO_PROVIDER="cpu",
-    )
-    server = subprocess.Popen(
-        [str(env_dir / "bin" / "machado-serve")],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    base, server = start_server(
+        {"MACHADO_PROVIDER": "cpu"}, command=[str(env_dir / "bin" / "machado-serve")], cwd=tmp_path
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            server.kill()
-            pytest.fail(f"not ready: {server.stdout.read()[-3000:]}")
         models = httpx.get(f"{base}/models").json()["models"]
         assert {m["provider"] for m in models} == {"CPUExecutionProvider"}
         assert all("CPU asked for" in m["provider_reason"] for m in models)

@@ -2,64 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import json
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.service.conftest import MODELS
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.service.conftest import start_server
 
 
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    env = {**os.environ, "MACHADO_MAX_NEW_TOKENS": "64", "MACHADO_LOG_FORMAT": "json"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--models-dir",
-            str(MODELS),
-            "--drain-timeout-s",
-            "20",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not become ready: {proc.stdout.read()[-3000:]}")
+    base, proc = start_server({"MACHADO_MAX_NEW_TOKENS": "64", "MACHADO_DRAIN_TIMEOUT_S": "20"})
     yield base, proc
     if proc.poll() is None:
         proc.kill()
@@ -99,15 +55,15 @@ def test_e2e_every_endpoint(server):
 
 def test_e2e_logs_are_json_lines_naming_providers(server):
     _, proc = server
-    # The start-up lines were written before /ready answered; read what is buffered so far.
-    os.set_blocking(proc.stdout.fileno(), False)
-    text = proc.stdout.read() or ""
-    os.set_blocking(proc.stdout.fileno(), True)
-    lines = [line for line in text.splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in proc.log_path.read_text().splitlines() if line.startswith("{")
+    ]
     assert any(
-        '"provider": "CPUExecutionProvider"' in line and '"model": "attention"' in line
+        line.get("provider") == "CPUExecutionProvider" and line.get("model") == "attention"
         for line in lines
-    ), text[-2000:]
+    ), lines[:5]
+    access = [line for line in lines if line.get("logger") == "service.access"]
+    assert access and all({"request_id", "route", "status", "ms"} <= set(line) for line in access)
 
 
 def test_e2e_shutdown_drains_in_flight_requests(server):
