@@ -59,11 +59,13 @@ def start_server(
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
-        MACHADO_LOG_FORMAT="json",
-        MACHADO_HOST="127.0.0.1",
-        MACHADO_PORT=str(port),
-        MACHADO_MODELS_DIR=str(MODELS),
-        **(env_changes or {}),
+        {
+            "MACHADO_LOG_FORMAT": "json",
+            "MACHADO_HOST": "127.0.0.1",
+            "MACHADO_PORT": str(port),
+            "MACHADO_MODELS_DIR": str(MODELS),
+            **(env_changes or {}),
+        }
     )
     # Output to a file, not a pipe: nobody reads a pipe while the server runs, and a full pipe
     # would block the server's logging.
