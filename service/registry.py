@@ -67,9 +67,6 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only: the wheel's CUDA probing is loud otherwise
-    # Every request has its own sequence length; ONNX Runtime's CPU arena keeps growing over
-    # such shapes (BENCHMARKS.md, load run), so memory comes from the system allocator instead.
-    options.enable_cpu_mem_arena = False
     return options
 
 
