@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.ab import ABStats, parse_weights
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(compare.build_router(requests.compare))
     app.include_router(openai.build_router(settings))
     app.include_router(tokens.build_router(requests))
+    app.mount("/static", StaticFiles(directory=meta.STATIC), name="static")
     app.include_router(meta.router)
     post_paths = frozenset(
         path for path, operations in app.openapi()["paths"].items() if "post" in operations

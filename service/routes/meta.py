@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.routes.common import require_api_key
 from service.schemas import Health, ModelInfo, ModelList, Readiness, error_responses
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 router = APIRouter(tags=["service"])
 
@@ -35,6 +39,8 @@ async def models(request: Request) -> ModelList:
                 provider=m.provider,
                 provider_reason=m.provider_reason or None,
                 has_attention=m.has_attention,
+                layers=(card.get("config") or {}).get("n_layer") if m.has_attention else None,
+                heads=(card.get("config") or {}).get("n_head") if m.has_attention else None,
                 metrics=card.get("metrics") or {},
             )
         )
@@ -47,6 +53,12 @@ async def ab(request: Request) -> dict:
     generated, mean bits per character of the texts it scored."""
     state = request.app.state
     return {"weights": state.ab_weights, "error": state.ab_error, "arms": state.ab_stats.summary()}
+
+
+@router.get("/", include_in_schema=False)
+async def playground() -> FileResponse:
+    """The playground page: compare the models and look at attention in a browser."""
+    return FileResponse(STATIC / "index.html")
 
 
 @router.get("/health", response_model=Health)

@@ -1,0 +1,144 @@
+"""The playground page in a real headless Chromium (Debian's package), driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.service.conftest import start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+# The closed network: no background requests, no sandbox as root, no GPU.
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    base, proc = start_server({"MACHADO_MAX_NEW_TOKENS": "64"})
+    yield base
+    proc.terminate()
+    proc.wait(30)
+
+
+def _open(browser, base: str, width: int = 1280):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.goto(base)
+    page.wait_for_selector("#model-choices input", timeout=20_000)
+    return page
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_playground_compare_shows_every_model(browser, server):
+    page = _open(browser, server)
+    assert page.locator("#model-choices input").count() == 3
+    page.fill("#prompt", "Capitu olhou para mim")
+    page.fill("#max-new-tokens", "24")
+    page.click("#compare")
+    for name in ("attention", "attention-seed", "bengio"):
+        column = page.locator(f"#col-{name}")
+        column.locator(".status", has_text="tokens").wait_for(timeout=60_000)
+        assert column.locator(".generated").inner_text().strip(), name
+        assert column.locator(".bar").count() == 8
+        spans = column.locator(".surprisal span")
+        assert spans.count() >= 4
+        assert all(spans.nth(i).get_attribute("style") for i in range(spans.count()))
+    assert page.locator("#error").is_hidden()
+    _shot(page, "playground-compare.png")
+    page.close()
+
+
+def test_playground_attention_view(browser, server):
+    page = _open(browser, server)
+    page.fill("#prompt", "Não tive filhos, não transmiti a nenhuma criatura")
+    page.select_option("#att-model", "attention")
+    page.select_option("#att-layer", "2")
+    page.select_option("#att-head", "3")
+    page.click("#show-attention")
+    page.wait_for_selector("#att-tokens span")
+    tokens = page.locator("#att-tokens span").count()
+    heatmap = page.locator("#heatmap")
+    assert heatmap.get_attribute("data-size") == str(tokens)
+    assert (heatmap.get_attribute("data-layer"), heatmap.get_attribute("data-head")) == ("2", "3")
+    assert page.locator("#thumbs canvas").count() == 36
+    page.select_option("#att-layer", "5")
+    page.select_option("#att-head", "0")
+    assert (heatmap.get_attribute("data-layer"), heatmap.get_attribute("data-head")) == ("5", "0")
+    page.locator("#thumbs canvas[data-layer='1'][data-head='4']").click()
+    assert page.locator("#thumbs canvas.selected").get_attribute("data-layer") == "1"
+    page.locator("#att-tokens span").nth(tokens - 1).hover()
+    lit = page.locator("#att-tokens span[style*='background']").count()
+    assert lit >= 1
+    _shot(page, "playground-attention.png")
+    page.close()
+
+
+def test_playground_shows_api_errors(browser, server):
+    page = _open(browser, server)
+    page.fill("#prompt", "   ")
+    page.click("#compare")
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=20_000)
+    assert "prompt" in error.inner_text()
+    _shot(page, "playground-error.png")
+    page.close()
+
+
+def test_playground_model_cards(browser, server):
+    page = _open(browser, server)
+    card = page.locator("#card-attention")
+    assert "test BPC / PPL" in card.inner_text() and "13.89 M" in card.inner_text()
+    page.close()
+
+
+def test_playground_phone_width(browser, server):
+    page = _open(browser, server, width=375)
+    overflow = page.evaluate("document.scrollingElement.scrollWidth")
+    assert overflow <= 376, overflow
+    _shot(page, "playground-phone.png")
+    page.close()
+
+
+def test_playground_with_api_key(browser):
+    base, proc = start_server({"MACHADO_API_KEY": "s3cret"})
+    try:
+        page = browser.new_page()
+        page.goto(base)
+        page.locator("#key-box").wait_for(state="visible", timeout=20_000)
+        page.fill("#api-key", "s3cret")
+        page.click("#save-key")
+        page.wait_for_selector("#model-choices input", timeout=20_000)
+        assert page.locator("#model-choices input").count() == 3
+        assert page.evaluate("sessionStorage.getItem('machado-api-key')") == "s3cret"
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
