@@ -161,6 +161,7 @@ class ModelInfo(BaseModel):
     provider: str | None = None
     provider_reason: str | None = None
     has_attention: bool = False
+    training: dict = Field({}, description="hardware, time and tokens of its training run")
     layers: int | None = Field(None, description="attention layers (models with attention)")
     heads: int | None = Field(None, description="heads per layer (models with attention)")
     metrics: dict = {}

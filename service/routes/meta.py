@@ -42,6 +42,10 @@ async def models(request: Request) -> ModelList:
                 layers=(card.get("config") or {}).get("n_layer") if m.has_attention else None,
                 heads=(card.get("config") or {}).get("n_head") if m.has_attention else None,
                 metrics=card.get("metrics") or {},
+                training={
+                    k: (card.get("training") or {}).get(k)
+                    for k in ("hardware", "training_seconds", "tokens_seen", "command")
+                },
             )
         )
     return ModelList(models=out)

@@ -123,6 +123,10 @@ function renderCards(models) {
       ["kind", m.kind], ["parameters", `${(m.parameters / 1e6).toFixed(2)} M`],
       ["context", `${m.context} tokens`], ["runs on", m.provider],
     ];
+    const t = m.training || {};
+    if (t.hardware) rows.push(["trained on", t.hardware]);
+    if (t.tokens_seen) rows.push(["tokens seen", `${(t.tokens_seen / 1e6).toFixed(1)} M in ${Math.round(t.training_seconds)} s`]);
+    if (t.command) rows.push(["training command", t.command]);
     for (const [split, figures] of Object.entries(m.metrics || {})) {
       if (figures.bits_per_character !== undefined) {
         rows.push([`${split} BPC / PPL`, `${figures.bits_per_character.toFixed(3)} / ${figures.perplexity.toFixed(1)}`]);

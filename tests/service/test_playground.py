@@ -115,7 +115,9 @@ def test_playground_shows_api_errors(browser, server):
 def test_playground_model_cards(browser, server):
     page = _open(browser, server)
     card = page.locator("#card-attention")
-    assert "test BPC / PPL" in card.inner_text() and "13.89 M" in card.inner_text()
+    text = card.inner_text()
+    assert "test BPC / PPL" in text and "13.89 M" in text and "NVIDIA H100" in text
+    page.click("a[href='#cards']")
     page.close()
 
 
