@@ -61,6 +61,9 @@ def test_service_runs_on_plain_onnxruntime_without_torch(tmp_path):
             json={"model": "attention", "prompt": "Capitu olhou", "max_new_tokens": 8},
         )
         assert result.status_code == 200 and result.json()["usage"]["completion_tokens"] >= 1
+        page = httpx.get(f"{base}/")  # the playground ships inside the package
+        assert page.status_code == 200 and "machado-lm" in page.text
+        assert httpx.get(f"{base}/static/app.js").status_code == 200
     finally:
         server.terminate()
         server.wait(30)
