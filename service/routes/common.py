@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -109,6 +109,20 @@ async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
     if scope.cancelled_caught:
         raise APIError(504, "timeout", f"the request ran past its time limit of {timeout:g} s")
     raise AssertionError("unreachable")
+
+
+def once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``release`` made safe to call twice: a stream's own ``finally`` and the response's
+    background task both call it, so the slot comes back even if the stream never started."""
+    done = False
+
+    async def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            await release()
+
+    return run
 
 
 def record_ab(

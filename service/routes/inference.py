@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import (
     engine_for,
     inference_slot,
+    once,
     record_ab,
     require_api_key,
     resolve,
@@ -162,6 +164,7 @@ def build_router(requests: Requests) -> APIRouter:
                 produced["ok"] = False
                 return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
 
+            @once
             async def release() -> None:
                 seconds = time.perf_counter() - started
                 count_tokens(request, engine, produced["tokens"], seconds)
@@ -172,6 +175,7 @@ def build_router(requests: Requests) -> APIRouter:
                 stream_steps(request, steps, on_step, on_done, on_error, release),
                 headers={"X-Model": engine.name},
                 ping=15,
+                background=BackgroundTask(release),
             )
         try:
             result = await run_blocking(request, lambda: _last(steps))

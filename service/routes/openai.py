@@ -16,10 +16,11 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, field_validator
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
-from service.routes.common import inference_slot, require_api_key, resolve, run_blocking
+from service.routes.common import inference_slot, once, require_api_key, resolve, run_blocking
 from service.sampling import SamplingParams
 from service.schemas import INFERENCE_ERRORS, ModelName, Strict, _valid_text, sse_doc
 from service.settings import Settings
@@ -150,6 +151,7 @@ def build_router(settings: Settings) -> APIRouter:
         slot = inference_slot(request)
         deadline = await slot.__aenter__()
         if body.stream:
+            release = once(lambda: slot.__aexit__(None, None, None))
             return EventSourceResponse(
                 _stream(
                     engine,
@@ -161,10 +163,11 @@ def build_router(settings: Settings) -> APIRouter:
                     deadline,
                     ident,
                     created,
-                    slot,
+                    release,
                 ),
                 headers={"X-Model": engine.name},
                 ping=15,
+                background=BackgroundTask(release),
             )
         try:
             results: list[tuple[int, Generation]] = []
@@ -198,7 +201,7 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
-async def _stream(engine, jobs, max_tokens, params, stops, top, deadline, ident, created, slot):
+async def _stream(engine, jobs, max_tokens, params, stops, top, deadline, ident, created, release):
     """OpenAI's stream: one chunk per token per choice, a chunk with finish_reason, [DONE]."""
     try:
         for prompt, index, seed in jobs:
@@ -232,7 +235,7 @@ async def _stream(engine, jobs, max_tokens, params, stops, top, deadline, ident,
     except APIError as exc:
         yield {"data": json.dumps(error_body(exc.type, exc.message, exc.field))}
     finally:
-        await slot.__aexit__(None, None, None)
+        await release()
 
 
 def _last(steps) -> Generation:

@@ -177,3 +177,55 @@ def test_openai_client_streaming(server):
     )
     assert "".join(c.choices[0].text for c in chunks) == plain
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/generate",
+            {"model": "attention", "prompt": "Capitu", "max_new_tokens": 32, "stream": True},
+        ),
+        (
+            "/v1/completions",
+            {"model": "attention", "prompt": "Capitu", "max_tokens": 32, "stream": True},
+        ),
+    ],
+)
+def test_stream_client_gone_before_first_byte_frees_the_slot(client, path, body):
+    """A client that disconnects at once never holds a concurrency slot for good."""
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+        ],
+    }
+
+    async def call() -> None:
+        messages = iter([{"type": "http.request", "body": raw, "more_body": False}])
+
+        async def receive():
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message):
+            pass
+
+        await client.app(scope, receive, send)
+
+    client.portal.call(call)
+    deadline = time.monotonic() + 10
+    while client.app.state.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.app.state.in_flight == 0
