@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {prepare,train,evaluate,export,report,bench-attention}``."""
+"""Command line: ``python -m training COMMAND``; ``--help`` lists the commands."""
 
 from __future__ import annotations
 
@@ -114,6 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser(
+        "sweep",
+        help="tune on validation: one factor at a time around a preset, then the best together",
+        description="Trains the base trial, one trial per --vary value, then the best value of "
+        "every factor together, all with the same train arguments (given after --); chooses the "
+        "lowest validation loss and evaluates it on validation and test.",
+    )
+    p.add_argument("--model", choices=("attention", "bengio"), default="bengio")
+    p.add_argument("--preset", default="base", help="the base configuration (base)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="a config field and the values to try besides the preset's (repeatable)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="sweep folder")
+    p.add_argument("--parallel", type=int, default=1, help="trials trained at once (1)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluating the chosen trial")
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder")
+    p.add_argument(
+        "train_args", nargs=argparse.REMAINDER, help="-- then arguments for every `train`"
+    )
+
     p = sub.add_parser("evaluate", help="perplexity and bits per character of a checkpoint")
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
     p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split (test)")
@@ -198,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _factors(pairs: list[str]) -> dict[str, list]:
+    factors = {}
+    for pair in pairs:
+        key, sep, values = pair.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"--vary expects FIELD=V1,V2,..., got {pair!r}")
+        factors[key] = [_value(v) for v in values.split(",")]
+    return factors
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "prepare":
         data.prepare(
@@ -236,6 +270,27 @@ def _run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         train(cfg)
+    elif args.command == "sweep":
+        from training.sweep import sweep
+
+        train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+        data_dir = data.resolve_data_dir(args.data)
+        data.ensure_prepared(data_dir, None)
+        if "--time-budget" in train_args:
+            raise SystemExit(
+                "sweep: give a step budget (--max-steps), not --time-budget, so "
+                "every trial sees the same tokens however many share the device"
+            )
+        sweep(
+            args.model,
+            args.preset,
+            _factors(args.vary),
+            args.out,
+            [*train_args, "--data", str(data_dir)],
+            args.parallel,
+            data_dir,
+            evaluate=not args.no_eval,
+        )
     elif args.command == "evaluate":
         from training.evaluate import evaluate_checkpoint, write_json
 
