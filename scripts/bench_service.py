@@ -86,24 +86,26 @@ async def throughput(base: str, body: dict, concurrency: int, seconds: float) ->
     }
 
 
-def raw_onnx(models_dir: Path, model: str, prompt: str, threads: int, n: int) -> dict:
+def raw_onnx(
+    models_dir: Path, model: str, prompt: str, threads: int, n: int, provider: str
+) -> dict:
     """The next-token graph call alone, in-process, with the service's session options."""
-    from service.registry import ProviderChoice, load_model
+    from service.registry import ProviderChoice, choose_providers, load_model
     from service.settings import Settings
 
-    settings = Settings(models_dir=models_dir, threads=threads, provider="cpu")
-    loaded = load_model(
-        models_dir / model, settings, {}, ProviderChoice(["CPUExecutionProvider"], "benchmark")
-    )
+    settings = Settings(models_dir=models_dir, threads=threads, provider=provider)
+    choice = ProviderChoice(*choose_providers(provider))
+    loaded = load_model(models_dir / model, settings, {}, choice)
     eot = loaded.tokenizer.token_to_id("<|endoftext|>")
     ids = [eot, *loaded.tokenizer.encode(prompt, add_special_tokens=False).ids]
     window = np.asarray(ids[-int(loaded.card["context"]) :], dtype=np.int64)[None]
     positions = np.asarray([[window.shape[1] - 1]])
-    return percentiles(
+    result = percentiles(
         timed(
             lambda: loaded.session.run(["logits"], {"input_ids": window, "positions": positions}), n
         )
     )
+    return {**result, "provider": loaded.provider}
 
 
 def main() -> None:
@@ -113,6 +115,9 @@ def main() -> None:
     parser.add_argument("--model", default="attention", help="model to measure (attention)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    parser.add_argument(
+        "--provider", choices=("auto", "cuda", "cpu"), default="cpu", help="MACHADO_PROVIDER (cpu)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
@@ -126,6 +131,7 @@ def main() -> None:
             "MACHADO_LOG_LEVEL": "warning",
             "MACHADO_MODELS_DIR": str(args.models_dir),
             "MACHADO_THREADS": str(args.threads),
+            "MACHADO_PROVIDER": args.provider,
         }
     )
     try:
@@ -144,13 +150,14 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
-    raw = raw_onnx(args.models_dir, args.model, prompt, args.threads, args.requests)
+    raw = raw_onnx(args.models_dir, args.model, prompt, args.threads, args.requests, args.provider)
     result = {
         "model": args.model,
         "prompt_tokens_seen": len(seen),
         "generate_new_tokens": generated["completion_tokens"],
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "threads": args.threads,
+        "provider": raw["provider"],
         "next_token_http": next_token,
         "generate_http": generate,
         "throughput": rates,

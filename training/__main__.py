@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regenerate models/README.md from the model cards")
     p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for latency")
+    p.add_argument(
+        "--cuda-check",
+        type=Path,
+        default=Path("benchmarks/ort-cuda.json"),
+        help="scripts/ort_cuda_check.py result to include, if the file exists "
+        "(benchmarks/ort-cuda.json)",
+    )
 
     p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
     p.add_argument("--batch", type=int, default=32, help="B (32)")
@@ -323,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "report":
         from training.report import write_report
 
-        print(f"wrote {write_report(args.models, args.threads)}")
+        print(f"wrote {write_report(args.models, args.threads, args.cuda_check)}")
     elif args.command == "bench-train":
         from training.bench import bench_train
 

@@ -49,7 +49,9 @@ def _metric(card: dict, split: str, key: str) -> float | None:
     return card["metrics"].get(split, {}).get(key)
 
 
-def build_report(models_dir: Path, threads: int = 2) -> dict[str, Any]:
+def build_report(
+    models_dir: Path, threads: int = 2, cuda_check: Path | None = None
+) -> dict[str, Any]:
     folders = sorted(
         (p.parent for p in models_dir.glob("*/card.json")),
         key=lambda p: (ORDER.get(p.name, 9), p.name),
@@ -102,8 +104,19 @@ def build_report(models_dir: Path, threads: int = 2) -> dict[str, Any]:
             "training curves (validation over whole split)",
             runs=histories,
         )
+    sweeps = {
+        name: json.loads((models_dir / name / "sweep.json").read_text())
+        for name in models
+        if (models_dir / name / "sweep.json").is_file()
+    }
+    cuda = None
+    if cuda_check is not None and cuda_check.is_file():
+        cuda = json.loads(cuda_check.read_text())
+        cuda["file"] = str(cuda_check)
     return {
         "rows": rows,
+        "sweeps": sweeps,
+        "cuda": cuda,
         "samples": samples,
         "threads": threads,
         "cpu": f"{platform.processor() or platform.machine()}, {threads} ONNX Runtime threads",
@@ -144,9 +157,13 @@ def render(report: dict[str, Any]) -> str:
         "Bengio model reads only its last 8 tokens of the 64.",
         "",
     ]
+    if report.get("cuda"):
+        lines += _cuda_section(report["cuda"])
     findings = _findings(rows)
     if findings:
         lines += ["## What the comparison shows", "", *findings, ""]
+    for name, sweep in report.get("sweeps", {}).items():
+        lines += _sweep_section(name, sweep)
     if report["curves"]:
         lines += [
             "## Training curves",
@@ -187,6 +204,67 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cuda_section(cuda: dict[str, Any]) -> list[str]:
+    lines = [
+        "## On a GPU: ONNX Runtime's CUDA provider",
+        "",
+        f"The same graphs on `{cuda['gpu']}` with onnxruntime-gpu {cuda['onnxruntime']}, "
+        "loaded by the service's own loader, against the CPU provider of the same host "
+        f"({cuda['cpu']}, {cuda['cpu_threads']} threads). Next-token latency: batch 1, "
+        "a 64-token prompt, the service's engine call (host to device copies included).",
+        "",
+        "| model | provider | max \\|logit diff\\| vs CPU | 50 greedy tokens "
+        "| next-token on GPU (ms, median / p90) | on that host's CPU (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in cuda["models"].items():
+        if "next_token_latency" not in m:
+            lines.append(f"| `{name}` | {m.get('gpu_provider')} | failed: {m.get('error')} | | | |")
+            continue
+        gpu, cpu = m["next_token_latency"]["gpu"], m["next_token_latency"]["cpu"]
+        greedy = (
+            "identical"
+            if m["greedy"]["identical"]
+            else (f"differ from token {m['greedy']['first_difference']}")
+        )
+        lines.append(
+            f"| `{name}` | {m['gpu_provider']} | {m['max_abs_diff']:.1e} | {greedy} "
+            f"| {gpu['median_ms']:.2f} / {gpu['p90_ms']:.2f} | {cpu['median_ms']:.2f} |"
+        )
+    verdict = "within" if cuda["passed"] else "NOT within"
+    lines += [
+        "",
+        f"Every difference is {verdict} the tolerance of {cuda['tolerance']:g}. Measured by "
+        f"`python scripts/ort_cuda_check.py --json {cuda['file']}` (scripts/gpu_finish.sh).",
+        "",
+    ]
+    return lines
+
+
+def _sweep_section(name: str, sweep: dict[str, Any]) -> list[str]:
+    from training.sweep import format_table
+
+    factors = " ".join(
+        f"--vary {key}={','.join(str(v) for v in values)}"
+        for key, values in sweep["factors"].items()
+    )
+    hardware = {t.get("hardware") for t in sweep["trials"].values() if t.get("hardware")}
+    return [
+        f"## How `{name}` was tuned (validation split only)",
+        "",
+        f"One factor at a time around the `{sweep['preset']}` preset, then the best value of "
+        "every factor together; each trial the same command, step budget and seed, "
+        f"{len(sweep['trials'])} trials on {', '.join(sorted(hardware)) or 'unknown hardware'} "
+        f"in {sweep['seconds'] / 60:.1f} min. Chosen: `{sweep['chosen']}`.",
+        "",
+        format_table(sweep),
+        "",
+        f"`python -m training sweep --model {sweep['model']} --preset {sweep['preset']} "
+        f"{factors} -- {' '.join(a for a in sweep['train_args'])}`",
+        "",
+    ]
 
 
 def _findings(rows: dict[str, dict]) -> list[str]:
@@ -234,8 +312,8 @@ def _findings(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-def write_report(models_dir: Path, threads: int = 2) -> Path:
-    report = build_report(models_dir, threads)
+def write_report(models_dir: Path, threads: int = 2, cuda_check: Path | None = None) -> Path:
+    report = build_report(models_dir, threads, cuda_check)
     (models_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     path = models_dir / "README.md"
     path.write_text(render(report))

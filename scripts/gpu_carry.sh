@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepares, on this machine, what a GPU session carries to the device machine for
+# scripts/gpu_finish.sh. The GPU image has PyTorch, numpy, tokenizers, httpx and
+# prometheus-client, but neither onnxruntime-gpu nor FastAPI, and nothing can be fetched there.
+#   .carry/wheels/           the service's dependencies the image lacks (a few MiB)
+#   .carry/ort.tar.xz.NN     onnxruntime-gpu, unpacked, xz-compressed and split into parts small
+#                            enough to travel one per call (a call carries at most 64 MiB)
+# Versions are the ones installed in this project's virtual environment, i.e. the pins.
+#     bash scripts/gpu_carry.sh [PART_MIB]      (default 56)
+# PYVER (3.12, the GPU image's Python) and DEST (.carry) change the target, e.g. to rehearse
+# scripts/gpu_finish.sh here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+PART_MIB=${1:-56}
+dest=${DEST:-.carry}
+rm -rf "$dest" && mkdir -p "$dest/wheels"
+platform=(--only-binary=:all: --python-version "${PYVER:-3.12}" --implementation cp
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
+for pkg in fastapi starlette uvicorn pydantic pydantic-core pydantic-settings python-dotenv \
+  typing-inspection annotated-types sse-starlette; do
+  $PY -m pip download -q --no-deps "${platform[@]}" -d "$dest/wheels" "$pkg==$(version "$pkg")"
+done
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+$PY -m pip download -q --no-deps "${platform[@]}" -d "$tmp" \
+  "onnxruntime-gpu==$(version onnxruntime-gpu)"
+mkdir "$tmp/site"
+(cd "$tmp/site" && unzip -q "$tmp"/onnxruntime_gpu-*.whl)
+rm -f "$tmp"/site/onnxruntime/capi/libonnxruntime_providers_tensorrt.so  # TensorRT: not used
+tar -C "$tmp/site" -cf - . | xz -T0 -6 | split -b "${PART_MIB}m" -d - "$dest/ort.tar.xz."
+ls -la "$dest" "$dest/wheels"
+echo "carry one ort part per call with scripts/gpu_finish.sh (see its header)"
