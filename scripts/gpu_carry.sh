@@ -18,10 +18,26 @@ rm -rf "$dest" && mkdir -p "$dest/wheels"
 platform=(--only-binary=:all: --python-version "${PYVER:-3.12}" --implementation cp
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
-for pkg in fastapi starlette uvicorn pydantic pydantic-core pydantic-settings python-dotenv \
-  typing-inspection annotated-types sse-starlette; do
-  $PY -m pip download -q --no-deps "${platform[@]}" -d "$dest/wheels" "$pkg==$(version "$pkg")"
-done
+# The service's dependencies and theirs, as installed here (numpy and tokenizers are there).
+closure=$($PY - <<'PYTHON'
+import importlib.metadata as metadata
+from packaging.requirements import Requirement
+seen, todo = set(), ["fastapi", "uvicorn", "pydantic-settings", "prometheus-client", "sse-starlette"]
+while todo:
+    name = todo.pop()
+    key = name.lower().replace("_", "-")
+    if key in seen:
+        continue
+    seen.add(key)
+    for line in metadata.requires(name) or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            todo.append(req.name)
+print(" ".join(f"{n}=={metadata.version(n)}" for n in sorted(seen)))
+PYTHON
+)
+# shellcheck disable=SC2086  # one argument per requirement
+$PY -m pip download -q --no-deps "${platform[@]}" -d "$dest/wheels" $closure
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 $PY -m pip download -q --no-deps "${platform[@]}" -d "$tmp" \

@@ -28,19 +28,40 @@ export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 sweep() {
-  local steps=17500 parallel=7 extra=(--compile) vary
+  local steps=17500 parallel=7 extra=(--compile) vary preset=base seed=seed seed_steps=16285
   vary=(--vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4)
   if [ "$TINY" = 1 ]; then
-    steps=20 parallel=2 extra=(--device cpu --eval-windows 8)
-    vary=(--vary context=2 --vary dropout=0.0)
+    steps=20 parallel=2 extra=(--device cpu --eval-windows 8) preset=tiny seed=tiny seed_steps=20
+    vary=(--vary context=4 --vary dropout=0.0)
   fi
-  local preset=base
-  [ "$TINY" = 1 ] && preset=tiny
+  # attention-seed is compared with bengio at equal context: should the sweep move bengio's
+  # context, the seed model must follow. Train it at the other contexts meanwhile, with the
+  # shipped seed's recipe (2,048 tokens a step, dropout 0.1, the same number of steps).
+  local seeds=()
+  for ctx in 4 12; do
+    (
+      out="$WORK/seeds/context=$ctx"
+      $PY -m training train --model attention --preset "$seed" --set "context=$ctx" \
+        --set dropout=0.1 --batch-size $((2048 / ctx)) --max-steps "$seed_steps" \
+        --warmup-steps 200 --eval-interval 750 --log-interval 50 --no-progress "${extra[@]}" \
+        --data data --out "$out" > "$WORK/seed-context=$ctx.log" 2>&1
+      rm -rf "$out/last"
+      for split_storage in validation:float32 test:float32 test:float16; do
+        $PY -m training evaluate "$out/best" --data data --split "${split_storage%:*}" \
+          --storage "${split_storage#*:}" --json "$out/eval-${split_storage%:*}-${split_storage#*:}.json" \
+          > /dev/null
+      done
+    ) &
+    seeds+=($!)
+  done
   # The step budget and schedule of the shipped bengio (17,564 steps of 16 x 128 tokens, cosine
   # to the end), so the base trial retrains the shipped configuration under the same conditions.
+  local rc=0
   $PY -m training sweep --model bengio --preset "$preset" --parallel "$parallel" "${vary[@]}" \
     --out "$WORK/sweep" --data data -- --batch-size 16 --max-steps "$steps" --warmup-steps 200 \
-    --eval-interval 750 --log-interval 50 "${extra[@]}"
+    --eval-interval 750 --log-interval 50 "${extra[@]}" || rc=$?
+  wait "${seeds[@]}" || rc=$?
+  return $rc
 }
 
 status() {
@@ -75,7 +96,7 @@ case "${1:-}" in
     $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
     $PY -c "import onnxruntime as o; print('image onnxruntime', o.__version__,
       o.get_available_providers())" 2>/dev/null || echo "image has no onnxruntime"
-    rm -rf "$WORK/sweep" "$WORK/sweep.rc"
+    rm -rf "$WORK/sweep" "$WORK/seeds" "$WORK/sweep.rc"
     # setsid: the sweep outlives this call and runs on while the next calls carry the parts.
     setsid nohup bash -c "$(declare -f sweep); PY=$PY TINY=$TINY WORK=$WORK; sweep; \
       echo \$? > $WORK/sweep.rc" > "$WORK/sweep.log" 2>&1 < /dev/null &
@@ -108,7 +129,7 @@ case "${1:-}" in
     tail -n 20 "$WORK/sweep.log" || true
     mkdir -p "$WORK/sweep/gpu"
     cp "$WORK"/*.log "$WORK"/service-*.json "$OUT/ort-cuda.json" "$WORK/sweep/gpu/" 2>/dev/null || true
-    $PY scripts/release_pack.py pack "$WORK/sweep" --out "$OUT" --chunk-mib 15.9
+    $PY scripts/release_pack.py pack "$WORK/sweep" "$WORK/seeds" --out "$OUT" --chunk-mib 15.9
     ls -la "$OUT"
     ;;
   *)

@@ -1,0 +1,102 @@
+"""Bring the results of scripts/gpu_finish.sh home: the Bengio sweep and the CUDA provider check.
+
+    python scripts/ship_sweep.py DEVICE_OUT [--models models]
+
+- unpacks the release parts of DEVICE_OUT into gpu/sweep-release;
+- replaces models/bengio with the sweep's chosen trial only if its validation loss (the
+  `evaluate` command, whole split) is lower than the shipped model's; either way the sweep's
+  table goes to models/bengio/sweep.json, so the report shows how the model was tuned;
+- if that moves bengio's context, replaces models/attention-seed with the seed model trained
+  at the new context on the same GPU (the two are compared at equal context);
+- copies the CUDA check and the CUDA service benchmark into benchmarks/;
+- regenerates models/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_NOTE = (
+    "Retrained by scripts/gpu_finish.sh at the context the Bengio sweep chose, so that the two "
+    "compare at equal context: the shipped seed recipe (2,048 tokens a step, dropout 0.1, "
+    "16,285 steps) on one {hardware}; evaluated there in fp32, and with fp16-rounded weights."
+)
+NOTE = (
+    "Chosen by `python -m training sweep` on the validation split (models/bengio/sweep.json): "
+    "trials trained side by side on one {hardware}, each with the same step budget and seed; "
+    "evaluated there in fp32, and with fp16-rounded weights."
+)
+
+
+def export(run: Path, folder: Path, note: str) -> None:
+    evals = [run / f"eval-{s}.json" for s in ("validation-float32", "test-float32", "test-float16")]
+    shutil.rmtree(folder)
+    subprocess.run(
+        [
+            sys.executable,
+            *("-m", "training", "export", str(run / "best"), "--out", str(folder)),
+            *("--note", note),
+            *(arg for e in evals for arg in ("--eval", str(e))),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("device_out", type=Path, help="the folder $OUT came back in")
+    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--release", type=Path, default=ROOT / "gpu" / "sweep-release")
+    parser.add_argument("--benchmarks", type=Path, default=ROOT / "benchmarks")
+    args = parser.parse_args()
+    py = sys.executable
+
+    shutil.rmtree(args.release, ignore_errors=True)
+    unpack = ROOT / "scripts" / "release_pack.py"
+    subprocess.run(
+        [py, str(unpack), "unpack", str(args.device_out), "--out", str(args.release)], check=True
+    )
+    sweep_dir = args.release / "sweep"
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    chosen = sweep_dir / sweep["chosen"]
+    new_loss = json.loads((chosen / "eval-validation-float32.json").read_text())["loss"]
+    folder = args.models / "bengio"
+    old_loss = json.loads((folder / "card.json").read_text())["metrics"]["validation"]["loss"]
+    print(f"validation loss: shipped {old_loss:.4f}, sweep's {sweep['chosen']} {new_loss:.4f}")
+    if new_loss < old_loss:
+        hardware = sweep["trials"][sweep["chosen"]].get("hardware", "GPU")
+        context = json.loads((chosen / "best" / "config.json").read_text())["config"]["context"]
+        seed_folder = args.models / "attention-seed"
+        seed_context = json.loads((seed_folder / "card.json").read_text())["context"]
+        if context != seed_context:
+            seed_run = args.release / "seeds" / f"context={context}"
+            if not (seed_run / "best").is_dir():
+                raise SystemExit(f"no seed model trained at context {context}: nothing replaced")
+            export(seed_run, seed_folder, SEED_NOTE.format(hardware=hardware))
+            print(f"models/attention-seed replaced by the seed model at context {context}")
+        export(chosen, folder, NOTE.format(hardware=hardware))
+        print(f"models/bengio replaced by {sweep['chosen']}")
+    else:
+        print("models/bengio kept: the sweep found nothing better on validation")
+    (folder / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+
+    gpu = sweep_dir / "gpu"
+    args.benchmarks.mkdir(parents=True, exist_ok=True)
+    cuda_check = args.benchmarks / "ort-cuda.json"
+    for name in ["ort-cuda.json", *(p.name for p in gpu.glob("service-cuda-*.json"))]:
+        if (gpu / name).is_file():
+            shutil.copyfile(gpu / name, args.benchmarks / name)
+    report = ["-m", "training", "report", "--models", str(args.models), "--cuda-check"]
+    subprocess.run([py, *report, str(cuda_check)], check=True, cwd=ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
