@@ -138,6 +138,7 @@ def main() -> None:
         next_body = {"model": args.model, "prompt": prompt, "top_k": 5}
         gen_body = {"model": args.model, "prompt": prompt, "max_new_tokens": 64, "temperature": 0}
         with httpx.Client(base_url=base, timeout=120) as http:
+            info = {m["name"]: m for m in http.get("/models").json()["models"]}[args.model]
             seen = http.post("/next-token", json=next_body).json()["tokens"]
             next_token = percentiles(
                 timed(lambda: http.post("/next-token", json=next_body), args.requests)
@@ -158,6 +159,7 @@ def main() -> None:
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "threads": args.threads,
         "provider": raw["provider"],
+        "kv_cache": info["kv_cache"],
         "next_token_http": next_token,
         "generate_http": generate,
         "throughput": rates,

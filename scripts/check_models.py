@@ -46,6 +46,22 @@ def check(folder: Path) -> str:
         )[0]
         if not np.allclose(weights.sum(-1), 1.0, atol=1e-4):
             raise SystemExit(f"{folder.name}: attention rows do not sum to 1")
+    if "decoder.onnx" in card["graphs"]:  # the cached generation repeats the greedy tokens
+        decoder = ort.InferenceSession(
+            str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"]
+        )
+        layers, _, heads, _, head_dim = decoder.get_inputs()[1].shape
+        keys = values = np.zeros((layers, 1, heads, 0, head_dim), dtype=np.float32)
+        prompt = len(tokenizer.encode("Capitu olhou para mim").ids)
+        feed = ids[:prompt]
+        for expected in ids[prompt : card["context"]]:  # the cache holds one context
+            logits, keys, values = decoder.run(
+                None,
+                {"input_ids": np.asarray([feed]), "past_keys": keys, "past_values": values},
+            )
+            if int(logits[0].argmax()) != expected:
+                raise SystemExit(f"{folder.name}: the cached decoder strays from the full windows")
+            feed = [expected]
     return tokenizer.decode(ids)
 
 

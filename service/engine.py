@@ -54,6 +54,60 @@ def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
     return plan
 
 
+# Below this context the cache does not pay: a window that short costs about one graph call
+# either way (attention-seed, context 8: 0.34 ms a token cached, 0.32 ms uncached, on 2 CPU
+# threads; attention, context 256: 1.86 against 10.3 ms).
+MIN_CACHE_CONTEXT = 64
+
+
+def uses_kv_cache(model: LoadedModel) -> bool:
+    """Whether generation on this model goes through its key/value cache graph."""
+    return model.decoder_session is not None and int(model.card["context"]) >= MIN_CACHE_CONTEXT
+
+
+class CachedContext:
+    """Next-token logits of a growing token sequence, through the key/value cache graph.
+
+    The first call reads the last ``context`` tokens at once (what ``Engine.next_logits`` sees);
+    each later call feeds only the tokens added since, at one position's cost. The graph has
+    learned absolute positions, so when the cache would pass the context, the window restarts
+    with the last 3/4 of the context: from then on the model sees between 3/4 of its context
+    and all of it, instead of always all of it.
+    """
+
+    def __init__(self, session, context: int) -> None:
+        self.session = session
+        self.context = context
+        self.refill = max(1, context * 3 // 4)
+        self.keys: np.ndarray | None = None
+        self.values: np.ndarray | None = None
+        self.cached = 0  # tokens whose keys and values are held
+        self.seen = 0  # length of the sequence at the last call
+        layers, _, heads, _, head_dim = session.get_inputs()[1].shape  # past_keys
+        self.empty = np.zeros((layers, 1, heads, 0, head_dim), dtype=np.float32)
+
+    def _run(self, ids: list[int], keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+        logits, self.keys, self.values = self.session.run(
+            None,
+            {
+                "input_ids": np.asarray(ids, dtype=np.int64)[None],
+                "past_keys": keys,
+                "past_values": values,
+            },
+        )
+        self.cached = self.keys.shape[3]
+        return logits[0]
+
+    def next_logits(self, ids: list[int]) -> np.ndarray:
+        new = len(ids) - self.seen
+        self.seen = len(ids)
+        if self.keys is None or new <= 0:  # the first call (or a sequence that did not grow)
+            return self._run(ids[-self.context :], self.empty, self.empty)
+        if self.cached + new <= self.context:
+            return self._run(ids[-new:], self.keys, self.values)
+        return self._run(ids[-self.refill :], self.empty, self.empty)  # past the context
+
+
 class Engine:
     """The computations the endpoints need, on one model."""
 
@@ -138,11 +192,16 @@ class Engine:
         )
         rng = np.random.default_rng(seed)
         generated: list[int] = []
+        cache = (
+            CachedContext(self.model.decoder_session, self.context)
+            if uses_kv_cache(self.model)
+            else None
+        )
         text = ""
         for _ in range(max_new_tokens):
             if deadline is not None and time.monotonic() > deadline:
                 raise APIError(504, "timeout", "the request ran past its time limit")
-            logits = self.next_logits(ids)
+            logits = cache.next_logits(ids) if cache else self.next_logits(ids)
             token = choose(logits, params, ids[-self.context :], rng)
             if token == self.eot:
                 result.finish_reason = "end_of_text"

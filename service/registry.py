@@ -34,6 +34,7 @@ class LoadedModel:
     tokenizer: Tokenizer | None = None
     session: ort.InferenceSession | None = None
     attention_session: ort.InferenceSession | None = None
+    decoder_session: ort.InferenceSession | None = None  # generation with a key/value cache
     provider: str | None = None
     provider_reason: str = ""
     error: str | None = None
@@ -117,9 +118,11 @@ def load_model(
         model.provider, model.provider_reason = got, choice.reason
         if model.card.get("has_attention"):
             model.attention_session = _open(folder / "attention.onnx", settings, [got])
+        if settings.kv_cache and "decoder.onnx" in model.card.get("graphs", {}):
+            model.decoder_session = _open(folder / "decoder.onnx", settings, [got])
     except Exception as exc:  # a broken folder is reported, never fatal
         model.error = f"{type(exc).__name__}: {exc}"
-        model.session = model.attention_session = None
+        model.session = model.attention_session = model.decoder_session = None
         log.error("model failed to load", extra={"model": model.name, "error": model.error})
         return model
     log.info(

@@ -161,6 +161,9 @@ class ModelInfo(BaseModel):
     provider: str | None = None
     provider_reason: str | None = None
     has_attention: bool = False
+    kv_cache: bool = Field(
+        False, description="generation reads its key/value cache graph (MACHADO_KV_CACHE)"
+    )
     training: dict = Field({}, description="hardware, time and tokens of its training run")
     layers: int | None = Field(None, description="attention layers (models with attention)")
     heads: int | None = Field(None, description="heads per layer (models with attention)")

@@ -21,6 +21,13 @@ class Settings(BaseSettings):
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="execution provider: auto (CUDA where usable, else CPU), cuda, cpu"
     )
+    kv_cache: bool = Field(
+        True,
+        description="generate with a model's key/value cache graph (decoder.onnx) where it has "
+        "one: one position's work per new token. Past the context the window restarts at 3/4 of "
+        "it (the model then sees 3/4 to all of its context); false: every token recomputes a "
+        "full window",
+    )
     max_concurrency: int = Field(
         8, ge=1, le=1024, description="inference requests at once; more get 429"
     )

@@ -118,3 +118,24 @@ class CausalSelfAttention(nn.Module):
             out = attention_fused(q, k, v)
         out = out.transpose(1, 2).reshape(batch, steps, width)  # (B, T, D)
         return self.dropout(self.wo(out)), (weights if return_weights else None)
+
+    def forward_cached(
+        self, x: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention of new tokens over the cached keys and values of the tokens before them.
+
+        x: (B, T, D), the T tokens after the past's P; past_keys, past_values: (B, H, P, Dh).
+        -> (output (B, T, D), keys (B, H, P+T, Dh), values (B, H, P+T, Dh)). With P = 0 this is
+        ``forward``; token by token it computes the same thing again without the earlier rows.
+        """
+        batch, steps, width = x.shape
+        q = self._heads(self.wq(x))
+        keys = torch.cat([past_keys, self._heads(self.wk(x))], dim=2)
+        values = torch.cat([past_values, self._heads(self.wv(x))], dim=2)
+        scores = (q @ keys.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, P+T)
+        query_at = torch.arange(steps, device=x.device) + past_keys.shape[2]  # (T,)
+        key_at = torch.arange(keys.shape[2], device=x.device)  # (P+T,)
+        scores = scores.masked_fill(key_at[None, :] > query_at[:, None], float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ values  # (B, H, T, Dh)
+        out = out.transpose(1, 2).reshape(batch, steps, width)
+        return self.dropout(self.wo(out)), keys, values

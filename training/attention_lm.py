@@ -152,6 +152,37 @@ class AttentionLM(nn.Module):
         index = positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])  # (B, K, D)
         return self.head(torch.gather(states, 1, index))
 
+    def decode(
+        self, idx: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generation with a key/value cache: the logits of the last of new tokens.
+
+        idx: (B, T) tokens at positions P..P+T-1, after the P tokens whose keys and values
+        every layer cached in past_keys, past_values: (L, B, H, P, Dh); P + T <= context.
+        -> (logits (B, V), keys (L, B, H, P+T, Dh), values (L, B, H, P+T, Dh)). P = 0 reads a
+        prompt (prefill); then one token a call reuses everything computed before it.
+        """
+        past = past_keys.shape[3]
+        positions = torch.arange(idx.shape[1], device=idx.device) + past
+        x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
+        keys, values = [], []
+        for layer, block in enumerate(self.blocks):
+            attended, k, v = block.attention.forward_cached(
+                block.ln_attention(x), past_keys[layer], past_values[layer]
+            )
+            x = x + attended
+            x = x + block.ffn(block.ln_ffn(x))
+            keys.append(k)
+            values.append(v)
+        logits = self.head(self.ln_final(x[:, -1]))  # (B, V)
+        return logits, torch.stack(keys), torch.stack(values)
+
+    def empty_cache(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of no tokens yet: (L, B, H, 0, Dh) each."""
+        config = self.config
+        shape = (config.n_layer, batch, config.n_head, 0, config.d_model // config.n_head)
+        return torch.zeros(shape), torch.zeros(shape)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

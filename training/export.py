@@ -8,7 +8,13 @@ A model folder holds:
 - ``attention.onnx`` (attention models): the same inputs -> ``logits`` and ``attentions``
   (float32, [batch, layer, head, sequence, sequence]). A separate graph, because ONNX Runtime
   computes every output of a graph whether asked for or not: generation must not pay for weights.
-- ``weights.bin``: the weights of both graphs, stored once (ONNX external data).
+- ``decoder.onnx`` (attention models): generation with a key/value cache. ``input_ids``
+  (int64, [batch, sequence]) at positions P.., ``past_keys`` and ``past_values`` (float32,
+  [layer, batch, head, past, head_dim]) -> ``logits`` of the last new token (float32,
+  [batch, vocab]), ``present_keys`` and ``present_values`` ([layer, batch, head, past+sequence,
+  head_dim]). Reading the prompt once, then one token a call, costs one position's work per
+  token instead of a whole window's.
+- ``weights.bin``: the weights of every graph, stored once (ONNX external data).
 - ``card.json``: what the model is, how it was trained and how well it does.
 
 Weights are stored as float16 by default and cast to float32 inside the graph, where ONNX
@@ -56,6 +62,44 @@ class ExportGraph(nn.Module):
         index = positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])  # (B, K, D)
         logits = self.model.head(torch.gather(states, 1, index))  # (B, K, V)
         return logits, torch.stack(weights, dim=1)  # (B, L, H, T, T)
+
+
+class DecoderGraph(nn.Module):
+    """The cached generation step of an attention model (``AttentionLM.decode``)."""
+
+    def __init__(self, model: AttentionLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, past_keys, past_values):
+        return self.model.decode(input_ids, past_keys, past_values)
+
+
+def _export_decoder(model: AttentionLM, path: Path) -> None:
+    # Example: 2 new tokens after 3 cached ones, so neither length is traced as a constant.
+    config = model.config
+    steps, past = (2, 3) if config.context >= 5 else (1, 1)
+    keys = torch.zeros(config.n_layer, 1, config.n_head, past, config.d_model // config.n_head)
+    example = (torch.zeros(1, steps, dtype=torch.long), keys, keys.clone())
+    cache = {1: "batch", 3: "past"}
+    torch.onnx.export(
+        DecoderGraph(model).eval(),
+        example,
+        str(path),
+        input_names=["input_ids", "past_keys", "past_values"],
+        output_names=["logits", "present_keys", "present_values"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "sequence"},
+            "past_keys": cache,
+            "past_values": cache,
+            "logits": {0: "batch"},
+            "present_keys": {1: "batch", 3: "total"},
+            "present_values": {1: "batch", 3: "total"},
+        },
+        opset_version=OPSET,
+        do_constant_folding=False,
+        dynamo=False,
+    )
 
 
 def _export_graph(model: AttentionLM | BengioLM, path: Path, with_attention: bool) -> None:
@@ -181,7 +225,7 @@ def export_checkpoint(
     if isinstance(model, AttentionLM):
         model.set_attention("matrix")  # plain MatMul/Softmax: every ONNX runtime runs it
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.onnx", "attention.onnx", WEIGHTS_FILE):
+    for stale in ("model.onnx", "attention.onnx", "decoder.onnx", WEIGHTS_FILE):
         (out / stale).unlink(missing_ok=True)
 
     # The tokenizer lives once, beside the model folders, and the card names it by hash.
@@ -197,13 +241,16 @@ def export_checkpoint(
     if not shared_tokenizer.is_file():
         shutil.copyfile(tokenizer, shared_tokenizer)
 
-    graphs = {"model": False}
+    graphs = ["model"]
     if isinstance(model, AttentionLM):
-        graphs["attention"] = True
+        graphs += ["attention", "decoder"]
     described = {}
-    for graph_name, with_attention in graphs.items():
+    for graph_name in graphs:
         raw = out / f"{graph_name}.raw.onnx"
-        _export_graph(model, raw, with_attention)
+        if graph_name == "decoder":
+            _export_decoder(model, raw)
+        else:
+            _export_graph(model, raw, with_attention=graph_name == "attention")
         graph_model = onnx.load(str(raw))
         raw.unlink()
         if storage == "float16":

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.engine import uses_kv_cache
 from service.routes.common import require_api_key
 from service.schemas import Health, ModelInfo, ModelList, Readiness, error_responses
 
@@ -39,6 +40,7 @@ async def models(request: Request) -> ModelList:
                 provider=m.provider,
                 provider_reason=m.provider_reason or None,
                 has_attention=m.has_attention,
+                kv_cache=m.ready and uses_kv_cache(m),
                 layers=(card.get("config") or {}).get("n_layer") if m.has_attention else None,
                 heads=(card.get("config") or {}).get("n_head") if m.has_attention else None,
                 metrics=card.get("metrics") or {},

@@ -142,15 +142,16 @@ def test_export_card_describes_the_model(exported, prepared):
     assert ("attention.onnx" in card["graphs"]) == (kind == "attention")
 
 
-def test_export_attention_graph_shares_the_weights(exported):
-    """attention.onnx stores no weights of its own: both graphs read weights.bin."""
+@pytest.mark.parametrize("graph_file", ["attention.onnx", "decoder.onnx"])
+def test_export_extra_graphs_share_the_weights(exported, graph_file):
+    """attention.onnx and decoder.onnx store no weights of their own: they read weights.bin."""
     kind, _, folders, _ = exported
     if kind != "attention":
         pytest.skip("the Bengio model has one graph")
     import onnx
 
     folder = folders["float16"]
-    graph = onnx.load(str(folder / "attention.onnx"), load_external_data=False).graph
+    graph = onnx.load(str(folder / graph_file), load_external_data=False).graph
     inline = [i.name for i in graph.initializer if len(i.raw_data) >= 1024]
     assert inline == [], f"weights stored twice: {inline}"
     external = {e.value for i in graph.initializer for e in i.external_data if e.key == "location"}
@@ -166,3 +167,51 @@ def test_export_refuses_another_tokenizer(exported, tmp_path):
     other.write_text("{}")
     with pytest.raises(ValueError, match="not the tokenizer"):
         export_checkpoint(checkpoint, tmp_path / "models" / "m", other)
+
+
+@pytest.mark.parametrize("storage", ["float16", "float32"])
+def test_export_decoder_cache_matches_full_windows(exported, storage):
+    """decoder.onnx: a prompt read at once, then one token a call with the key/value cache,
+    gives the logits torch computes over the whole window at every step (to 1e-4), up to the
+    context's last position."""
+    kind, checkpoint, folders, _ = exported
+    if kind != "attention":
+        pytest.skip("the Bengio model has no key/value cache")
+    import onnxruntime as ort
+
+    model = _torch_model(checkpoint, storage)
+    onnx = OnnxModel(folders[storage])
+    decoder = ort.InferenceSession(
+        str(folders[storage] / "decoder.onnx"), providers=["CPUExecutionProvider"]
+    )
+    card = onnx.card
+    layers, heads = card["config"]["n_layer"], card["config"]["n_head"]
+    head_dim = card["config"]["d_model"] // heads
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, card["config"]["vocab_size"], (2, onnx.context))
+    with torch.no_grad():
+        expected = model(torch.as_tensor(ids))[0].numpy()  # (B, T, V)
+    for prompt in (1, 7):
+        empty = np.zeros((layers, 2, heads, 0, head_dim), dtype=np.float32)
+        logits, keys, values = decoder.run(
+            None, {"input_ids": ids[:, :prompt], "past_keys": empty, "past_values": empty}
+        )
+        assert np.abs(logits - expected[:, prompt - 1]).max() <= 1e-4
+        for t in range(prompt, onnx.context):
+            logits, keys, values = decoder.run(
+                None, {"input_ids": ids[:, t : t + 1], "past_keys": keys, "past_values": values}
+            )
+            assert keys.shape == (layers, 2, heads, t + 1, head_dim)
+            diff = np.abs(logits - expected[:, t]).max()
+            assert diff <= 1e-4, f"{storage} prompt {prompt}, position {t}: {diff}"
+
+
+def test_export_card_lists_the_decoder(exported):
+    kind, _, folders, _ = exported
+    graphs = json.loads((folders["float16"] / "card.json").read_text())["graphs"]
+    if kind == "bengio":
+        assert set(graphs) == {"model.onnx"}
+        return
+    decoder = graphs["decoder.onnx"]
+    assert [i["name"] for i in decoder["inputs"]] == ["input_ids", "past_keys", "past_values"]
+    assert [o["name"] for o in decoder["outputs"]] == ["logits", "present_keys", "present_values"]

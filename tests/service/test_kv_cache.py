@@ -1,0 +1,82 @@
+"""Generation with the key/value cache graph (decoder.onnx) against full windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.engine import CachedContext, Engine
+from service.registry import load_models
+from service.sampling import SamplingParams
+from tests.service.conftest import make_settings
+
+PROMPT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
+
+
+@pytest.fixture(scope="module")
+def engines():
+    cached = load_models(make_settings(kv_cache=True))
+    plain = load_models(make_settings(kv_cache=False))
+    return Engine(cached["attention"]), Engine(plain["attention"])
+
+
+def test_cache_graph_loads_only_when_asked(engines):
+    cached, plain = engines
+    assert cached.model.decoder_session is not None
+    assert plain.model.decoder_session is None
+
+
+def test_cached_generation_equals_full_windows_within_the_context(engines):
+    """Prompt and new tokens inside the context: the same greedy tokens, the same logprobs."""
+    cached, plain = engines
+    runs = [
+        list(engine.generate(PROMPT, 60, SamplingParams(temperature=0.0), 0, [], 3))[-1]
+        for engine in (cached, plain)
+    ]
+    assert [s.id for s in runs[0].steps] == [s.id for s in runs[1].steps]
+    assert len(runs[0].steps) == 60
+    for a, b in zip(runs[0].steps, runs[1].steps, strict=True):
+        assert abs(a.logprob - b.logprob) < 1e-4
+    assert runs[0].text == runs[1].text
+
+
+def test_cache_past_the_context_restarts_at_three_quarters(engines):
+    """Past the context each step's logits are the full-window logits of the window the cache
+    holds: all of the context at first, then 3/4 of it growing back to all of it."""
+    cached, plain = engines
+    context = cached.context
+    cache = CachedContext(cached.model.decoder_session, context)
+    rng = np.random.default_rng(0)
+    ids = [cached.eot, *cached.encode(PROMPT * 40)][: context + 20]
+    start = len(ids) - context  # the reference window: ids[start:]
+    restarts = 0
+    for _ in range(context // 4 + 10):  # restarts at once, then again 64 tokens later
+        got = cache.next_logits(ids)
+        expected = plain._logits(
+            np.asarray(ids[start:])[None], np.asarray([[len(ids) - start - 1]])
+        )[0, 0]
+        assert np.abs(got - expected).max() < 1e-3, (len(ids), start)
+        ids.append(int(rng.integers(0, cached.vocab_size)))
+        if len(ids) - start > context:
+            start = len(ids) - cache.refill
+            restarts += 1
+    assert restarts == 2
+    assert cache.refill == context * 3 // 4
+
+
+def test_cache_is_fresh_for_every_generation(engines):
+    """Two generations in a row, and interleaved: each one its own cache."""
+    cached, _ = engines
+    params = SamplingParams(temperature=0.0)
+    first = list(cached.generate(PROMPT, 20, params, 0, [], 0))[-1].text
+    other = cached.generate("Capitu", 20, params, 0, [], 0)
+    again = cached.generate(PROMPT, 20, params, 0, [], 0)
+    next(other)
+    assert list(again)[-1].text == first
+
+
+def test_models_endpoint_says_which_models_use_the_cache(client):
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["attention"]["kv_cache"] is True
+    assert models["attention-seed"]["kv_cache"] is False  # context 8: the cache does not pay
+    assert models["bengio"]["kv_cache"] is False
