@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 
-from service.engine import Engine  # noqa: E402
+from service.engine import CachedContext, Engine  # noqa: E402
 from service.registry import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -91,6 +91,15 @@ def compare_model(cpu: Engine, gpu: Engine, rng: np.random.Generator, args) -> d
     for label, ids in inputs.items():
         a, b = all_logits(cpu, ids), all_logits(gpu, ids)
         logits[label] = {"shape": list(a.shape), "max_abs_diff": float(np.max(np.abs(a - b)))}
+    if cpu.model.decoder_session is not None and gpu.model.decoder_session is not None:
+        # The key/value cache graph: the prompt at once, then one token a call, on each side.
+        caches = [CachedContext(e.model.decoder_session, context) for e in (cpu, gpu)]
+        prompt, worst = real[: min(32, context - 1)].tolist(), 0.0
+        for token in real[len(prompt) : min(len(real), context)].tolist()[:32]:
+            a, b = (cache.next_logits(prompt) for cache in caches)
+            worst = max(worst, float(np.max(np.abs(a - b))))
+            prompt.append(token)
+        logits["decoder with key/value cache, 32 steps"] = {"max_abs_diff": worst}
     result = {"logits": logits}
     if cpu.model.has_attention:
         window = real[None, : min(64, context)]
