@@ -5,10 +5,9 @@
 # provider with the service's own loader and engine, the service is benchmarked on CUDA, and the
 # sweep's results are packed into $OUT.
 #
-# Here first: bash scripts/gpu_carry.sh; python -m training prepare; take models/ out of the
-# index for the calls (it is over 64 MiB: `git rm -r -q --cached models` and `/models/` in
-# .git/info/exclude; `git add models` afterwards). Then, one call right after the other (the
-# machine goes back after 30 s idle):
+# Here first: bash scripts/gpu_carry.sh; python -m training prepare; bash
+# scripts/device_models.sh out (models/ is over the 64 MiB a call carries; `... in` afterwards).
+# Then, one call right after the other (the machine goes back after 30 s idle):
 #   1. carry data models/bengio .carry/wheels          bash scripts/gpu_finish.sh start
 #   2. carry models/attention models/attention-seed models/tokenizer.json .carry/ort.tar.xz.03
 #                                                       bash scripts/gpu_finish.sh status
