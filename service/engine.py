@@ -54,15 +54,10 @@ def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
     return plan
 
 
-# Below this context the cache does not pay: a window that short costs about one graph call
-# either way (attention-seed, context 8: 0.34 ms a token cached, 0.32 ms uncached, on 2 CPU
-# threads; attention, context 256: 1.86 against 10.3 ms).
-MIN_CACHE_CONTEXT = 64
-
-
 def uses_kv_cache(model: LoadedModel) -> bool:
-    """Whether generation on this model goes through its key/value cache graph."""
-    return model.decoder_session is not None and int(model.card["context"]) >= MIN_CACHE_CONTEXT
+    """Whether generation on this model goes through its key/value cache graph (the registry
+    loads it where asked for and worth it)."""
+    return model.decoder_session is not None
 
 
 class CachedContext:

@@ -14,16 +14,24 @@ PROMPT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa 
 
 
 @pytest.fixture(scope="module")
-def engines():
-    cached = load_models(make_settings(kv_cache=True))
-    plain = load_models(make_settings(kv_cache=False))
+def loaded():
+    return load_models(make_settings(kv_cache=True)), load_models(make_settings(kv_cache=False))
+
+
+@pytest.fixture(scope="module")
+def engines(loaded):
+    cached, plain = loaded
     return Engine(cached["attention"]), Engine(plain["attention"])
 
 
-def test_cache_graph_loads_only_when_asked(engines):
-    cached, plain = engines
-    assert cached.model.decoder_session is not None
-    assert plain.model.decoder_session is None
+def test_cache_graph_loads_only_when_asked_and_worth_it(loaded):
+    cached, plain = loaded
+    assert cached["attention"].decoder_session is not None
+    assert plain["attention"].decoder_session is None
+    # context 8: below MIN_CACHE_CONTEXT, the graph is not loaded (nor paid for in memory)
+    assert "decoder.onnx" in cached["attention-seed"].card["graphs"]
+    assert cached["attention-seed"].decoder_session is None
+    assert cached["bengio"].decoder_session is None
 
 
 def test_cached_generation_equals_full_windows_within_the_context(engines):
