@@ -14,6 +14,8 @@
 #   3. carry .carry/ort.tar.xz.00                       bash scripts/gpu_finish.sh status
 #   4. carry .carry/ort.tar.xz.01                       bash scripts/gpu_finish.sh status
 #   5. carry .carry/ort.tar.xz.02                       bash scripts/gpu_finish.sh finish
+#      (timeout_s about 560: it waits up to SWEEP_WAIT=480 s for the sweep)
+# Afterwards: python scripts/ship_sweep.py DEVICE_OUT_FOLDER, then device_models.sh in.
 # Rehearse on CPU: TINY=1 OUT=/tmp/out WORK=/tmp/work bash scripts/gpu_finish.sh start, then
 # ... finish (it then checks CPU against CPU with --allow-cpu).
 set -euo pipefail
@@ -87,6 +89,10 @@ install_runtime() {
   libs=$(find "$site/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | paste -sd: || true)
   export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+  # Which CUDA libraries load (it prints the ones that do not): the first thing to read if the
+  # CUDA provider falls back to the CPU.
+  $PY -c "import onnxruntime as o; o.preload_dlls(); print('preload_dlls done: lines above name any library that failed')" \
+    2>&1 | tail -n 8
 }
 
 case "${1:-}" in
