@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 
-from service.engine import CachedContext, Engine  # noqa: E402
+from service.engine import CachedContext, Engine, uses_kv_cache  # noqa: E402
 from service.registry import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -129,6 +129,18 @@ def compare_model(cpu: Engine, gpu: Engine, rng: np.random.Generator, args) -> d
         "cpu": timings(lambda: cpu.next_logits(prompt), args.runs, args.warmup),
         "gpu": timings(lambda: gpu.next_logits(prompt), args.runs, args.warmup),
     }
+    text = cpu.decode(prompt[1:])  # the 64-token prompt, after its end-of-text token
+
+    def generate(engine: Engine) -> None:
+        for _ in engine.generate(text, 64, greedy, 0, [], 0):
+            pass
+
+    result["generate_64_tokens"] = {
+        "prompt_tokens": len(prompt),
+        "kv_cache": {"cpu": uses_kv_cache(cpu.model), "gpu": uses_kv_cache(gpu.model)},
+        "cpu": timings(lambda: generate(cpu), args.generations, 1),
+        "gpu": timings(lambda: generate(gpu), args.generations, 1),
+    }
     worst = max(
         [v["max_abs_diff"] for v in logits.values()]
         + ([result["attention"]["max_abs_diff"]] if "attention" in result else [])
@@ -148,6 +160,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=300, help="timed next-token calls (300)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed calls first (30)")
     parser.add_argument("--greedy-tokens", type=int, default=50, help="greedy tokens (50)")
+    parser.add_argument(
+        "--generations", type=int, default=10, help="timed 64-token generations (10)"
+    )
     parser.add_argument("--allow-cpu", action="store_true", help="rehearse without a GPU")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()

@@ -22,7 +22,7 @@ def _run_check(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess
     result = subprocess.run(
         [
             *(sys.executable, str(CHECK), "--runs", "5", "--warmup", "1"),
-            *("--greedy-tokens", "8", "--json", str(out), *extra),
+            *("--greedy-tokens", "8", "--generations", "2", "--json", str(out), *extra),
         ],
         capture_output=True,
         text=True,
@@ -41,8 +41,14 @@ def test_provider_check_compares_every_shipped_model(tmp_path):
         assert model["greedy"]["tokens"] > 0
         latency = model["next_token_latency"]
         assert latency["prompt_tokens"] == 64 and latency["gpu"]["median_ms"] > 0
+        assert model["generate_64_tokens"]["gpu"]["median_ms"] > 0
         assert set(model["logits"]) >= {"random, batch 4 x full context", "real text, 1 token"}
     assert "attention" in report["models"]["attention"]  # its attention weights were compared
+    assert report["models"]["attention"]["generate_64_tokens"]["kv_cache"] == {
+        "cpu": True,
+        "gpu": True,
+    }
+    assert "decoder with key/value cache, 32 steps" in report["models"]["attention"]["logits"]
     assert "attention" not in report["models"]["bengio"]
 
 
@@ -112,7 +118,10 @@ def test_report_renders_cuda_check_and_sweep():
             "curves": False,
         }
     )
-    assert "| `bengio` | CUDAExecutionProvider | 2.5e-05 | identical | 0.30 / 0.40 | 1.20 |" in text
+    assert (
+        "| `bengio` | CUDAExecutionProvider | 2.5e-05 | identical | 0.30 / 0.40 | 1.20 | — |"
+        in text
+    )
     assert "within the tolerance of 0.001" in text
     assert "## How `bengio` was tuned (validation split only)" in text
     assert "| context=12 (chosen) |" in text
