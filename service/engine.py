@@ -196,7 +196,7 @@ class Engine:
         for _ in range(max_new_tokens):
             if deadline is not None and time.monotonic() > deadline:
                 raise APIError(504, "timeout", "the request ran past its time limit")
-            logits = cache.next_logits(ids) if cache else self.next_logits(ids)
+            logits = self.next_logits(ids) if cache is None else cache.next_logits(ids)
             token = choose(logits, params, ids[-self.context :], rng)
             if token == self.eot:
                 result.finish_reason = "end_of_text"
