@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.engine import CachedContext, Engine
 from service.registry import load_models
 from service.sampling import SamplingParams
-from tests.service.conftest import make_settings
+from tests.service.conftest import MODELS, make_settings
 
 PROMPT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
 
@@ -88,3 +90,39 @@ def test_models_endpoint_says_which_models_use_the_cache(client):
     assert models["attention"]["kv_cache"] is True
     assert models["attention-seed"]["kv_cache"] is False  # context 8: the cache does not pay
     assert models["bengio"]["kv_cache"] is False
+
+
+@given(
+    prompt=st.lists(st.integers(1, 8191), min_size=1, max_size=20),
+    steps=st.lists(st.integers(1, 8191), min_size=1, max_size=24),
+)
+@settings(max_examples=40, deadline=None)
+def test_cache_window_policy_on_a_short_context(seed_sessions, prompt, steps):
+    """attention-seed (context 8, restart at 6) crosses its context every few tokens: at every
+    step the cached logits are the full-window logits of the window the policy says it holds."""
+    decoder, full = seed_sessions
+    cache = CachedContext(decoder, 8)
+    ids = list(prompt)
+    start = max(0, len(ids) - 8)
+    for token in [None, *steps]:
+        if token is not None:
+            ids.append(token)
+            if len(ids) - start > 8:
+                start = len(ids) - cache.refill
+        window = np.asarray(ids[start:])[None]
+        expected = full.run(
+            ["logits"], {"input_ids": window, "positions": np.asarray([[window.shape[1] - 1]])}
+        )[0][0, 0]
+        assert np.abs(cache.next_logits(ids) - expected).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def seed_sessions():
+    """The seed model's cache graph, opened directly (the service skips it: context 8)."""
+    import onnxruntime as ort
+
+    folder = MODELS / "attention-seed"
+    return tuple(
+        ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+        for name in ("decoder.onnx", "model.onnx")
+    )
