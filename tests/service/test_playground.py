@@ -117,6 +117,8 @@ def test_playground_model_cards(browser, server):
     card = page.locator("#card-attention")
     text = card.inner_text()
     assert "test BPC / PPL" in text and "13.89 M" in text and "NVIDIA H100" in text
+    assert "key/value cache" in text
+    assert "full window per token" in page.locator("#card-bengio").inner_text()
     page.click("a[href='#cards']")
     page.close()
 
