@@ -58,12 +58,34 @@ def main() -> int:
     args = parser.parse_args()
     py = sys.executable
 
+    args.benchmarks.mkdir(parents=True, exist_ok=True)
+    cuda_check = args.benchmarks / "ort-cuda.json"
+    if (args.device_out / "ort-cuda.json").is_file():  # the provider check stands on its own
+        shutil.copyfile(args.device_out / "ort-cuda.json", cuda_check)
+        print(f"copied the CUDA provider check to {cuda_check}")
+
     shutil.rmtree(args.release, ignore_errors=True)
-    unpack = ROOT / "scripts" / "release_pack.py"
-    subprocess.run(
-        [py, str(unpack), "unpack", str(args.device_out), "--out", str(args.release)], check=True
-    )
+    if sorted(args.device_out.glob("release.tar.z.*")):
+        unpack = ROOT / "scripts" / "release_pack.py"
+        subprocess.run(
+            [py, str(unpack), "unpack", str(args.device_out), "--out", str(args.release)],
+            check=True,
+        )
     sweep_dir = args.release / "sweep"
+    if (sweep_dir / "sweep.json").is_file():
+        ship_bengio(args, sweep_dir)
+        for found in (sweep_dir / "gpu").glob("service-cuda-*.json"):
+            shutil.copyfile(found, args.benchmarks / found.name)
+    else:
+        print("no finished sweep came back: models/ left as it is")
+
+    report = ["-m", "training", "report", "--models", str(args.models), "--cuda-check"]
+    check = cuda_check.relative_to(ROOT) if cuda_check.is_relative_to(ROOT) else cuda_check
+    subprocess.run([py, *report, str(check)], check=True, cwd=ROOT)
+    return 0
+
+
+def ship_bengio(args: argparse.Namespace, sweep_dir: Path) -> None:
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     chosen = sweep_dir / sweep["chosen"]
     new_loss = json.loads((chosen / "eval-validation-float32.json").read_text())["loss"]
@@ -86,16 +108,6 @@ def main() -> int:
     else:
         print("models/bengio kept: the sweep found nothing better on validation")
     (folder / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-
-    gpu = sweep_dir / "gpu"
-    args.benchmarks.mkdir(parents=True, exist_ok=True)
-    cuda_check = args.benchmarks / "ort-cuda.json"
-    for name in ["ort-cuda.json", *(p.name for p in gpu.glob("service-cuda-*.json"))]:
-        if (gpu / name).is_file():
-            shutil.copyfile(gpu / name, args.benchmarks / name)
-    report = ["-m", "training", "report", "--models", str(args.models), "--cuda-check"]
-    subprocess.run([py, *report, str(cuda_check)], check=True, cwd=ROOT)
-    return 0
 
 
 if __name__ == "__main__":
