@@ -200,6 +200,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
 
+    p = sub.add_parser(
+        "bench-inference", help="ONNX Runtime vs PyTorch eager on the shipped models (CPU)"
+    )
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument(
+        "--model",
+        dest="names",
+        action="append",
+        default=None,
+        help="model to measure (repeatable; default: attention, bengio)",
+    )
+    p.add_argument(
+        "--tokens",
+        dest="lengths",
+        type=int,
+        action="append",
+        default=None,
+        help="sequence length (repeatable; default: 16, 128, 256)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="threads for both (2)")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per figure (50)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+
     p = sub.add_parser("bench-train", help="training throughput of a preset (tokens/s)")
     p.add_argument("--model", choices=("attention", "bengio"), default="attention")
     p.add_argument("--preset", default="base", help="preset (base)")
@@ -349,6 +372,20 @@ def _run(args: argparse.Namespace) -> int:
         if table:
             print(table)
             result["profile"] = table
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    elif args.command == "bench-inference":
+        from training.bench import bench_inference, format_inference_table
+
+        result = bench_inference(
+            args.models,
+            args.names or ["attention", "bengio"],
+            args.lengths or [16, 128, 256],
+            args.threads,
+            args.repeats,
+        )
+        print(format_inference_table(result))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -180,3 +180,104 @@ def bench_train(
         sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
         result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=25)
     return result
+
+
+def torch_model_from_folder(folder) -> torch.nn.Module:
+    """The PyTorch model of an exported model folder, its weights read back from the ONNX graph
+    (float16-stored weights come back as the float32 the graph computes with)."""
+    import json
+    from pathlib import Path
+
+    import onnx
+    from onnx import numpy_helper
+
+    from training.attention_lm import AttentionConfig, AttentionLM
+    from training.bengio import BengioConfig, BengioLM
+
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text())
+    if card["kind"] == "attention":
+        model = AttentionLM(AttentionConfig(**card["config"]))
+    else:
+        model = BengioLM(BengioConfig(**card["config"]))
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    state = {}
+    for init in graph.initializer:
+        name = init.name.removesuffix("__fp16").removeprefix("model.")
+        state[name] = torch.from_numpy(numpy_helper.to_array(init).astype("float32"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"head.weight"}:  # the head is tied to the embedding
+        raise ValueError(f"{folder}: weights missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+@torch.no_grad()
+def bench_inference(
+    models_dir,
+    names: list[str],
+    lengths: list[int],
+    threads: int = 2,
+    repeats: int = 50,
+    seed: int = 0,
+) -> dict:
+    """Batch 1, logits at every position: ONNX Runtime (the shipped graph) against PyTorch eager
+    (the same weights), on the CPU with the same number of threads; the max difference too."""
+    from pathlib import Path
+
+    from training.onnx_model import OnnxModel
+
+    torch.set_num_threads(threads)
+    rng = torch.Generator().manual_seed(seed)
+    rows = []
+    for name in names:
+        folder = Path(models_dir) / name
+        ort_model = OnnxModel(folder, threads)
+        torch_model = torch_model_from_folder(folder)
+        vocab = ort_model.card["config"]["vocab_size"]
+        for length in lengths:
+            if length > ort_model.context and ort_model.card["kind"] == "attention":
+                continue
+            ids = torch.randint(0, vocab, (1, length), generator=rng)
+            ids_np = ids.numpy()
+            expected = torch_model(ids)[0].numpy()
+            got = ort_model.logits(ids_np)
+            rows.append(
+                {
+                    "model": name,
+                    "parameters": ort_model.card["parameters"],
+                    "tokens": length,
+                    "onnxruntime_ms": _time_ms(
+                        lambda m=ort_model, x=ids_np: m.logits(x), repeats, torch.device("cpu")
+                    ),
+                    "pytorch_ms": _time_ms(
+                        lambda m=torch_model, x=ids: m(x), repeats, torch.device("cpu")
+                    ),
+                    "max_abs_diff": float(abs(got - expected).max()),
+                }
+            )
+    for row in rows:
+        row["speedup"] = row["pytorch_ms"] / row["onnxruntime_ms"]
+    import onnxruntime
+
+    return {
+        "threads": threads,
+        "repeats": repeats,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "rows": rows,
+    }
+
+
+def format_inference_table(result: dict) -> str:
+    lines = [
+        "| model | tokens | ONNX Runtime | PyTorch eager | speed-up | max \\|diff\\| |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| `{r['model']}` ({r['parameters'] / 1e6:.1f} M) | {r['tokens']} "
+            f"| {r['onnxruntime_ms']:.2f} ms | {r['pytorch_ms']:.2f} ms | {r['speedup']:.1f}× "
+            f"| {r['max_abs_diff']:.1e} |"
+        )
+    return "\n".join(lines)
