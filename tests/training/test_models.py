@@ -119,3 +119,21 @@ def test_preset_errors_name_what_is_allowed():
         preset("attention", "huge")
     with pytest.raises(ValueError, match="not one of"):
         preset("rnn", "base")
+
+
+@pytest.mark.parametrize("prompt", [1, 5, 16])
+def test_attention_lm_decode_with_cache_matches_full_windows(prompt):
+    """decode: a prompt at once, then one token a call with the cached keys and values, gives
+    the logits of the full forward pass at every position, up to the context."""
+    torch.manual_seed(0)
+    model = AttentionLM(AttentionConfig(context=16, n_layer=2, n_head=2, d_model=32)).eval()
+    ids = torch.randint(0, 8192, (2, 16))
+    with torch.no_grad():
+        full, _ = model(ids)
+        keys, values = model.empty_cache(batch=2)
+        logits, keys, values = model.decode(ids[:, :prompt], keys, values)
+        assert torch.allclose(logits, full[:, prompt - 1], atol=1e-5)
+        for t in range(prompt, 16):
+            logits, keys, values = model.decode(ids[:, t : t + 1], keys, values)
+            assert keys.shape == (2, 2, 2, t + 1, 16)
+            assert torch.allclose(logits, full[:, t], atol=1e-5), t
