@@ -29,7 +29,8 @@ export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 sweep() {
-  local steps=17500 parallel=7 extra=(--compile) vary preset=base seed=seed seed_steps=16285
+  local steps=${STEPS:-17500} parallel=${PARALLEL:-7} extra=(--compile) vary preset=base
+  local seed=seed seed_steps=16285
   vary=(--vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4)
   if [ "$TINY" = 1 ]; then
     steps=20 parallel=2 extra=(--device cpu --eval-windows 8) preset=tiny seed=tiny seed_steps=20
@@ -103,7 +104,8 @@ case "${1:-}" in
       o.get_available_providers())" 2>/dev/null || echo "image has no onnxruntime"
     rm -rf "$WORK/sweep" "$WORK/seeds" "$WORK/sweep.rc"
     # setsid: the sweep outlives this call and runs on while the next calls carry the parts.
-    setsid nohup bash -c "$(declare -f sweep); PY=$PY TINY=$TINY WORK=$WORK; sweep; \
+    setsid nohup bash -c "$(declare -f sweep); PY=$PY TINY=$TINY WORK=$WORK \
+      STEPS=${STEPS:-} PARALLEL=${PARALLEL:-}; sweep; \
       echo \$? > $WORK/sweep.rc" > "$WORK/sweep.log" 2>&1 < /dev/null &
     sleep "${START_WAIT:-15}"
     status
