@@ -128,7 +128,14 @@ def load_model(
             and "decoder.onnx" in model.card.get("graphs", {})
             and int(model.card["context"]) >= MIN_CACHE_CONTEXT
         ):
-            model.decoder_session = _open(folder / "decoder.onnx", settings, [got])
+            try:
+                model.decoder_session = _open(folder / "decoder.onnx", settings, [got])
+            except Exception as exc:  # the model still generates, a window a token
+                log.warning(
+                    f"model {model.name}: its key/value cache graph did not load, generating "
+                    f"without it: {type(exc).__name__}: {exc}",
+                    extra={"model": model.name},
+                )
     except Exception as exc:  # a broken folder is reported, never fatal
         model.error = f"{type(exc).__name__}: {exc}"
         model.session = model.attention_session = model.decoder_session = None

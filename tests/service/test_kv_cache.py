@@ -126,3 +126,19 @@ def seed_sessions():
         ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
         for name in ("decoder.onnx", "model.onnx")
     )
+
+
+def test_a_broken_cache_graph_leaves_the_model_serving(tmp_path, caplog):
+    """decoder.onnx unreadable: the model loads, generates without the cache, and the log
+    says why."""
+    import shutil
+
+    shutil.copytree(MODELS / "attention", tmp_path / "attention")
+    shutil.copy(MODELS / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "attention" / "decoder.onnx").write_bytes(b"not a graph")
+    with caplog.at_level("WARNING", logger="service.registry"):
+        model = load_models(make_settings(models_dir=tmp_path))["attention"]
+    assert model.ready and model.decoder_session is None
+    assert "key/value cache graph did not load" in caplog.text
+    steps = list(Engine(model).generate(PROMPT, 5, SamplingParams(temperature=0.0), 0, [], 0))
+    assert len(steps[-1].steps) == 5
