@@ -20,7 +20,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,9 @@ from service.engine import CachedContext, Engine, uses_kv_cache  # noqa: E402
 from service.registry import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_service import timed  # noqa: E402
 
 TEXT = (
     "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
@@ -57,14 +59,7 @@ def gpu_name() -> str:
 
 
 def timings(fn, runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    ordered = sorted(samples)
+    ordered = sorted(timed(fn, runs, warmup))
     return {
         "median_ms": statistics.median(ordered),
         "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],

@@ -356,6 +356,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {write_report(args.models, args.threads, args.cuda_check)}")
     elif args.command == "bench-train":
         from training.bench import bench_train
+        from training.evaluate import write_json
 
         result = bench_train(
             args.model,
@@ -372,11 +373,10 @@ def _run(args: argparse.Namespace) -> int:
         if table:
             print(table)
             result["profile"] = table
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, args.json)
     elif args.command == "bench-inference":
         from training.bench import bench_inference, format_inference_table
+        from training.evaluate import write_json
 
         result = bench_inference(
             args.models,
@@ -386,11 +386,10 @@ def _run(args: argparse.Namespace) -> int:
             args.repeats,
         )
         print(format_inference_table(result))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, args.json)
     elif args.command == "bench-attention":
         from training.bench import bench_attention, format_table
+        from training.evaluate import write_json
 
         result = bench_attention(
             args.batch,
@@ -402,9 +401,7 @@ def _run(args: argparse.Namespace) -> int:
             args.device,
         )
         print(format_table(result))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, args.json)
     return 0
 
 

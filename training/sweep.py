@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -153,8 +154,8 @@ def sweep(
     for name in results:  # keep only the chosen trial's weights
         if name != chosen:
             for sub in ("best", "last"):
-                _remove(out / name / sub)
-    _remove(out / chosen / "last")
+                shutil.rmtree(out / name / sub, ignore_errors=True)
+    shutil.rmtree(out / chosen / "last", ignore_errors=True)
     if evaluate:
         from training.evaluate import evaluate_checkpoint
 
@@ -167,12 +168,6 @@ def sweep(
     (out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     return report
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def format_table(report: dict[str, Any]) -> str:
