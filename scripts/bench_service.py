@@ -8,6 +8,7 @@ Starts `python -m service` on a free loopback port, then measures for one model:
 Writes the figures as JSON and prints a Markdown table.
 
     python scripts/bench_service.py --model attention --json benchmarks/service-cpu.json
+    python scripts/bench_service.py --model attention --quantize int8 --json ...   (int8 weights)
 """
 
 from __future__ import annotations
@@ -87,13 +88,21 @@ async def throughput(base: str, body: dict, concurrency: int, seconds: float) ->
 
 
 def raw_onnx(
-    models_dir: Path, model: str, prompt: str, threads: int, n: int, provider: str
+    models_dir: Path,
+    model: str,
+    prompt: str,
+    threads: int,
+    n: int,
+    provider: str,
+    quantize: str = "none",
 ) -> dict:
     """The next-token graph call alone, in-process, with the service's session options."""
     from service.registry import ProviderChoice, choose_providers, load_model
     from service.settings import Settings
 
-    settings = Settings(models_dir=models_dir, threads=threads, provider=provider)
+    settings = Settings(
+        models_dir=models_dir, threads=threads, provider=provider, quantize=quantize
+    )
     choice = ProviderChoice(*choose_providers(provider))
     loaded = load_model(models_dir / model, settings, {}, choice)
     eot = loaded.tokenizer.token_to_id("<|endoftext|>")
@@ -105,7 +114,7 @@ def raw_onnx(
             lambda: loaded.session.run(["logits"], {"input_ids": window, "positions": positions}), n
         )
     )
-    return {**result, "provider": loaded.provider}
+    return {**result, "provider": loaded.provider, "precision": loaded.precision}
 
 
 def main() -> None:
@@ -117,6 +126,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
     parser.add_argument(
         "--provider", choices=("auto", "cuda", "cpu"), default="cpu", help="MACHADO_PROVIDER (cpu)"
+    )
+    parser.add_argument(
+        "--quantize", choices=("none", "int8"), default="none", help="MACHADO_QUANTIZE (none)"
     )
     parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
@@ -132,6 +144,7 @@ def main() -> None:
             "MACHADO_MODELS_DIR": str(args.models_dir),
             "MACHADO_THREADS": str(args.threads),
             "MACHADO_PROVIDER": args.provider,
+            "MACHADO_QUANTIZE": args.quantize,
         }
     )
     try:
@@ -151,7 +164,15 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
-    raw = raw_onnx(args.models_dir, args.model, prompt, args.threads, args.requests, args.provider)
+    raw = raw_onnx(
+        args.models_dir,
+        args.model,
+        prompt,
+        args.threads,
+        args.requests,
+        args.provider,
+        args.quantize,
+    )
     result = {
         "model": args.model,
         "prompt_tokens_seen": len(seen),
@@ -159,6 +180,7 @@ def main() -> None:
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "threads": args.threads,
         "provider": raw["provider"],
+        "precision": info["precision"],
         "kv_cache": info["kv_cache"],
         "next_token_http": next_token,
         "generate_http": generate,

@@ -17,6 +17,7 @@ from typing import Any
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from service.quantize import quantize_int8
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
@@ -42,6 +43,7 @@ class LoadedModel:
     decoder_session: ort.InferenceSession | None = None  # generation with a key/value cache
     provider: str | None = None
     provider_reason: str = ""
+    precision: str = "float32"  # of the matrix products: float32, or int8 (MACHADO_QUANTIZE)
     error: str | None = None
 
     @property
@@ -76,8 +78,24 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
-def _open(path: Path, settings: Settings, providers: list[str]) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(settings), providers=providers)
+def _open(
+    path: Path, settings: Settings, providers: list[str], int8: bool = False
+) -> ort.InferenceSession:
+    source = quantize_int8(path) if int8 else str(path)
+    return ort.InferenceSession(source, session_options(settings), providers=providers)
+
+
+def _open_int8(path: Path, settings: Settings, name: str) -> ort.InferenceSession | None:
+    """The graph with int8 weights on the CPU, or None (and a warning) where that fails."""
+    try:
+        return _open(path, settings, [CPU], int8=True)
+    except Exception as exc:  # the caller serves float32 instead
+        log.warning(
+            f"model {name}: int8 quantization of {path.name} failed, serving float32: "
+            f"{type(exc).__name__}: {exc}",
+            extra={"model": name},
+        )
+        return None
 
 
 @dataclass
@@ -107,12 +125,17 @@ def load_model(
             tokenizers[digest] = Tokenizer.from_file(str(tok_path))
         model.tokenizer = tokenizers[digest]
         probing = choice.providers[0] == CUDA
-        if probing:  # ONNX Runtime reports a CUDA provider that cannot load at length: hush it
-            ort.set_default_logger_severity(4)
-        try:
-            model.session = _open(folder / "model.onnx", settings, choice.providers)
-        finally:
-            ort.set_default_logger_severity(3)
+        int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
+        if int8:
+            model.session = _open_int8(folder / "model.onnx", settings, model.name)
+            int8 = model.session is not None
+        if model.session is None:
+            if probing:  # ONNX Runtime reports a CUDA provider that cannot load at length
+                ort.set_default_logger_severity(4)
+            try:
+                model.session = _open(folder / "model.onnx", settings, choice.providers)
+            finally:
+                ort.set_default_logger_severity(3)
         got = model.session.get_providers()[0]
         if probing and got != CUDA:
             choice.providers = [CPU]
@@ -121,15 +144,28 @@ def load_model(
                 "(no GPU, or CUDA 13 / cuDNN 9 libraries missing): CPU"
             )
         model.provider, model.provider_reason = got, choice.reason
+        if settings.quantize == "int8" and probing:
+            if got == CPU:  # CUDA turned out unusable: quantize after all
+                session = _open_int8(folder / "model.onnx", settings, model.name)
+                if session is not None:
+                    model.session, int8 = session, True
+            else:
+                log.info(
+                    f"model {model.name}: MACHADO_QUANTIZE=int8 applies to the CPU provider "
+                    f"only; float32 on {got}",
+                    extra={"model": model.name},
+                )
+        if int8:
+            model.precision = "int8"
         if model.card.get("has_attention"):
-            model.attention_session = _open(folder / "attention.onnx", settings, [got])
+            model.attention_session = _open(folder / "attention.onnx", settings, [got], int8)
         if (
             settings.kv_cache
             and "decoder.onnx" in model.card.get("graphs", {})
             and int(model.card["context"]) >= MIN_CACHE_CONTEXT
         ):
             try:
-                model.decoder_session = _open(folder / "decoder.onnx", settings, [got])
+                model.decoder_session = _open(folder / "decoder.onnx", settings, [got], int8)
             except Exception as exc:  # the model still generates, a window a token
                 log.warning(
                     f"model {model.name}: its key/value cache graph did not load, generating "
@@ -142,8 +178,9 @@ def load_model(
         log.error("model failed to load", extra={"model": model.name, "error": model.error})
         return model
     log.info(
-        f"model {model.name} loaded on {model.provider}: {model.provider_reason}",
-        extra={"model": model.name, "provider": model.provider},
+        f"model {model.name} loaded on {model.provider} ({model.precision}): "
+        f"{model.provider_reason}",
+        extra={"model": model.name, "provider": model.provider, "precision": model.precision},
     )
     return model
 

@@ -160,6 +160,11 @@ class ModelInfo(BaseModel):
     vocabulary: int | None = None
     provider: str | None = None
     provider_reason: str | None = None
+    precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="of the matrix products: float32, or int8 weights quantized at load "
+        "(MACHADO_QUANTIZE=int8, CPU only)",
+    )
     has_attention: bool = False
     kv_cache: bool = Field(
         False, description="generation reads its key/value cache graph (MACHADO_KV_CACHE)"

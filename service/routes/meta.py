@@ -39,6 +39,7 @@ async def models(request: Request) -> ModelList:
                 vocabulary=(card.get("config") or {}).get("vocab_size"),
                 provider=m.provider,
                 provider_reason=m.provider_reason or None,
+                precision=m.precision,
                 has_attention=m.has_attention,
                 kv_cache=m.ready and uses_kv_cache(m),
                 layers=(card.get("config") or {}).get("n_layer") if m.has_attention else None,

@@ -122,6 +122,7 @@ function renderCards(models) {
     const rows = [
       ["kind", m.kind], ["parameters", `${(m.parameters / 1e6).toFixed(2)} M`],
       ["context", `${m.context} tokens`], ["runs on", m.provider],
+      ["weights", m.precision === "int8" ? "int8, quantized at load (the metrics below are float32's)" : "float32"],
       ["generation", m.kv_cache ? "key/value cache: one position per token" : "full window per token"],
     ];
     const t = m.training || {};

@@ -118,6 +118,7 @@ def test_playground_model_cards(browser, server):
     text = card.inner_text()
     assert "test BPC / PPL" in text and "13.89 M" in text and "NVIDIA H100" in text
     assert "key/value cache" in text
+    assert "weights\tfloat32" in text  # the served default, MACHADO_QUANTIZE=none
     assert "full window per token" in page.locator("#card-bengio").inner_text()
     page.click("a[href='#cards']")
     page.close()

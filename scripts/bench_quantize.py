@@ -1,0 +1,178 @@
+"""int8 weights (MACHADO_QUANTIZE=int8) against the shipped float weights, on the CPU (not a test).
+
+For each shipped model, loaded through the service's own registry and engine:
+- bits per character on the whole test split (the service's /score computation, document by
+  document), float32 and int8: what quantization costs;
+- one next-token call at 64 tokens of context (the graph call alone) and 64 greedy new tokens
+  (the engine, with the key/value cache where the model has one): what it gains;
+and, for all models together, the seconds to load them and the process's resident memory after.
+Writes JSON and prints a Markdown table.
+
+    python scripts/bench_quantize.py --json benchmarks/quantize-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_service import TEXT, percentiles, timed  # noqa: E402
+
+from service.engine import Engine  # noqa: E402
+from service.registry import load_models  # noqa: E402
+from service.sampling import SamplingParams  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+PRECISIONS = {"float32": "none", "int8": "int8"}
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(models_dir: Path, precision: str, threads: int) -> tuple[dict, float]:
+    settings = Settings(
+        models_dir=models_dir, threads=threads, provider="cpu", quantize=PRECISIONS[precision]
+    )
+    start = time.perf_counter()
+    models = load_models(settings)
+    return models, time.perf_counter() - start
+
+
+def footprint(models_dir: Path, precision: str, threads: int) -> dict:
+    """Load time and resident memory of a fresh process that loads every model."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]);"
+        "from bench_quantize import load, rss_mib; from pathlib import Path;"
+        "models, seconds = load(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]));"
+        "print(json.dumps({'load_s': seconds, 'rss_mib': rss_mib()}))"
+    )
+    scripts = str(ROOT / "scripts")
+    out = subprocess.run(
+        [sys.executable, "-c", code, scripts, str(models_dir), precision, str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_bpc(engine: Engine, documents: list[str]) -> float:
+    nll, chars = 0.0, 0
+    for text in documents:
+        result = engine.score(text, per_token=False)
+        nll += result["nll_nats"]
+        chars += result["characters"]
+    return nll / math.log(2) / chars
+
+
+def measure(engine: Engine, documents: list[str], requests: int, generations: int) -> dict:
+    model = engine.model
+    ids = engine.prompt_ids(TEXT)[: min(64, engine.context)]
+    window = np.asarray(ids, dtype=np.int64)[None]
+    positions = np.asarray([[window.shape[1] - 1]])
+    next_token = timed(
+        lambda: model.session.run(["logits"], {"input_ids": window, "positions": positions}),
+        requests,
+    )
+    params = SamplingParams(temperature=0.0)
+    prompt = engine.decode(ids[1:])
+
+    def generate() -> None:
+        *_, last = engine.generate(prompt, 64, params, 0, [], 0)
+        assert len(last.steps) == 64
+
+    return {
+        "precision": model.precision,
+        "test_bpc": test_bpc(engine, documents) if documents else None,
+        "next_token_tokens": int(window.shape[1]),
+        "next_token_ms": percentiles(next_token),
+        "generate_64_ms": percentiles(timed(generate, generations, warmup=1)),
+        "kv_cache": model.decoder_session is not None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--corpus", type=Path, default=None, help="corpus (../shared/...)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    parser.add_argument("--requests", type=int, default=200, help="next-token calls timed")
+    parser.add_argument("--generations", type=int, default=10, help="generations timed")
+    parser.add_argument("--no-bpc", action="store_true", help="skip the test-split scoring")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+
+    documents: list[str] = []
+    split = None
+    if not args.no_bpc:
+        from training.corpus import read_split, resolve_corpus_dir
+
+        corpus = resolve_corpus_dir(args.corpus)
+        documents = read_split(corpus, "test")
+        split = {"corpus": str(corpus), "split": "test", "documents": len(documents)}
+    results: dict[str, dict] = {}
+    for precision in PRECISIONS:
+        models, _ = load(args.models_dir, precision, args.threads)
+        for name, model in sorted(models.items()):
+            if not model.ready:
+                raise SystemExit(f"{name} did not load: {model.error}")
+            figures = measure(Engine(model), documents, args.requests, args.generations)
+            if figures["precision"] != precision:
+                raise SystemExit(f"{name} loaded as {figures['precision']}, not {precision}")
+            results.setdefault(name, {})[precision] = figures
+            print(f"{name} {precision}: {json.dumps(figures)}", flush=True)
+        del models
+    result = {
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "threads": args.threads,
+        "scored": split,
+        "models": results,
+        "all_models_loaded": {p: footprint(args.models_dir, p, args.threads) for p in PRECISIONS},
+    }
+    print(
+        "\n| model | test BPC float32 → int8 | next-token ms (64 tokens) float32 → int8 "
+        "| 64 new tokens ms float32 → int8 |\n|---|---|---|---|"
+    )
+    for name, by in results.items():
+        f, q = by["float32"], by["int8"]
+        bpc = (
+            f"{f['test_bpc']:.4f} → {q['test_bpc']:.4f} ({q['test_bpc'] - f['test_bpc']:+.4f})"
+            if f["test_bpc"] is not None
+            else "not scored"
+        )
+        print(
+            f"| `{name}` | {bpc} | {f['next_token_ms']['p50_ms']:.2f} → "
+            f"{q['next_token_ms']['p50_ms']:.2f} | {f['generate_64_ms']['p50_ms']:.1f} → "
+            f"{q['generate_64_ms']['p50_ms']:.1f} |"
+        )
+    loaded = result["all_models_loaded"]
+    print(
+        f"\nall models: load {loaded['float32']['load_s']:.1f} → {loaded['int8']['load_s']:.1f} s, "
+        f"RSS {loaded['float32']['rss_mib']:.0f} → {loaded['int8']['rss_mib']:.0f} MiB"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
