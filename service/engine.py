@@ -61,13 +61,16 @@ def uses_kv_cache(model: LoadedModel) -> bool:
 
 
 class CachedContext:
-    """Next-token logits of a growing token sequence, through the key/value cache graph.
+    """Next-token logits of growing token sequences, through the key/value cache graph.
 
     The first call reads the last ``context`` tokens at once (what ``Engine.next_logits`` sees);
     each later call feeds only the tokens added since, at one position's cost. The graph has
     learned absolute positions, so when the cache would pass the context, the window restarts
     with the last 3/4 of the context: from then on the model sees between 3/4 of its context
     and all of it, instead of always all of it.
+
+    Several sequences of one length (the choices of one prompt) go through as one batch, a row
+    each; ``keep`` drops the rows whose sequences have finished.
     """
 
     def __init__(self, session, context: int) -> None:
@@ -77,30 +80,54 @@ class CachedContext:
         self.keys: np.ndarray | None = None
         self.values: np.ndarray | None = None
         self.cached = 0  # tokens whose keys and values are held
-        self.seen = 0  # length of the sequence at the last call
-        layers, _, heads, _, head_dim = session.get_inputs()[1].shape  # past_keys
-        self.empty = np.zeros((layers, 1, heads, 0, head_dim), dtype=np.float32)
+        self.seen = 0  # length of the sequences at the last call
+        self.shape = session.get_inputs()[1].shape  # past_keys: (layers, batch, heads, T, dim)
 
-    def _run(self, ids: list[int], keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def _empty(self, rows: int) -> np.ndarray:
+        layers, _, heads, _, head_dim = self.shape
+        return np.zeros((layers, rows, heads, 0, head_dim), dtype=np.float32)
+
+    def _run(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         logits, self.keys, self.values = self.session.run(
-            None,
-            {
-                "input_ids": np.asarray(ids, dtype=np.int64)[None],
-                "past_keys": keys,
-                "past_values": values,
-            },
+            None, {"input_ids": ids, "past_keys": keys, "past_values": values}
         )
         self.cached = self.keys.shape[3]
-        return logits[0]
+        return logits
 
     def next_logits(self, ids: list[int]) -> np.ndarray:
-        new = len(ids) - self.seen
-        self.seen = len(ids)
-        if self.keys is None or new <= 0:  # the first call (or a sequence that did not grow)
-            return self._run(ids[-self.context :], self.empty, self.empty)
+        """Logits (V,) of the token after ``ids``, a single sequence."""
+        return self.next_logits_rows([ids])[0]
+
+    def next_logits_rows(self, rows: list[list[int]]) -> np.ndarray:
+        """Logits (B, V) of the token after each of ``rows``, sequences of one length."""
+        length = len(rows[0])
+        if any(len(row) != length for row in rows):
+            raise ValueError("the rows of one cache must have one length")
+        new = length - self.seen
+        self.seen = length
+        ids, empty = np.asarray(rows, dtype=np.int64), self._empty(len(rows))
+        if self.keys is None or new <= 0 or self.keys.shape[1] != len(rows):
+            return self._run(ids[:, -self.context :], empty, empty)
         if self.cached + new <= self.context:
-            return self._run(ids[-new:], self.keys, self.values)
-        return self._run(ids[-self.refill :], self.empty, self.empty)  # past the context
+            return self._run(ids[:, -new:], self.keys, self.values)
+        return self._run(ids[:, -self.refill :], empty, empty)  # past the context
+
+    def keep(self, rows: list[int]) -> None:
+        """Hold on to these rows only (by index in the last call's batch)."""
+        if self.keys is not None:
+            self.keys = np.ascontiguousarray(self.keys[:, rows])
+            self.values = np.ascontiguousarray(self.values[:, rows])
+
+
+class _Choice:
+    """One sequence being generated: its tokens, text, random generator and result."""
+
+    def __init__(self, ids: list[int], result: Generation, seed: int | None) -> None:
+        self.ids = ids
+        self.result = result
+        self.rng = np.random.default_rng(seed)
+        self.generated: list[int] = []
+        self.text = ""
 
 
 class Engine:
@@ -145,8 +172,13 @@ class Engine:
     def next_logits(self, ids: list[int]) -> np.ndarray:
         """Logits (V,) of the token after ``ids``; only the last position reaches the output
         layer, and the model sees at most its context."""
-        window = np.asarray(ids[-self.context :], dtype=np.int64)[None]
-        return self._logits(window, np.asarray([[window.shape[1] - 1]]))[0, 0]
+        return self.next_logits_rows([ids])[0]
+
+    def next_logits_rows(self, rows: list[list[int]]) -> np.ndarray:
+        """Logits (B, V) after each of ``rows`` (sequences of one length), as one batch."""
+        window = np.asarray([row[-self.context :] for row in rows], dtype=np.int64)
+        positions = np.full((len(rows), 1), window.shape[1] - 1)
+        return self._logits(window, positions)[:, 0]
 
     # Endpoints --------------------------------------------------------------------------
     def next_token(self, prompt: str, top_k: int) -> dict:
@@ -181,47 +213,96 @@ class Engine:
         deadline: float | None = None,
     ) -> Iterator[Step | Generation]:
         """Yields each new token as it comes, then the finished Generation."""
+        for _, item in self.generate_many(
+            prompt, [seed], max_new_tokens, params, stop, logprobs, deadline
+        ):
+            yield item
+
+    def generate_many(
+        self,
+        prompt: str,
+        seeds: list[int | None],
+        max_new_tokens: int,
+        params: SamplingParams,
+        stop: list[str],
+        logprobs: int,
+        deadline: float | None = None,
+    ) -> Iterator[tuple[int, Step | Generation]]:
+        """One completion of ``prompt`` per seed, computed as one batch: yields (choice, Step)
+        for each new token and (choice, Generation) when a choice ends. Each choice draws
+        from its own seed, so it is the completion ``generate`` makes with that seed."""
         ids = self.prompt_ids(prompt)
-        result = Generation(
-            prompt_ids=ids[-self.context :], prompt_truncated=len(ids) > self.context
-        )
-        rng = np.random.default_rng(seed)
-        generated: list[int] = []
+        choices = [
+            _Choice(
+                list(ids),
+                Generation(
+                    prompt_ids=ids[-self.context :], prompt_truncated=len(ids) > self.context
+                ),
+                seed,
+            )
+            for seed in seeds
+        ]
         cache = (
             CachedContext(self.model.decoder_session, self.context)
             if uses_kv_cache(self.model)
             else None
         )
-        text = ""
+        active = list(range(len(choices)))
         for _ in range(max_new_tokens):
             if deadline is not None and time.monotonic() > deadline:
                 raise APIError(504, "timeout", "the request ran past its time limit")
-            logits = self.next_logits(ids) if cache is None else cache.next_logits(ids)
-            token = choose(logits, params, ids[-self.context :], rng)
-            if token == self.eot:
-                result.finish_reason = "end_of_text"
-                break
-            logp = log_softmax(logits)
-            top = []
-            if logprobs:
-                best = np.argsort(-logp, kind="stable")[:logprobs]
-                top = [(int(i), float(logp[i])) for i in best]
-            ids.append(token)
-            generated.append(token)
-            full = self.decode(generated)
-            piece = full[len(text) :] if full.startswith(text) else ""
-            step = Step(token, piece, float(logp[token]), top)
-            cut = first_stop(full, stop)
-            if cut >= 0:
-                text = full[:cut]
-                result.steps.append(step)
-                result.finish_reason = "stop"
-                break
-            text = full
-            result.steps.append(step)
-            yield step
-        result.text = text
-        yield result
+            rows = [choices[c].ids for c in active]
+            logits = self.next_logits_rows(rows) if cache is None else cache.next_logits_rows(rows)
+            still = []
+            for row, c in enumerate(active):
+                step = self._advance(choices[c], logits[row], params, stop, logprobs)
+                if step is not None:
+                    yield c, step
+                if choices[c].result.finish_reason == "length":
+                    still.append(row)
+                else:
+                    yield c, self._finish(choices[c])
+            if len(still) < len(active):
+                active = [active[row] for row in still]
+                if cache is not None and active:
+                    cache.keep(still)
+            if not active:
+                return
+        for c in active:
+            yield c, self._finish(choices[c])
+
+    def _advance(
+        self, choice: _Choice, logits: np.ndarray, params: SamplingParams, stop, logprobs: int
+    ) -> Step | None:
+        """Choose one token for ``choice``; the Step to stream, if any. A finished choice gets
+        its finish_reason ("end_of_text", "stop")."""
+        token = choose(logits, params, choice.ids[-self.context :], choice.rng)
+        if token == self.eot:
+            choice.result.finish_reason = "end_of_text"
+            return None
+        logp = log_softmax(logits)
+        top = []
+        if logprobs:
+            best = np.argsort(-logp, kind="stable")[:logprobs]
+            top = [(int(i), float(logp[i])) for i in best]
+        choice.ids.append(token)
+        choice.generated.append(token)
+        full = self.decode(choice.generated)
+        piece = full[len(choice.text) :] if full.startswith(choice.text) else ""
+        step = Step(token, piece, float(logp[token]), top)
+        choice.result.steps.append(step)
+        cut = first_stop(full, stop)
+        if cut >= 0:
+            choice.text = full[:cut]
+            choice.result.finish_reason = "stop"
+            return None
+        choice.text = full
+        return step
+
+    @staticmethod
+    def _finish(choice: _Choice) -> Generation:
+        choice.result.text = choice.text
+        return choice.result
 
     def score(
         self, text: str, per_token: bool, batch: int = 8, deadline: float | None = None

@@ -143,11 +143,10 @@ def build_router(settings: Settings) -> APIRouter:
         params = SamplingParams(body.temperature, 0, body.top_p, 1.0)
         top = body.logprobs or 0
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        jobs = [
-            (p, i * body.n + k, None if body.seed is None else body.seed + k)
-            for i, p in enumerate(prompts)
-            for k in range(body.n)
-        ]
+        # Choice k of prompt i has index i * n + k and seed seed + k; a prompt's n choices are
+        # generated as one batch.
+        seeds = [None if body.seed is None else body.seed + k for k in range(body.n)]
+        jobs = [(prompt, i * body.n) for i, prompt in enumerate(prompts)]
         slot = inference_slot(request)
         deadline = await slot.__aenter__()
         if body.stream:
@@ -156,6 +155,7 @@ def build_router(settings: Settings) -> APIRouter:
                 _stream(
                     engine,
                     jobs,
+                    seeds,
                     body.max_tokens,
                     params,
                     stops,
@@ -171,9 +171,12 @@ def build_router(settings: Settings) -> APIRouter:
             )
         try:
             results: list[tuple[int, Generation]] = []
-            for prompt, index, seed in jobs:
-                steps = engine.generate(prompt, body.max_tokens, params, seed, stops, top, deadline)
-                results.append((index, await run_blocking(request, lambda s=steps: _last(s))))
+            for prompt, first in jobs:
+                events = engine.generate_many(
+                    prompt, seeds, body.max_tokens, params, stops, top, deadline
+                )
+                finished = await run_blocking(request, lambda e=events: _finished(e))
+                results += [(first + k, finished[k]) for k in range(body.n)]
         finally:
             await slot.__aexit__(None, None, None)
         prompt_tokens = sum(len(g.prompt_ids) for _, g in results) // body.n
@@ -201,16 +204,21 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
-async def _stream(engine, jobs, max_tokens, params, stops, top, deadline, ident, created, release):
-    """OpenAI's stream: one chunk per token per choice, a chunk with finish_reason, [DONE]."""
+async def _stream(
+    engine, jobs, seeds, max_tokens, params, stops, top, deadline, ident, created, release
+):
+    """OpenAI's stream: one chunk per token per choice (a prompt's choices interleaved, as they
+    are generated together), a chunk with finish_reason for each choice, then [DONE]."""
     try:
-        for prompt, index, seed in jobs:
-            steps = engine.generate(prompt, max_tokens, params, seed, stops, top, deadline)
+        for prompt, first in jobs:
+            steps = engine.generate_many(prompt, seeds, max_tokens, params, stops, top, deadline)
             try:
                 while True:
-                    item = await anyio.to_thread.run_sync(next, steps, None)
-                    if item is None:
+                    event = await anyio.to_thread.run_sync(next, steps, None)
+                    if event is None:
                         break
+                    choice, item = event
+                    index = first + choice
                     done = isinstance(item, Generation)
                     chunk = {
                         "id": ident,
@@ -227,8 +235,6 @@ async def _stream(engine, jobs, max_tokens, params, stops, top, deadline, ident,
                         ],
                     }
                     yield {"data": json.dumps(chunk, ensure_ascii=False)}
-                    if done:
-                        break
             finally:
                 steps.close()
         yield {"data": "[DONE]"}
@@ -238,6 +244,6 @@ async def _stream(engine, jobs, max_tokens, params, stops, top, deadline, ident,
         await release()
 
 
-def _last(steps) -> Generation:
-    *_, final = steps
-    return final
+def _finished(events) -> dict[int, Generation]:
+    """Run a generate_many to the end: each choice's Generation."""
+    return {choice: item for choice, item in events if isinstance(item, Generation)}
