@@ -14,6 +14,7 @@ Writes JSON and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,10 @@ def rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load(models_dir: Path, precision: str, threads: int) -> tuple[dict, float]:
@@ -100,6 +105,7 @@ def measure(engine: Engine, documents: list[str], requests: int, generations: in
 
     return {
         "precision": model.precision,
+        "weights_sha256": file_sha256(model.folder / "weights.bin"),
         "test_bpc": test_bpc(engine, documents) if documents else None,
         "next_token_tokens": int(window.shape[1]),
         "next_token_ms": percentiles(next_token),

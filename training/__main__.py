@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scripts/ort_cuda_check.py result to include, if the file exists "
         "(benchmarks/ort-cuda.json)",
     )
+    p.add_argument(
+        "--quantize-bench",
+        type=Path,
+        default=Path("benchmarks/quantize-cpu.json"),
+        help="scripts/bench_quantize.py result to include, if the file exists "
+        "(benchmarks/quantize-cpu.json)",
+    )
 
     p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
     p.add_argument("--batch", type=int, default=32, help="B (32)")
@@ -353,7 +360,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "report":
         from training.report import write_report
 
-        print(f"wrote {write_report(args.models, args.threads, args.cuda_check)}")
+        written = write_report(args.models, args.threads, args.cuda_check, args.quantize_bench)
+        print(f"wrote {written}")
     elif args.command == "bench-train":
         from training.bench import bench_train
         from training.evaluate import write_json

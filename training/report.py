@@ -6,6 +6,7 @@ CPU, draws the training curves and samples every model on the same prompts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import statistics
@@ -50,7 +51,10 @@ def _metric(card: dict, split: str, key: str) -> float | None:
 
 
 def build_report(
-    models_dir: Path, threads: int = 2, cuda_check: Path | None = None
+    models_dir: Path,
+    threads: int = 2,
+    cuda_check: Path | None = None,
+    quantize_bench: Path | None = None,
 ) -> dict[str, Any]:
     folders = sorted(
         (p.parent for p in models_dir.glob("*/card.json")),
@@ -113,10 +117,19 @@ def build_report(
     if cuda_check is not None and cuda_check.is_file():
         cuda = json.loads(cuda_check.read_text())
         cuda["file"] = str(cuda_check)
+    int8 = None
+    if quantize_bench is not None and quantize_bench.is_file():
+        int8 = json.loads(quantize_bench.read_text())
+        int8["file"] = str(quantize_bench)
+        for name, by in int8["models"].items():  # a model replaced since is not described
+            weights = models_dir / name / "weights.bin"
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
+            by["stale"] = by["float32"].get("weights_sha256") != digest
     return {
         "rows": rows,
         "sweeps": sweeps,
         "cuda": cuda,
+        "int8": int8,
         "samples": samples,
         "threads": threads,
         "cpu": f"{platform.processor() or platform.machine()}, {threads} ONNX Runtime threads",
@@ -157,6 +170,8 @@ def render(report: dict[str, Any]) -> str:
         "Bengio model reads only its last 8 tokens of the 64.",
         "",
     ]
+    if report.get("int8"):
+        lines += _int8_section(report["int8"])
     if report.get("cuda"):
         lines += _cuda_section(report["cuda"])
     findings = _findings(rows)
@@ -204,6 +219,44 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _int8_section(bench: dict[str, Any]) -> list[str]:
+    lines = [
+        "## int8 weights on the CPU",
+        "",
+        "What the service's `MACHADO_QUANTIZE=int8` does to each model (weights of every matrix "
+        "product quantized to int8 at load, per output channel, activations on the fly; off by "
+        "default, so the figures above are float32's). Test BPC is the service's `/score` "
+        "summed over the test split; latency is one next-token call at 64 tokens of context and "
+        f"64 greedy new tokens, on {bench['cpu']} with {bench['threads']} threads.",
+        "",
+        "| model | test BPC float32 → int8 | next-token ms float32 → int8 "
+        "| 64 new tokens ms float32 → int8 |",
+        "|---|---|---|---|",
+    ]
+    for name, by in bench["models"].items():
+        f, q = by["float32"], by["int8"]
+        if by.get("stale"):
+            lines.append(f"| `{name}` | measured on weights since replaced: rerun | | |")
+            continue
+        bpc = (
+            f"{f['test_bpc']:.4f} → {q['test_bpc']:.4f} ({q['test_bpc'] - f['test_bpc']:+.4f})"
+            if f.get("test_bpc") is not None and q.get("test_bpc") is not None
+            else "not scored"
+        )
+        lines.append(
+            f"| `{name}` | {bpc} | {f['next_token_ms']['p50_ms']:.2f} → "
+            f"{q['next_token_ms']['p50_ms']:.2f} | {f['generate_64_ms']['p50_ms']:.1f} → "
+            f"{q['generate_64_ms']['p50_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Measured by `python scripts/bench_quantize.py --json {bench['file']}` "
+        "(medians; BENCHMARKS.md has the rest).",
+        "",
+    ]
+    return lines
 
 
 def _cuda_section(cuda: dict[str, Any]) -> list[str]:
@@ -324,8 +377,13 @@ def _findings(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-def write_report(models_dir: Path, threads: int = 2, cuda_check: Path | None = None) -> Path:
-    report = build_report(models_dir, threads, cuda_check)
+def write_report(
+    models_dir: Path,
+    threads: int = 2,
+    cuda_check: Path | None = None,
+    quantize_bench: Path | None = None,
+) -> Path:
+    report = build_report(models_dir, threads, cuda_check, quantize_bench)
     (models_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     path = models_dir / "README.md"
     path.write_text(render(report))

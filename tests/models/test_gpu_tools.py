@@ -63,7 +63,7 @@ def test_provider_check_fails_when_cuda_is_not_used(tmp_path):
     assert all("loaded on CPUExecutionProvider" in f for f in report["failures"])
 
 
-def test_report_renders_cuda_check_and_sweep():
+def test_report_renders_cuda_check_int8_and_sweep():
     row = {
         "name": "bengio",
         "kind": "bengio",
@@ -108,10 +108,32 @@ def test_report_renders_cuda_check_and_sweep():
             "context=12": {**trial, "best_val_loss": 4.65, "hardware": "NVIDIA H100 80GB HBM3"},
         },
     }
+    figures = {
+        "test_bpc": 1.8196,
+        "next_token_ms": {"p50_ms": 1.47},
+        "generate_64_ms": {"p50_ms": 95.8},
+    }
+    int8 = {
+        "cpu": "x86_64, 2 cores",
+        "threads": 2,
+        "file": "benchmarks/quantize-cpu.json",
+        "models": {
+            "bengio": {
+                "float32": figures,
+                "int8": {
+                    "test_bpc": 1.8198,
+                    "next_token_ms": {"p50_ms": 0.3},
+                    "generate_64_ms": {"p50_ms": 17.5},
+                },
+            },
+            "attention": {"float32": figures, "int8": figures, "stale": True},
+        },
+    }
     text = render(
         {
             "rows": [row],
             "cuda": cuda,
+            "int8": int8,
             "sweeps": {"bengio": sweep},
             "samples": {},
             "cpu": "x86_64, 2 ONNX Runtime threads",
@@ -123,6 +145,9 @@ def test_report_renders_cuda_check_and_sweep():
         in text
     )
     assert "within the tolerance of 0.001" in text
+    assert "| `bengio` | 1.8196 → 1.8198 (+0.0002) | 1.47 → 0.30 | 95.8 → 17.5 |" in text
+    assert "| `attention` | measured on weights since replaced: rerun | | |" in text
+    assert "python scripts/bench_quantize.py --json benchmarks/quantize-cpu.json" in text
     assert "## How `bengio` was tuned (validation split only)" in text
     assert "| context=12 (chosen) |" in text
     assert "--vary context=4,12 -- --batch-size 16 --max-steps 17500" in text
