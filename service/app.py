@@ -122,7 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engines = {name: Engine(m) for name, m in models.items() if m.ready}
         app.state.in_flight = 0
         for name, m in models.items():
-            app.state.metrics.models.labels(name, m.provider or "none").set(1 if m.ready else 0)
+            app.state.metrics.models.labels(name, m.provider or "none", m.precision).set(
+                1 if m.ready else 0
+            )
         try:
             app.state.ab_weights = parse_weights(settings.ab_weights, sorted(app.state.engines))
         except ValueError as error:

@@ -61,7 +61,7 @@ class Metrics:
         self.models = Gauge(
             "machado_model_loaded",
             "1 for a loaded model, 0 for a failed one",
-            ["model", "provider"],
+            ["model", "provider", "precision"],
             registry=r,
         )
         self.ab_requests = Counter(

@@ -53,7 +53,11 @@ def test_metrics_in_prometheus_format(client):
     assert 'machado_requests_total{model="",route="/next-token",status="404"}' in text
     assert 'machado_generated_tokens_total{model="attention-seed"}' in text
     assert "machado_request_seconds_bucket" in text and "machado_seconds_per_token" in text
-    assert 'machado_model_loaded{model="attention",provider="CPUExecutionProvider"} 1.0' in text
+    loaded = (
+        'machado_model_loaded{model="attention",precision="float32",'
+        'provider="CPUExecutionProvider"}'
+    )
+    assert f"{loaded} 1.0" in text
     assert "machado_in_flight_requests 0.0" in text
 
 
