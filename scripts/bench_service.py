@@ -63,28 +63,39 @@ def timed(fn, n: int, warmup: int = 5) -> list[float]:
     return samples
 
 
-async def throughput(base: str, body: dict, concurrency: int, seconds: float) -> dict:
-    """Requests per second with ``concurrency`` clients looping for ``seconds``."""
+async def throughput(
+    base: str, body: dict, concurrency: int, seconds: float, path: str = "/next-token"
+) -> dict:
+    """Requests per second with ``concurrency`` clients looping for ``seconds`` (and new
+    tokens per second, for /generate)."""
     statuses: dict[int, int] = {}
+    tokens = 0
     deadline = time.perf_counter() + seconds
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
 
         async def worker() -> None:
+            nonlocal tokens
             while time.perf_counter() < deadline:
-                response = await client.post("/next-token", json=body)
+                response = await client.post(path, json=body)
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200 and path == "/generate":
+                    tokens += response.json()["usage"]["completion_tokens"]
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     done = sum(statuses.values())
-    return {
+    result = {
+        "path": path,
         "concurrency": concurrency,
         "requests": done,
         "seconds": elapsed,
         "requests_per_s": done / elapsed,
         "statuses": statuses,
     }
+    if path == "/generate":
+        result["new_tokens_per_s"] = tokens / elapsed
+    return result
 
 
 def raw_onnx(
@@ -130,6 +141,9 @@ def main() -> None:
     parser.add_argument(
         "--quantize", choices=("none", "int8"), default="none", help="MACHADO_QUANTIZE (none)"
     )
+    parser.add_argument(
+        "--max-batch-rows", type=int, default=16, help="MACHADO_MAX_BATCH_ROWS (16)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
@@ -145,6 +159,7 @@ def main() -> None:
             "MACHADO_THREADS": str(args.threads),
             "MACHADO_PROVIDER": args.provider,
             "MACHADO_QUANTIZE": args.quantize,
+            "MACHADO_MAX_BATCH_ROWS": str(args.max_batch_rows),
         }
     )
     try:
@@ -161,6 +176,10 @@ def main() -> None:
                 timed(lambda: http.post("/generate", json=gen_body), args.generations, warmup=1)
             )
         rates = [asyncio.run(throughput(base, next_body, c, args.seconds)) for c in (1, 16)]
+        generation_rates = [
+            asyncio.run(throughput(base, {**gen_body, "max_new_tokens": 32}, c, args.seconds, p))
+            for c, p in ((1, "/generate"), (8, "/generate"))
+        ]
     finally:
         server.terminate()
         server.wait(30)
@@ -181,10 +200,12 @@ def main() -> None:
         "threads": args.threads,
         "provider": raw["provider"],
         "precision": info["precision"],
+        "max_batch_rows": args.max_batch_rows,
         "kv_cache": info["kv_cache"],
         "next_token_http": next_token,
         "generate_http": generate,
         "throughput": rates,
+        "generate_throughput": generation_rates,
         "next_token_raw_onnxruntime": raw,
     }
     print(json.dumps(result, indent=2))
@@ -205,6 +226,11 @@ def main() -> None:
         print(
             f"| /next-token at concurrency {rate['concurrency']}: "
             f"{rate['requests_per_s']:.1f} requests/s, statuses {rate['statuses']} | | |"
+        )
+    for rate in generation_rates:
+        print(
+            f"| /generate (32 tokens) at concurrency {rate['concurrency']}: "
+            f"{rate['new_tokens_per_s']:.0f} new tokens/s, statuses {rate['statuses']} | | |"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

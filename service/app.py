@@ -119,7 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models = load_models(settings)
         app.state.models = models
-        app.state.engines = {name: Engine(m) for name, m in models.items() if m.ready}
+        app.state.engines = {
+            name: Engine(m, settings.max_batch_rows if m.precision == "float32" else 1)
+            for name, m in models.items()
+            if m.ready
+        }
         app.state.in_flight = 0
         for name, m in models.items():
             app.state.metrics.models.labels(name, m.provider or "none", m.precision).set(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.batching import StepBatcher
 from service.errors import APIError
 from service.registry import LoadedModel
 from service.sampling import SamplingParams, choose, entropy_bits, first_stop, log_softmax
@@ -133,7 +134,9 @@ class _Choice:
 class Engine:
     """The computations the endpoints need, on one model."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, max_batch_rows: int = 1) -> None:
+        """``max_batch_rows`` > 1: next-token calls of concurrent callers (threads) are batched,
+        up to that many sequences a graph call (service.batching)."""
         if not model.ready:
             raise ValueError(f"model {model.name} is not loaded: {model.error}")
         self.model = model
@@ -149,6 +152,9 @@ class Engine:
         if eot is None:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
         self.eot = eot
+        self.batcher = (
+            StepBatcher(self._logits, max_batch_rows, pad_id=eot) if max_batch_rows > 1 else None
+        )
 
     # Tokens -----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -175,7 +181,10 @@ class Engine:
         return self.next_logits_rows([ids])[0]
 
     def next_logits_rows(self, rows: list[list[int]]) -> np.ndarray:
-        """Logits (B, V) after each of ``rows`` (sequences of one length), as one batch."""
+        """Logits (B, V) after each of ``rows`` (sequences of one length), as one batch, with
+        other callers' rows where batching is on."""
+        if self.batcher is not None:
+            return self.batcher([row[-self.context :] for row in rows])
         window = np.asarray([row[-self.context :] for row in rows], dtype=np.int64)
         positions = np.full((len(rows), 1), window.shape[1] - 1)
         return self._logits(window, positions)[:, 0]

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         "generate 1.7-5x faster for about 0.001 more bits per character (BENCHMARKS.md); "
         "ignored on CUDA. none: the shipped weights as they are",
     )
+    max_batch_rows: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="concurrent requests' next-token graph calls on one model run as one batch "
+        "of up to this many sequences (/next-token, and the generation steps of models without "
+        "a key/value cache); 1: each request alone. Never with int8 weights, whose activation "
+        "scale would depend on the batch",
+    )
     max_concurrency: int = Field(
         8, ge=1, le=1024, description="inference requests at once; more get 429"
     )
