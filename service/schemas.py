@@ -9,7 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.settings import Settings
 
-NOT_BLANK = r"\S"  # something other than whitespace
+# Something other than whitespace. Spelled out rather than \S: the OpenAPI schema's regex
+# dialect (ECMAScript) and the validator's (Rust's regex, in pydantic-core) disagree on what \s
+# is (U+0085 and U+FEFF, for one), and Python's str.isspace adds U+001C-U+001F; this class is
+# whitespace to all three, so the schema and the validator accept the same strings.
+WHITESPACE = (
+    r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+    r"\u3000\ufeff"
+)
+NOT_BLANK = f"[^{WHITESPACE}]"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ModelName = Annotated[
     str,

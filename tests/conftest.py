@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests (hypothesis, schemathesis) draw the same examples on every run by default, so
+# CI passes or fails on the code, not on the draw. HYPOTHESIS_PROFILE=explore draws new random
+# examples (500 where a test sets no number) to hunt for bugs: run it when changing a schema.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REAL_CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "machado"
 

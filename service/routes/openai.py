@@ -22,7 +22,14 @@ from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import inference_slot, once, require_api_key, resolve, run_blocking
 from service.sampling import SamplingParams
-from service.schemas import INFERENCE_ERRORS, ModelName, Strict, _valid_text, sse_doc
+from service.schemas import (
+    INFERENCE_ERRORS,
+    NOT_BLANK,
+    ModelName,
+    Strict,
+    _valid_text,
+    sse_doc,
+)
 from service.settings import Settings
 
 FINISH = {"length": "length", "stop": "stop", "end_of_text": "stop"}
@@ -70,7 +77,9 @@ class ModelPage(BaseModel):
 
 
 def build_request(settings: Settings) -> type[BaseModel]:
-    text = Annotated[str, Field(min_length=1, max_length=settings.max_prompt_chars, pattern=r"\S")]
+    text = Annotated[
+        str, Field(min_length=1, max_length=settings.max_prompt_chars, pattern=NOT_BLANK)
+    ]
 
     prompts = Annotated[list[text], Field(min_length=1, max_length=settings.max_completions)]
     stop_text = Annotated[str, Field(min_length=1, max_length=100)]
