@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from service.engine import Engine
@@ -13,6 +15,7 @@ from service.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     choose,
+    draw,
     entropy_bits,
     filter_top_k,
     filter_top_p,
@@ -49,6 +52,46 @@ def test_sampling_top_k_keeps_only_k():
     assert freq[2] == 0 and freq[3] == 0
     assert freq[0] == pytest.approx(2 / 3, abs=0.03)
     assert np.isneginf(filter_top_k(LOGITS, 1)[1:]).all()
+
+
+def _top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
+    """The definition, sorting every logit: what filter_top_p must equal."""
+    order = np.argsort(-logits, kind="stable")
+    probs = np.exp(log_softmax(logits[order]))
+    keep = np.cumsum(probs) - probs < p
+    keep[0] = True
+    out = np.full_like(logits, -np.inf, dtype=np.float64)
+    out[order[keep]] = logits[order[keep]]
+    return out
+
+
+@given(
+    size=st.sampled_from([4, 100, 8192]),
+    spread=st.sampled_from([0.01, 1.0, 5.0]),
+    ties=st.booleans(),
+    masked=st.floats(0.0, 0.9),
+    p=st.floats(0.01, 0.999),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_top_p_on_the_likeliest_tokens_equals_the_full_sort(size, spread, ties, masked, p, seed):
+    """Flat and peaked distributions, ties (rounded logits) and -inf (a top-k before it)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, spread, size)
+    if ties:
+        logits = np.round(logits, 0)
+    logits[rng.random(size) < masked] = -np.inf
+    logits[rng.integers(size)] = 0.0  # one finite logit at least
+    got, expected = filter_top_p(logits, p), _top_p_by_full_sort(logits, p)
+    assert (np.isfinite(got) == np.isfinite(expected)).all()
+
+
+def test_draw_is_numpys_choice():
+    """Same seed, same draws as Generator.choice: seeded sampling did not change."""
+    probs = np.exp(log_softmax(np.random.default_rng(1).normal(0, 3, 8192)))
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    assert [draw(probs, a) for _ in range(500)] == [
+        int(b.choice(8192, p=probs)) for _ in range(500)
+    ]
 
 
 def test_sampling_top_p_keeps_the_nucleus():
