@@ -27,8 +27,9 @@ from bench_service import percentiles, timed  # noqa: E402
 
 from service.engine import Engine  # noqa: E402
 from service.registry import load_models  # noqa: E402
-from service.sampling import SamplingParams, choose, filter_top_p, log_softmax  # noqa: E402
+from service.sampling import SamplingParams, choose, filter_top_p  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from tests.service.test_sampling import top_p_by_full_sort  # noqa: E402
 
 PROMPTS = ["Capitu olhou para mim", "Era uma vez", "Não tive filhos, não transmiti"]
 SETTINGS = {
@@ -38,16 +39,6 @@ SETTINGS = {
     "temperature 0.8, top-p 0.95": SamplingParams(temperature=0.8, top_p=0.95),
     "temperature 1, top-p 0.9, repetition penalty 1.2": SamplingParams(1.0, 0, 0.9, 1.2),
 }
-
-
-def top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
-    order = np.argsort(-logits, kind="stable")
-    probs = np.exp(log_softmax(logits[order]))
-    keep = np.cumsum(probs) - probs < p
-    keep[0] = True
-    out = np.full_like(logits, -np.inf, dtype=np.float64)
-    out[order[keep]] = logits[order[keep]]
-    return out
 
 
 def main() -> None:

@@ -54,8 +54,9 @@ def test_sampling_top_k_keeps_only_k():
     assert np.isneginf(filter_top_k(LOGITS, 1)[1:]).all()
 
 
-def _top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
-    """The definition, sorting every logit: what filter_top_p must equal."""
+def top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
+    """The definition, sorting every logit: what filter_top_p must equal (and what it did
+    before; scripts/bench_sampling.py times both)."""
     order = np.argsort(-logits, kind="stable")
     probs = np.exp(log_softmax(logits[order]))
     keep = np.cumsum(probs) - probs < p
@@ -81,7 +82,7 @@ def test_top_p_on_the_likeliest_tokens_equals_the_full_sort(size, spread, ties, 
         logits = np.round(logits, 0)
     logits[rng.random(size) < masked] = -np.inf
     logits[rng.integers(size)] = 0.0  # one finite logit at least
-    got, expected = filter_top_p(logits, p), _top_p_by_full_sort(logits, p)
+    got, expected = filter_top_p(logits, p), top_p_by_full_sort(logits, p)
     assert (np.isfinite(got) == np.isfinite(expected)).all()
 
 
