@@ -120,7 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models = load_models(settings)
         app.state.models = models
         app.state.engines = {
-            name: Engine(m, settings.max_batch_rows if m.precision == "float32" else 1)
+            name: Engine(
+                m,
+                settings.max_batch_rows if m.precision == "float32" else 1,
+                app.state.metrics.batch_rows.labels(name).observe,
+            )
             for name, m in models.items()
             if m.ready
         }

@@ -35,12 +35,20 @@ class StepBatcher:
     """``batcher(windows)``: the next-token logits (B, V) of each window, batched with the
     windows of concurrent callers."""
 
-    def __init__(self, run: GraphCall, max_rows: int, pad_id: int = 0) -> None:
+    def __init__(
+        self,
+        run: GraphCall,
+        max_rows: int,
+        pad_id: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_batch(rows)`` hears of every graph call made (the service's metrics)."""
         if max_rows < 1:
-            raise ValueError("max_rows must be at least 1")
+            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
         self.run = run
         self.max_rows = max_rows
         self.pad_id = pad_id
+        self.on_batch = on_batch
         self._ready = threading.Condition()
         self._queue: list[_Call] = []
         self._busy = False
@@ -94,6 +102,8 @@ class StepBatcher:
             return
         self.calls += 1
         self.rows += len(windows)
+        if self.on_batch is not None:
+            self.on_batch(len(windows))
         start = 0
         for call in batch:
             call.logits = logits[start : start + len(call.windows)]

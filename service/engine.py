@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,9 +134,15 @@ class _Choice:
 class Engine:
     """The computations the endpoints need, on one model."""
 
-    def __init__(self, model: LoadedModel, max_batch_rows: int = 1) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        max_batch_rows: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         """``max_batch_rows`` > 1: next-token calls of concurrent callers (threads) are batched,
-        up to that many sequences a graph call (service.batching)."""
+        up to that many sequences a graph call (service.batching), each reported to
+        ``on_batch``."""
         if not model.ready:
             raise ValueError(f"model {model.name} is not loaded: {model.error}")
         self.model = model
@@ -153,7 +159,7 @@ class Engine:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
         self.eot = eot
         self.batcher = (
-            StepBatcher(self._logits, max_batch_rows, pad_id=eot) if max_batch_rows > 1 else None
+            StepBatcher(self._logits, max_batch_rows, eot, on_batch) if max_batch_rows > 1 else None
         )
 
     # Tokens -----------------------------------------------------------------------------

@@ -64,6 +64,13 @@ class Metrics:
             ["model", "provider", "precision"],
             registry=r,
         )
+        self.batch_rows = Histogram(
+            "machado_batch_rows",
+            "sequences per batched next-token graph call (MACHADO_MAX_BATCH_ROWS)",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=r,
+        )
         self.ab_requests = Counter(
             "machado_ab_requests_total", "A/B requests by arm", ["arm", "outcome"], registry=r
         )

@@ -68,6 +68,27 @@ def test_concurrent_calls_share_graph_calls_and_each_gets_its_rows():
     assert len(graph.batches) <= 3, graph.batches  # one alone, then the ones that queued
 
 
+def test_every_graph_call_is_reported_with_its_rows():
+    seen: list[int] = []
+    graph = FakeGraph(seconds=0.02)
+    batcher = StepBatcher(graph, max_rows=16, on_batch=seen.append)
+    _concurrently(batcher, [[[i], [i, 1]] for i in range(5)])
+    assert seen == graph.batches and sum(seen) == 10
+
+
+def test_metrics_count_batched_rows(client):
+    """/metrics: a histogram of sequences per batched graph call, per model."""
+    for prompt in ("Era uma vez", "Capitu"):
+        assert client.post("/next-token", json={"model": "bengio", "prompt": prompt}).is_success
+    text = client.get("/metrics").text
+    count = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('machado_batch_rows_count{model="bengio"}')
+    )
+    assert float(count.split()[-1]) >= 2
+
+
 def test_a_batch_never_passes_max_rows():
     graph = FakeGraph(seconds=0.02)
     batcher = StepBatcher(graph, max_rows=4)
