@@ -11,6 +11,7 @@ the device from the token stream that lives there, and losses accumulate on the 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -383,6 +384,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()
+        # DDP's reducer holds the group's last pieces of gloo work, and DDP sits in reference
+        # cycles that only the garbage collector frees: left alone, it is freed at interpreter
+        # exit, after the group, and gloo can abort the process there (seen once in CI: rank 1
+        # "terminate called without an active exception", SIGABRT). Free it first.
+        del runner
+        gc.collect()
         dist.destroy_process_group()
     return summary
 

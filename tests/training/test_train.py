@@ -163,7 +163,8 @@ def test_train_distributed_two_cpu_processes(prepared, tmp_path):
         timeout=180,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    finished = (out / "summary.json").is_file()  # the training itself ended, if it failed
+    assert result.returncode == 0, (f"summary written: {finished}", result.stderr[-3000:])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["hardware"].endswith("x2") and summary["steps"] == 20
     assert summary["tokens_seen"] == 20 * 4 * 32 * 2
