@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_service import TEXT, percentiles, timed  # noqa: E402
+from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
 
 from service.engine import Engine, Generation  # noqa: E402
 from service.registry import load_models  # noqa: E402
@@ -83,15 +81,13 @@ def main() -> None:
         for row in rows:
             b, s = row["batched_ms"]["p50_ms"], row["sequential_ms"]["p50_ms"]
             print(f"| `{name}` | {row['n']} | {b:.1f} ms | {s:.1f} ms | {s / b:.2f}x |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "threads": args.threads,
-            "new_tokens": NEW_TOKENS,
-            "models": results,
-        }
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    result = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "new_tokens": NEW_TOKENS,
+        "models": results,
+    }
+    write_figures(result, args.json)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_service import TEXT, percentiles, timed  # noqa: E402
+from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
 
 from service.engine import Engine  # noqa: E402
 from service.registry import load_models  # noqa: E402
@@ -148,7 +146,7 @@ def main() -> None:
             print(f"{name} {precision}: {json.dumps(figures)}", flush=True)
         del models
     result = {
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_name(),
         "threads": args.threads,
         "scored": split,
         "models": results,
@@ -175,9 +173,7 @@ def main() -> None:
         f"\nall models: load {loaded['float32']['load_s']:.1f} → {loaded['int8']['load_s']:.1f} s, "
         f"RSS {loaded['float32']['rss_mib']:.0f} → {loaded['int8']['rss_mib']:.0f} MiB"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(result, args.json)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_service import percentiles, timed  # noqa: E402
+from bench_service import cpu_name, percentiles, timed, write_figures  # noqa: E402
 
 from service.engine import Engine  # noqa: E402
 from service.registry import load_models  # noqa: E402
@@ -80,7 +78,7 @@ def main() -> None:
             "full_sort_us": percentiles(full)["p50_ms"] * 1000,
         }
     result = {
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_name(),
         "vocabulary": int(logits[0].shape[-1]),
         "prompts": PROMPTS,
         "choose_us": choose_us,
@@ -97,9 +95,7 @@ def main() -> None:
             f"| {p} | {figures['tokens_kept']} | {figures['filter_top_p_us']:.1f} "
             f"| {figures['full_sort_us']:.1f} |"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(result, args.json)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,17 @@ def prompt_of(tokens: int, models_dir: Path) -> str:
     return tokenizer.decode(ids)
 
 
+def cpu_name() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def write_figures(result: dict, path: Path | None) -> None:
+    """The benchmark's figures as JSON at ``path`` (none: not written)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def timed(fn, n: int, warmup: int = 5) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -196,7 +207,7 @@ def main() -> None:
         "model": args.model,
         "prompt_tokens_seen": len(seen),
         "generate_new_tokens": generated["completion_tokens"],
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_name(),
         "threads": args.threads,
         "provider": raw["provider"],
         "precision": info["precision"],
@@ -232,9 +243,7 @@ def main() -> None:
             f"| /generate (32 tokens) at concurrency {rate['concurrency']}: "
             f"{rate['new_tokens_per_s']:.0f} new tokens/s, statuses {rate['statuses']} | | |"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(result, args.json)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_service import write_figures  # noqa: E402
+
 from tests.service.conftest import start_server  # noqa: E402
 
 PROMPTS = [
@@ -174,9 +178,7 @@ def main() -> None:
         "ab": ab,
     }
     print(json.dumps(summary, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    write_figures(summary, args.json)
     ok = summary["server_errors"] == 0 and summary["non_429_rejections"] == 0
     print("PASS" if ok else "FAIL: 5xx or a rejection other than 429")
     sys.exit(0 if ok else 1)

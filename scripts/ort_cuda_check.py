@@ -14,9 +14,6 @@ rehearses the script where there is no GPU (both sides then run on the CPU provi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +32,7 @@ from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_service import timed  # noqa: E402
+from bench_service import cpu_name, timed, write_figures  # noqa: E402
 
 TEXT = (
     "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
@@ -166,7 +163,7 @@ def main() -> int:
     folders = sorted(p.parent for p in args.models_dir.glob("*/card.json"))
     report: dict = {
         "gpu": gpu_name(),
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_name(),
         "onnxruntime": ort.__version__,
         "available_providers": ort.get_available_providers(),
         "cpu_threads": args.threads,
@@ -203,9 +200,7 @@ def main() -> int:
         )
     report["failures"] = failures
     report["passed"] = not failures
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_figures(report, args.json)
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 0 if not failures else 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +28,6 @@ class _Call:
     done: bool = False
     logits: np.ndarray | None = None
     error: Exception | None = None
-    batch_rows: int = field(default=0)  # rows of the graph call that computed it
 
 
 class StepBatcher:
@@ -107,7 +106,6 @@ class StepBatcher:
         start = 0
         for call in batch:
             call.logits = logits[start : start + len(call.windows)]
-            call.batch_rows = len(windows)
             start += len(call.windows)
 
     @staticmethod

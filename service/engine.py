@@ -287,7 +287,12 @@ class Engine:
             yield c, self._finish(choices[c])
 
     def _advance(
-        self, choice: _Choice, logits: np.ndarray, params: SamplingParams, stop, logprobs: int
+        self,
+        choice: _Choice,
+        logits: np.ndarray,
+        params: SamplingParams,
+        stop: list[str],
+        logprobs: int,
     ) -> Step | None:
         """Choose one token for ``choice``; the Step to stream, if any. A finished choice gets
         its finish_reason ("end_of_text", "stop")."""
