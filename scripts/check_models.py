@@ -50,14 +50,22 @@ def check(folder: Path) -> str:
         decoder = ort.InferenceSession(
             str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"]
         )
-        layers, _, heads, _, head_dim = decoder.get_inputs()[1].shape
+        inputs = {i.name: i for i in decoder.get_inputs()}
+        layers, _, heads, _, head_dim = inputs["past_keys"].shape
         keys = values = np.zeros((layers, 1, heads, 0, head_dim), dtype=np.float32)
         prompt = len(tokenizer.encode("Capitu olhou para mim").ids)
         feed = ids[:prompt]
         for expected in ids[prompt : card["context"]]:  # the cache holds one context
+            cached, total = keys.shape[3], keys.shape[3] + len(feed)
             logits, keys, values = decoder.run(
                 None,
-                {"input_ids": np.asarray([feed]), "past_keys": keys, "past_values": values},
+                {
+                    "input_ids": np.asarray([feed]),
+                    "positions": np.arange(cached, total)[None],
+                    "past_keys": keys,
+                    "past_values": values,
+                    "attention_mask": np.ones((1, total), dtype=np.int64),
+                },
             )
             if int(logits[0].argmax()) != expected:
                 raise SystemExit(f"{folder.name}: the cached decoder strays from the full windows")

@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 m,
                 settings.max_batch_rows if m.precision == "float32" else 1,
                 app.state.metrics.batch_rows.labels(name).observe,
+                settings.batch_wait_ms / 1000,
             )
             for name, m in models.items()
             if m.ready

@@ -1,36 +1,156 @@
-"""Next-token graph calls of concurrent requests on one model, run as one batch.
+"""Graph calls of concurrent requests on one model, run as one batch.
 
 Requests run in worker threads. Whichever thread finds the model idle becomes the leader: it
-takes every call queued at that moment (up to ``max_rows`` sequences), runs them as one graph
-call and hands each caller its rows; calls that arrive meanwhile queue for the next batch. There
-is no timer, so a request alone runs at once, and a batch forms only when requests already wait.
+takes the calls queued at that moment (up to ``max_rows`` sequences), runs them as one graph
+call and hands each caller its rows; calls that arrive meanwhile queue for the next batch. A request
+alone runs at once. Generations step again and again: when a generation that was in the last
+batch has not asked for its next step yet (it is choosing its token), the leader waits for it,
+at most ``max_wait`` seconds, so that the generations under way keep sharing calls instead of
+drifting apart; one that misses the wait is not waited for again until it is back in a batch,
+and one that ends says so (``leave``).
 
-The windows of one batch are padded on the right to the longest, and each row asks for the
-logits of its own last position. Both graphs are causal (a position sees only the positions
-before it), so the padding changes nothing but the cost.
+Two kinds of call are batched this way:
+
+- ``StepBatcher``: next-token logits of token windows (``model.onnx``). The windows of one batch
+  are padded on the right to the longest, and each row asks for the logits of its own last
+  position. The graphs are causal (a position sees only the positions before it), so the padding
+  changes nothing but the cost.
+- ``DecodeBatcher``: steps of cached generation (``decoder.onnx``), each with its own key/value
+  cache. Shorter caches are padded in front to the longest, the padding hidden from every query
+  by the graph's ``attention_mask``, and each row's ``positions`` say where its tokens really
+  are; each caller gets back its own cache without the padding.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+
+Request = TypeVar("Request")
 
 # ids (B, T), positions (B, 1) -> logits (B, 1, V)
 GraphCall = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-@dataclass
-class _Call:
-    windows: list[list[int]]
+@dataclass(eq=False)  # calls are told apart by identity (requests hold numpy arrays)
+class _Call(Generic[Request]):
+    request: Request
+    rows: int
+    key: object | None = None  # the generation it belongs to, if any
     done: bool = False
-    logits: np.ndarray | None = None
+    result: Any = None
     error: Exception | None = None
 
 
-class StepBatcher:
+class _Batcher(Generic[Request]):
+    """The leader and its queue; subclasses say which calls go together and how they run."""
+
+    def __init__(
+        self, max_rows: int, on_batch: Callable[[int], None] | None, max_wait: float = 0.0
+    ) -> None:
+        """``on_batch(rows)`` hears of every graph call made (the service's metrics)."""
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be at least 0, not {max_wait}")
+        self.max_rows = max_rows
+        self.on_batch = on_batch
+        self.max_wait = max_wait
+        self._last: set[object] = set()  # the generations of the last batch
+        self._ready = threading.Condition()
+        self._queue: list[_Call[Request]] = []
+        self._busy = False
+        self.calls = 0  # graph calls made, for tests and metrics
+        self.rows = 0  # rows computed
+
+    def leave(self, key: object) -> None:
+        """The generation ``key`` has ended: no leader waits for it any more."""
+        with self._ready:
+            self._last.discard(key)
+            self._ready.notify_all()
+
+    def _submit(self, request: Request, rows: int, key: object | None = None) -> Any:
+        call = _Call(request, rows, key)
+        deadline = None
+        with self._ready:
+            self._queue.append(call)
+            self._ready.notify_all()  # a leader may be waiting for this call
+            while True:
+                while not call.done and self._busy:
+                    self._ready.wait()
+                if call.done:
+                    if call.error is not None:
+                        raise call.error
+                    return call.result
+                if self.max_wait and self._last - {c.key for c in self._queue}:
+                    now = time.monotonic()
+                    deadline = deadline or now + self.max_wait
+                    if now < deadline:  # the last batch's generations are nearly back
+                        self._ready.wait(deadline - now)
+                        continue
+                # The model is idle: this thread leads, running the queue's oldest calls (its
+                # own among them unless older ones fill the batch; then it leads again).
+                self._busy = True
+                batch: list[_Call[Request]] = []
+                try:
+                    batch = self._take()
+                    self._last = {c.key for c in batch if c.key is not None}
+                    self._ready.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._ready.acquire()
+                finally:  # whatever failed, the model is free again and no caller waits on it
+                    for done in batch:
+                        done.done = True
+                    self._busy = False
+                    self._ready.notify_all()
+
+    def _fits(self, first: _Call[Request], call: _Call[Request]) -> bool:
+        """Whether ``call`` may join a batch that ``first`` leads."""
+        return True
+
+    def _take(self) -> list[_Call[Request]]:
+        """The queue's oldest call, and the later ones that fit with it, up to max_rows rows."""
+        first, *waiting = self._queue
+        batch, rows, left = [first], first.rows, []
+        for at, call in enumerate(waiting):
+            if rows + call.rows > self.max_rows:
+                left += waiting[at:]
+                break
+            if self._fits(first, call):
+                batch.append(call)
+                rows += call.rows
+            else:
+                left.append(call)
+        self._queue = left
+        return batch
+
+    def _run(self, batch: list[_Call[Request]]) -> None:
+        try:
+            results = self._compute([call.request for call in batch])
+        except Exception as error:  # every caller of the batch gets it
+            for call in batch:
+                call.error = error
+            return
+        rows = sum(call.rows for call in batch)
+        self.calls += 1
+        self.rows += rows
+        if self.on_batch is not None:
+            self.on_batch(rows)
+        for call, result in zip(batch, results, strict=True):
+            call.result = result
+
+    def _compute(self, requests: list[Request]) -> list[Any]:
+        raise NotImplementedError
+
+
+class StepBatcher(_Batcher[list[list[int]]]):
     """``batcher(windows)``: the next-token logits (B, V) of each window, batched with the
     windows of concurrent callers."""
 
@@ -40,77 +160,115 @@ class StepBatcher:
         max_rows: int,
         pad_id: int = 0,
         on_batch: Callable[[int], None] | None = None,
+        max_wait: float = 0.0,
     ) -> None:
-        """``on_batch(rows)`` hears of every graph call made (the service's metrics)."""
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+        super().__init__(max_rows, on_batch, max_wait)
         self.run = run
-        self.max_rows = max_rows
         self.pad_id = pad_id
-        self.on_batch = on_batch
-        self._ready = threading.Condition()
-        self._queue: list[_Call] = []
-        self._busy = False
-        self.calls = 0  # graph calls made, for tests and metrics
-        self.rows = 0  # rows computed
 
-    def __call__(self, windows: list[list[int]]) -> np.ndarray:
-        call = _Call(windows)
-        with self._ready:
-            self._queue.append(call)
-            while True:
-                while not call.done and self._busy:
-                    self._ready.wait()
-                if call.done:
-                    return self._result(call)
-                # The model is idle: this thread leads, running the queue's oldest calls (its
-                # own among them unless older ones fill the batch; then it leads again).
-                self._busy = True
-                batch = self._take()
-                self._ready.release()
-                try:
-                    self._compute(batch)
-                finally:
-                    self._ready.acquire()
-                    for done in batch:
-                        done.done = True
-                    self._busy = False
-                    self._ready.notify_all()
+    def __call__(self, windows: list[list[int]], key: object | None = None) -> np.ndarray:
+        """``key``: the generation these windows belong to (see ``leave``)."""
+        return self._submit(windows, len(windows), key)
 
-    def _take(self) -> list[_Call]:
-        """The queue's oldest calls, up to max_rows rows (at least one call)."""
-        batch, rows = [], 0
-        while self._queue and (not batch or rows + len(self._queue[0].windows) <= self.max_rows):
-            call = self._queue.pop(0)
-            batch.append(call)
-            rows += len(call.windows)
-        return batch
-
-    def _compute(self, batch: list[_Call]) -> None:
-        windows = [w for call in batch for w in call.windows]
+    def _compute(self, requests: list[list[list[int]]]) -> list[np.ndarray]:
+        windows = [w for request in requests for w in request]
         length = max(len(w) for w in windows)
         ids = np.full((len(windows), length), self.pad_id, dtype=np.int64)
         for row, window in enumerate(windows):
             ids[row, : len(window)] = window
         positions = np.asarray([[len(w) - 1] for w in windows], dtype=np.int64)
-        try:
-            logits = self.run(ids, positions)[:, 0]
-        except Exception as error:  # every caller of the batch gets it
-            for call in batch:
-                call.error = error
-            return
-        self.calls += 1
-        self.rows += len(windows)
-        if self.on_batch is not None:
-            self.on_batch(len(windows))
-        start = 0
-        for call in batch:
-            call.logits = logits[start : start + len(call.windows)]
-            start += len(call.windows)
+        logits = self.run(ids, positions)[:, 0]
+        return _split(logits, [len(request) for request in requests])
 
-    @staticmethod
-    def _result(call: _Call) -> np.ndarray:
-        if call.error is not None:
-            raise call.error
-        assert call.logits is not None
-        return call.logits
+
+# ids (B, T), keys, values (L, B, H, P, Dh) -> logits (B, V), keys, values (L, B, H, P+T, Dh)
+Cache = tuple[np.ndarray, np.ndarray]
+DecodeStep = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def decode_feed(
+    ids: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    positions: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The inputs of ``decoder.onnx``; without positions and mask, rows of one length whose
+    new tokens follow their cache."""
+    rows, steps, past = ids.shape[0], ids.shape[1], keys.shape[3]
+    if positions is None:
+        positions = np.broadcast_to(np.arange(past, past + steps, dtype=np.int64), (rows, steps))
+    if mask is None:
+        mask = np.ones((rows, past + steps), dtype=np.int64)
+    return {
+        "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+        "positions": np.ascontiguousarray(positions, dtype=np.int64),
+        "past_keys": np.ascontiguousarray(keys),
+        "past_values": np.ascontiguousarray(values),
+        "attention_mask": mask,
+    }
+
+
+class DecodeBatcher(_Batcher[DecodeStep]):
+    """``batcher(ids, keys, values)``: one step of cached generation for the caller's rows
+    (ids (B, T) after caches (L, B, H, P, Dh)) -> (logits (B, V), its caches (L, B, H, P+T,
+    Dh)), batched with the steps of concurrent callers that add as many tokens T."""
+
+    def __init__(
+        self,
+        session,
+        max_rows: int,
+        on_batch: Callable[[int], None] | None = None,
+        max_wait: float = 0.0,
+    ) -> None:
+        super().__init__(max_rows, on_batch, max_wait)
+        self.session = session
+
+    def __call__(
+        self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray, key: object | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``key``: the generation this step belongs to (see ``leave``)."""
+        return self._submit((ids, keys, values), ids.shape[0], key)
+
+    def _fits(self, first: _Call[DecodeStep], call: _Call[DecodeStep]) -> bool:
+        # Equal T only: padding a one-token step to a prompt's length would cost the prompt's
+        # work for every row.
+        return call.request[0].shape[1] == first.request[0].shape[1]
+
+    def _compute(self, requests: list[DecodeStep]) -> list[tuple[np.ndarray, ...]]:
+        if len(requests) == 1:
+            return [tuple(self.session.run(None, decode_feed(*requests[0])))]
+        layers, _, heads, _, head_dim = requests[0][1].shape
+        steps = requests[0][0].shape[1]
+        lengths = [keys.shape[3] for _, keys, _ in requests]
+        counts = [ids.shape[0] for ids, _, _ in requests]
+        past, total = max(lengths), sum(counts)
+        keys = np.zeros((layers, total, heads, past, head_dim), dtype=np.float32)
+        values = np.zeros_like(keys)
+        mask = np.zeros((total, past + steps), dtype=np.int64)
+        positions = np.empty((total, steps), dtype=np.int64)
+        row = 0
+        for (_, k, v), length, count in zip(requests, lengths, counts, strict=True):
+            rows, pad = slice(row, row + count), past - length
+            keys[:, rows, :, pad:] = k
+            values[:, rows, :, pad:] = v
+            mask[rows, pad:] = 1
+            positions[rows] = np.arange(length, length + steps)
+            row += count
+        ids = np.concatenate([ids for ids, _, _ in requests])
+        logits, present_keys, present_values = self.session.run(
+            None, decode_feed(ids, keys, values, positions, mask)
+        )
+        results, row = [], 0
+        for length, count in zip(lengths, counts, strict=True):
+            rows, pad = slice(row, row + count), past - length
+            results.append(
+                (logits[rows], present_keys[:, rows, :, pad:], present_values[:, rows, :, pad:])
+            )
+            row += count
+        return results
+
+
+def _split(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    """``array``'s rows, ``counts[i]`` for the i-th caller."""
+    return np.split(array, np.cumsum(counts)[:-1])

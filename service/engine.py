@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.batching import StepBatcher
+from service.batching import DecodeBatcher, StepBatcher, decode_feed
 from service.errors import APIError
 from service.registry import LoadedModel
 from service.sampling import SamplingParams, choose, entropy_bits, first_stop, log_softmax
@@ -74,7 +74,15 @@ class CachedContext:
     each; ``keep`` drops the rows whose sequences have finished.
     """
 
-    def __init__(self, session, context: int) -> None:
+    def __init__(
+        self,
+        session,
+        context: int,
+        batcher: DecodeBatcher | None = None,
+        key: object | None = None,
+    ) -> None:
+        """``batcher``: where the graph calls go, shared with other generations (``key`` names
+        this one to it); by default straight to ``session``."""
         self.session = session
         self.context = context
         self.refill = max(1, context * 3 // 4)
@@ -82,16 +90,26 @@ class CachedContext:
         self.values: np.ndarray | None = None
         self.cached = 0  # tokens whose keys and values are held
         self.seen = 0  # length of the sequences at the last call
-        self.shape = session.get_inputs()[1].shape  # past_keys: (layers, batch, heads, T, dim)
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.shape = inputs["past_keys"].shape  # (layers, batch, heads, T, dim)
+        # Graphs exported before positions and attention_mask existed take the cache alone.
+        self.masked = "attention_mask" in inputs
+        self.batcher = batcher
+        self.key = key
+
+    def _step(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray):
+        if self.batcher is not None:
+            return self.batcher(ids, keys, values, self.key)
+        if self.masked:
+            return self.session.run(None, decode_feed(ids, keys, values))
+        return self.session.run(None, {"input_ids": ids, "past_keys": keys, "past_values": values})
 
     def _empty(self, rows: int) -> np.ndarray:
         layers, _, heads, _, head_dim = self.shape
         return np.zeros((layers, rows, heads, 0, head_dim), dtype=np.float32)
 
     def _run(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        logits, self.keys, self.values = self.session.run(
-            None, {"input_ids": ids, "past_keys": keys, "past_values": values}
-        )
+        logits, self.keys, self.values = self._step(ids, keys, values)
         self.cached = self.keys.shape[3]
         return logits
 
@@ -139,10 +157,12 @@ class Engine:
         model: LoadedModel,
         max_batch_rows: int = 1,
         on_batch: Callable[[int], None] | None = None,
+        batch_wait: float = 0.0,
     ) -> None:
-        """``max_batch_rows`` > 1: next-token calls of concurrent callers (threads) are batched,
-        up to that many sequences a graph call (service.batching), each reported to
-        ``on_batch``."""
+        """``max_batch_rows`` > 1: next-token calls and cached generation steps of concurrent
+        callers (threads) are batched, up to that many sequences a graph call
+        (service.batching), each reported to ``on_batch``; a batch waits up to ``batch_wait``
+        seconds for the generations of the batch before it."""
         if not model.ready:
             raise ValueError(f"model {model.name} is not loaded: {model.error}")
         self.model = model
@@ -159,7 +179,17 @@ class Engine:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
         self.eot = eot
         self.batcher = (
-            StepBatcher(self._logits, max_batch_rows, eot, on_batch) if max_batch_rows > 1 else None
+            StepBatcher(self._logits, max_batch_rows, eot, on_batch, batch_wait)
+            if max_batch_rows > 1
+            else None
+        )
+        decoder = model.decoder_session
+        self.decode_batcher = (
+            DecodeBatcher(decoder, max_batch_rows, on_batch, batch_wait)
+            if max_batch_rows > 1
+            and decoder is not None
+            and "attention_mask" in {i.name for i in decoder.get_inputs()}
+            else None
         )
 
     # Tokens -----------------------------------------------------------------------------
@@ -186,11 +216,11 @@ class Engine:
         layer, and the model sees at most its context."""
         return self.next_logits_rows([ids])[0]
 
-    def next_logits_rows(self, rows: list[list[int]]) -> np.ndarray:
+    def next_logits_rows(self, rows: list[list[int]], key: object | None = None) -> np.ndarray:
         """Logits (B, V) after each of ``rows`` (sequences of one length), as one batch, with
-        other callers' rows where batching is on."""
+        other callers' rows where batching is on (``key``: the generation asking)."""
         if self.batcher is not None:
-            return self.batcher([row[-self.context :] for row in rows])
+            return self.batcher([row[-self.context :] for row in rows], key)
         window = np.asarray([row[-self.context :] for row in rows], dtype=np.int64)
         positions = np.full((len(rows), 1), window.shape[1] - 1)
         return self._logits(window, positions)[:, 0]
@@ -257,17 +287,45 @@ class Engine:
             )
             for seed in seeds
         ]
+        key = object()  # this generation, to the batchers
         cache = (
-            CachedContext(self.model.decoder_session, self.context)
+            CachedContext(self.model.decoder_session, self.context, self.decode_batcher, key)
             if uses_kv_cache(self.model)
             else None
         )
+        batcher = self.batcher if cache is None else self.decode_batcher
+        steps = self._steps(choices, cache, key, max_new_tokens, params, stop, logprobs, deadline)
+        finished = 0
+        try:
+            for c, item in steps:
+                if isinstance(item, Generation):
+                    finished += 1
+                    if finished == len(choices) and batcher is not None:
+                        batcher.leave(key)  # before the caller hears of it
+                yield c, item
+        finally:  # ended, failed or abandoned (a client hung up): no batch waits for it
+            if batcher is not None:
+                batcher.leave(key)
+
+    def _steps(
+        self,
+        choices: list[_Choice],
+        cache: CachedContext | None,
+        key: object,
+        max_new_tokens: int,
+        params: SamplingParams,
+        stop: list[str],
+        logprobs: int,
+        deadline: float | None,
+    ) -> Iterator[tuple[int, Step | Generation]]:
         active = list(range(len(choices)))
         for _ in range(max_new_tokens):
             if deadline is not None and time.monotonic() > deadline:
                 raise APIError(504, "timeout", "the request ran past its time limit")
             rows = [choices[c].ids for c in active]
-            logits = self.next_logits_rows(rows) if cache is None else cache.next_logits_rows(rows)
+            logits = (
+                self.next_logits_rows(rows, key) if cache is None else cache.next_logits_rows(rows)
+            )
             still = []
             for row, c in enumerate(active):
                 step = self._advance(choices[c], logits[row], params, stop, logprobs)

@@ -39,10 +39,18 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=1024,
-        description="concurrent requests' next-token graph calls on one model run as one batch "
-        "of up to this many sequences (/next-token, and the generation steps of models without "
-        "a key/value cache); 1: each request alone. Never with int8 weights, whose activation "
-        "scale would depend on the batch",
+        description="concurrent requests' graph calls on one model run as one batch of up to "
+        "this many sequences (/next-token, and every generation step, the attention model's "
+        "key/value cache steps too); 1: each request alone. Never with int8 weights, whose "
+        "activation scale would depend on the batch",
+    )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description="a batch waits up to this long for the generations of the batch before it "
+        "that have not asked for their next step yet, so that concurrent generations keep "
+        "sharing calls; 0: never wait. A request alone never waits",
     )
     max_concurrency: int = Field(
         8, ge=1, le=1024, description="inference requests at once; more get 429"

@@ -120,11 +120,17 @@ class CausalSelfAttention(nn.Module):
         return self.dropout(self.wo(out)), (weights if return_weights else None)
 
     def forward_cached(
-        self, x: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+        self,
+        x: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attention of new tokens over the cached keys and values of the tokens before them.
 
-        x: (B, T, D), the T tokens after the past's P; past_keys, past_values: (B, H, P, Dh).
+        x: (B, T, D), the T tokens after the past's P; past_keys, past_values: (B, H, P, Dh);
+        key_mask: (B, P+T), False for keys no query may see (the padding that lines up caches of
+        different lengths in one batch).
         -> (output (B, T, D), keys (B, H, P+T, Dh), values (B, H, P+T, Dh)). With P = 0 this is
         ``forward``; token by token it computes the same thing again without the earlier rows.
         """
@@ -135,7 +141,13 @@ class CausalSelfAttention(nn.Module):
         scores = (q @ keys.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, P+T)
         query_at = torch.arange(steps, device=x.device) + past_keys.shape[2]  # (T,)
         key_at = torch.arange(keys.shape[2], device=x.device)  # (P+T,)
-        scores = scores.masked_fill(key_at[None, :] > query_at[:, None], float("-inf"))
+        hidden = (key_at[None, :] > query_at[:, None])[None, None]  # (1, 1, T, P+T)
+        if key_mask is not None:
+            hidden = hidden | ~key_mask[:, None, None, :]  # (B, 1, T, P+T)
+        # The lowest finite score, not -inf: a query that sees no key (a padding row) gets
+        # finite nonsense instead of NaN, which would reach real rows through 0 * NaN. Real rows
+        # see their own key, so exp(lowest - max) is exactly 0 there, as with -inf.
+        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
         out = torch.softmax(scores, dim=-1) @ values  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(batch, steps, width)
         return self.dropout(self.wo(out)), keys, values

@@ -153,22 +153,32 @@ class AttentionLM(nn.Module):
         return self.head(torch.gather(states, 1, index))
 
     def decode(
-        self, idx: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+        self,
+        idx: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generation with a key/value cache: the logits of the last of new tokens.
 
-        idx: (B, T) tokens at positions P..P+T-1, after the P tokens whose keys and values
-        every layer cached in past_keys, past_values: (L, B, H, P, Dh); P + T <= context.
+        idx: (B, T) tokens after the P tokens whose keys and values every layer cached in
+        past_keys, past_values: (L, B, H, P, Dh). positions: (B, T), where each row's new tokens
+        sit (default P..P+T-1, < context). attention_mask: (B, P+T), 1 for the keys a row's
+        queries may see, 0 for padding: rows whose caches differ in length share a batch once
+        the shorter ones are padded in front, their positions saying where they really are.
         -> (logits (B, V), keys (L, B, H, P+T, Dh), values (L, B, H, P+T, Dh)). P = 0 reads a
         prompt (prefill); then one token a call reuses everything computed before it.
         """
         past = past_keys.shape[3]
-        positions = torch.arange(idx.shape[1], device=idx.device) + past
+        if positions is None:
+            positions = (torch.arange(idx.shape[1], device=idx.device) + past)[None]
+        key_mask = None if attention_mask is None else attention_mask.bool()
         x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
         keys, values = [], []
         for layer, block in enumerate(self.blocks):
             attended, k, v = block.attention.forward_cached(
-                block.ln_attention(x), past_keys[layer], past_values[layer]
+                block.ln_attention(x), past_keys[layer], past_values[layer], key_mask
             )
             x = x + attended
             x = x + block.ffn(block.ln_ffn(x))

@@ -9,11 +9,13 @@ A model folder holds:
   (float32, [batch, layer, head, sequence, sequence]). A separate graph, because ONNX Runtime
   computes every output of a graph whether asked for or not: generation must not pay for weights.
 - ``decoder.onnx`` (attention models): generation with a key/value cache. ``input_ids``
-  (int64, [batch, sequence]) at positions P.., ``past_keys`` and ``past_values`` (float32,
-  [layer, batch, head, past, head_dim]) -> ``logits`` of the last new token (float32,
+  (int64, [batch, sequence]) at ``positions`` (int64, [batch, sequence]), ``past_keys`` and
+  ``past_values`` (float32, [layer, batch, head, past, head_dim]), ``attention_mask`` (int64,
+  [batch, past+sequence], 0 for padding) -> ``logits`` of the last new token (float32,
   [batch, vocab]), ``present_keys`` and ``present_values`` ([layer, batch, head, past+sequence,
   head_dim]). Reading the prompt once, then one token a call, costs one position's work per
-  token instead of a whole window's.
+  token instead of a whole window's; the mask and positions let sequences of different lengths
+  (concurrent requests) share a call.
 - ``weights.bin``: the weights of every graph, stored once (ONNX external data).
 - ``card.json``: what the model is, how it was trained and how well it does.
 
@@ -71,8 +73,8 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, past_keys, past_values):
-        return self.model.decode(input_ids, past_keys, past_values)
+    def forward(self, input_ids, positions, past_keys, past_values, attention_mask):
+        return self.model.decode(input_ids, past_keys, past_values, positions, attention_mask)
 
 
 def _export_decoder(model: AttentionLM, path: Path) -> None:
@@ -80,16 +82,24 @@ def _export_decoder(model: AttentionLM, path: Path) -> None:
     config = model.config
     steps, past = (2, 3) if config.context >= 5 else (1, 1)
     keys = torch.zeros(config.n_layer, 1, config.n_head, past, config.d_model // config.n_head)
-    example = (torch.zeros(1, steps, dtype=torch.long), keys, keys.clone())
+    example = (
+        torch.zeros(1, steps, dtype=torch.long),
+        torch.arange(steps)[None] + past,
+        keys,
+        keys.clone(),
+        torch.ones(1, past + steps, dtype=torch.long),
+    )
     cache = {1: "batch", 3: "past"}
     torch.onnx.export(
         DecoderGraph(model).eval(),
         example,
         str(path),
-        input_names=["input_ids", "past_keys", "past_values"],
+        input_names=["input_ids", "positions", "past_keys", "past_values", "attention_mask"],
         output_names=["logits", "present_keys", "present_values"],
         dynamic_axes={
             "input_ids": {0: "batch", 1: "sequence"},
+            "positions": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "total"},
             "past_keys": cache,
             "past_values": cache,
             "logits": {0: "batch"},

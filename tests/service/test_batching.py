@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import StepBatcher
-from service.engine import Engine
+from service.batching import DecodeBatcher, StepBatcher
+from service.engine import CachedContext, Engine
 from service.registry import load_models
 from service.sampling import SamplingParams
 from tests.service.conftest import make_settings
@@ -112,6 +112,93 @@ def test_one_row_larger_than_max_rows_still_runs():
     assert batcher([[1], [2], [3]])[:, 0].tolist() == [1, 2, 3]
 
 
+def _lockstep(batcher: StepBatcher, keys: list[object], steps: int, pause: float) -> None:
+    """Each key a generation in its own thread: ``steps`` calls, ``pause`` s apart."""
+
+    def generate(key: object) -> None:
+        for step in range(steps):
+            batcher([[step]], key)
+            time.sleep(pause)
+
+    _concurrently(generate, keys)
+
+
+def test_generations_under_way_keep_sharing_calls_when_the_batch_waits_for_them():
+    """Two generations choosing their tokens between steps: without a wait the first one back
+    runs alone; waiting for the last batch's generations keeps them in one call a step."""
+    apart, together = (StepBatcher(FakeGraph(0.01), 16, max_wait=w) for w in (0.0, 0.5))
+    for batcher in (apart, together):
+        _lockstep(batcher, [object(), object()], steps=12, pause=0.004)
+    assert together.rows == apart.rows == 24
+    assert together.calls <= 13, together.run.batches  # pairs (the first step may split)
+    assert apart.calls > together.calls + 4, apart.run.batches
+
+
+def test_a_batch_does_not_wait_for_a_generation_that_left_or_stalled():
+    """A generation that ended (leave) is not waited for; one that stalls without a word costs
+    the others one wait, not one per step."""
+    batcher = StepBatcher(FakeGraph(0.0), 16, max_wait=0.3)
+    gone, stalled, going = object(), object(), object()
+    batcher([[1]], gone)  # the last batch: gone's
+    batcher.leave(gone)
+    start = time.monotonic()
+    batcher([[1]], going)
+    assert time.monotonic() - start < 0.2  # nobody to wait for
+    batcher([[1]], stalled)  # the last batch: stalled's, which never comes back
+    start = time.monotonic()
+    for _ in range(5):
+        batcher([[1]], going)
+    assert 0.3 <= time.monotonic() - start < 0.6  # one wait, then none
+
+
+def test_batch_wait_reaches_the_engines(client):
+    """MACHADO_BATCH_WAIT_MS (default 2) is what the service's batchers wait."""
+    engines = client.app.state.engines
+    assert engines["bengio"].batcher.max_wait == pytest.approx(0.002)
+    assert engines["attention"].decode_batcher.max_wait == pytest.approx(0.002)
+
+
+class FakeDecoder:
+    """A decoder graph whose logits say where each row's last token sits (its position) and
+    how many keys it may see; its caches grow by the new tokens."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []  # (rows, new tokens) per call
+        self.lock = threading.Lock()
+
+    def run(self, _, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        ids, keys = feed["input_ids"], feed["past_keys"]
+        with self.lock:
+            self.batches.append(ids.shape)
+        time.sleep(0.02)
+        logits = np.stack([feed["positions"][:, -1], feed["attention_mask"].sum(1)], axis=1)
+        new = np.ones((*keys.shape[:3], ids.shape[1], keys.shape[4]), dtype=np.float32)
+        return [logits, np.concatenate([keys, new], 3), np.concatenate([keys, new], 3)]
+
+
+def test_decode_steps_batch_only_with_steps_of_as_many_tokens():
+    """Concurrent cached steps of 1 and of 4 new tokens, after caches of every length: no call
+    mixes the two, each caller sees its own positions and keys, and gets its cache back
+    without another caller's padding."""
+    graph = FakeDecoder()
+    batcher = DecodeBatcher(graph, max_rows=16)
+
+    def step(case: tuple[int, int]) -> tuple:
+        past, new = case
+        keys = np.zeros((2, 1, 3, past, 4), dtype=np.float32)
+        return batcher(np.zeros((1, new), dtype=np.int64), keys, keys)
+
+    cases = [(past, new) for past in (0, 3, 9) for new in (1, 4)] * 2
+    results = _concurrently(step, cases)
+    assert all(new in (1, 4) for _, new in graph.batches)
+    assert sum(rows for rows, _ in graph.batches) == len(cases)
+    assert len(graph.batches) < len(cases)  # some calls were shared
+    for (past, new), (logits, keys, values) in zip(cases, results, strict=True):
+        assert logits.tolist() == [[past + new - 1, past + new]]
+        assert keys.shape == values.shape == (2, 1, 3, past + new, 4)
+        assert (keys[:, :, :, :past] == 0).all() and (keys[:, :, :, past:] == 1).all()
+
+
 @pytest.fixture(scope="module")
 def models():
     return load_models(make_settings(kv_cache=False))
@@ -131,11 +218,45 @@ def test_right_padding_changes_no_logit(models, name):
         assert np.abs(together[row] - engine.next_logits(window)).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["attention", "bengio"])
-def test_concurrent_generations_match_their_solo_runs(models, name):
+@pytest.fixture(scope="module")
+def cached_models():
+    return load_models(make_settings(kv_cache=True))
+
+
+def test_padded_caches_change_no_logit(cached_models):
+    """Steps of caches of different lengths (one of them two rows, a prompt's two choices) in
+    one decoder call, the shorter caches padded in front: each caller gets the logits and the
+    cache it gets alone."""
+    model = cached_models["attention"]
+    engine = Engine(model)
+    rng = np.random.default_rng(0)
+    contexts, rows = [], []
+    for length, count in [(5, 1), (40, 2), (17, 1), (1, 1)]:
+        prompt = [engine.eot, *rng.integers(0, engine.vocab_size, length - 1).tolist()]
+        context = CachedContext(model.decoder_session, engine.context)
+        context.next_logits_rows([prompt] * count)  # prefill, alone
+        contexts.append(context)
+        rows.append([[*prompt, int(rng.integers(0, engine.vocab_size))]] * count)
+    batcher = DecodeBatcher(model.decoder_session, max_rows=16)
+    steps = [(np.asarray(r)[:, -1:], c.keys, c.values) for r, c in zip(rows, contexts, strict=True)]
+    together = batcher._compute(steps)
+    for (logits, keys, values), context, r in zip(together, contexts, rows, strict=True):
+        alone = context.next_logits_rows(r)
+        assert logits.shape == alone.shape
+        assert np.abs(logits - alone).max() < 1e-4
+        assert keys.shape == context.keys.shape
+        assert np.abs(keys - context.keys).max() < 1e-5
+        assert np.abs(values - context.values).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["attention", "bengio", "attention (key/value cache)"])
+def test_concurrent_generations_match_their_solo_runs(models, cached_models, name):
     """Eight greedy generations at once through one batching engine: each makes the tokens it
     makes alone, and they shared graph calls."""
-    solo, shared = Engine(models[name], max_batch_rows=16), Engine(models[name], max_batch_rows=16)
+    loaded = models
+    if name.endswith("(key/value cache)"):
+        name, loaded = "attention", cached_models
+    solo, shared = Engine(loaded[name], max_batch_rows=16), Engine(loaded[name], max_batch_rows=16)
     prompts = [
         f"Capítulo {i}. Era uma vez {'um homem' if i % 2 else 'uma mulher'}" for i in range(8)
     ]
@@ -148,5 +269,11 @@ def test_concurrent_generations_match_their_solo_runs(models, name):
     expected = [generate(solo, p) for p in prompts]  # one after another: one row a call
     got = _concurrently(lambda p: generate(shared, p), prompts)
     assert got == expected
-    assert shared.batcher.rows == solo.batcher.rows == solo.batcher.calls
-    assert shared.batcher.calls < solo.batcher.calls, (shared.batcher.calls, solo.batcher.calls)
+    batchers = (
+        (solo.decode_batcher, shared.decode_batcher)
+        if loaded is cached_models
+        else (solo.batcher, shared.batcher)
+    )
+    alone, together = batchers
+    assert together.rows == alone.rows == alone.calls
+    assert together.calls < alone.calls, (together.calls, alone.calls)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.batching import decode_feed
 from training.checkpoint import load_checkpoint
 from training.export import export_checkpoint
 from training.onnx_model import OnnxModel
@@ -193,14 +194,10 @@ def test_export_decoder_cache_matches_full_windows(exported, storage):
         expected = model(torch.as_tensor(ids))[0].numpy()  # (B, T, V)
     for prompt in (1, 7):
         empty = np.zeros((layers, 2, heads, 0, head_dim), dtype=np.float32)
-        logits, keys, values = decoder.run(
-            None, {"input_ids": ids[:, :prompt], "past_keys": empty, "past_values": empty}
-        )
+        logits, keys, values = decoder.run(None, decode_feed(ids[:, :prompt], empty, empty))
         assert np.abs(logits - expected[:, prompt - 1]).max() <= 1e-4
         for t in range(prompt, onnx.context):
-            logits, keys, values = decoder.run(
-                None, {"input_ids": ids[:, t : t + 1], "past_keys": keys, "past_values": values}
-            )
+            logits, keys, values = decoder.run(None, decode_feed(ids[:, t : t + 1], keys, values))
             assert keys.shape == (layers, 2, heads, t + 1, head_dim)
             diff = np.abs(logits - expected[:, t]).max()
             assert diff <= 1e-4, f"{storage} prompt {prompt}, position {t}: {diff}"
@@ -213,5 +210,62 @@ def test_export_card_lists_the_decoder(exported):
         assert set(graphs) == {"model.onnx"}
         return
     decoder = graphs["decoder.onnx"]
-    assert [i["name"] for i in decoder["inputs"]] == ["input_ids", "past_keys", "past_values"]
+    assert [i["name"] for i in decoder["inputs"]] == [
+        "input_ids",
+        "positions",
+        "past_keys",
+        "past_values",
+        "attention_mask",
+    ]
     assert [o["name"] for o in decoder["outputs"]] == ["logits", "present_keys", "present_values"]
+
+
+def test_a_decoder_exported_before_positions_and_mask_still_serves(exported, tmp_path):
+    """A model folder from before the decoder took positions and attention_mask: the service
+    still generates with its cache (alone, not batched with other requests)."""
+    kind, checkpoint, folders, _ = exported
+    if kind != "attention":
+        pytest.skip("the Bengio model has no key/value cache")
+    import onnxruntime as ort
+
+    from service.engine import CachedContext
+
+    class OldDecoder(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, past_keys, past_values):
+            return self.model.decode(input_ids, past_keys, past_values)
+
+    model = _torch_model(checkpoint, "float32").eval()
+    model.set_attention("matrix")
+    config = model.config
+    keys = torch.zeros(config.n_layer, 1, config.n_head, 3, config.d_model // config.n_head)
+    cache = {1: "batch", 3: "past"}
+    torch.onnx.export(
+        OldDecoder(model),
+        (torch.zeros(1, 2, dtype=torch.long), keys, keys.clone()),
+        str(tmp_path / "decoder.onnx"),
+        input_names=["input_ids", "past_keys", "past_values"],
+        output_names=["logits", "present_keys", "present_values"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "sequence"},
+            "past_keys": cache,
+            "past_values": cache,
+            "logits": {0: "batch"},
+            "present_keys": {1: "batch", 3: "total"},
+            "present_values": {1: "batch", 3: "total"},
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+    sessions = [
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for path in (tmp_path / "decoder.onnx", folders["float32"] / "decoder.onnx")
+    ]
+    old, new = (CachedContext(session, config.context) for session in sessions)
+    assert (old.masked, new.masked) == (False, True)
+    ids = np.random.default_rng(3).integers(0, config.vocab_size, config.context + 5).tolist()
+    for end in range(4, len(ids)):  # the prompt, then a token a call, past the context
+        assert np.abs(old.next_logits(ids[:end]) - new.next_logits(ids[:end])).max() < 1e-4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.attention_lm import AttentionConfig, AttentionLM
 from training.bengio import BengioConfig, BengioLM
@@ -137,3 +138,35 @@ def test_attention_lm_decode_with_cache_matches_full_windows(prompt):
             logits, keys, values = model.decode(ids[:, t : t + 1], keys, values)
             assert keys.shape == (2, 2, 2, t + 1, 16)
             assert torch.allclose(logits, full[:, t], atol=1e-5), t
+
+
+def test_attention_lm_decode_pads_caches_of_different_lengths_into_one_batch():
+    """Rows whose caches differ in length share a decode call: the shorter caches padded in
+    front (attention_mask 0), each row at its own positions, give each row its solo logits and
+    the solo keys and values after the padding."""
+    torch.manual_seed(0)
+    model = AttentionLM(AttentionConfig(context=16, n_layer=2, n_head=2, d_model=32)).eval()
+    lengths = [9, 3, 1]
+    rows = [torch.randint(0, 8192, (1, n + 2)) for n in lengths]
+    with torch.no_grad():
+        solo = []
+        for ids, n in zip(rows, lengths, strict=True):
+            keys, values = model.empty_cache()
+            _, keys, values = model.decode(ids[:, :n], keys, values)
+            solo.append((keys, values, *model.decode(ids[:, n : n + 2], keys, values)))
+        past = max(lengths)
+        pad = [past - n for n in lengths]
+        keys = torch.cat(
+            [F.pad(k, (0, 0, p, 0)) for (k, _, *_), p in zip(solo, pad, strict=True)], dim=1
+        )
+        values = torch.cat(
+            [F.pad(v, (0, 0, p, 0)) for (_, v, *_), p in zip(solo, pad, strict=True)], dim=1
+        )
+        mask = torch.tensor([[0] * p + [1] * (past - p + 2) for p in pad])
+        positions = torch.tensor([[n, n + 1] for n in lengths])
+        ids = torch.cat([r[:, n : n + 2] for r, n in zip(rows, lengths, strict=True)])
+        logits, present_keys, present_values = model.decode(ids, keys, values, positions, mask)
+    for row, (p, (_, _, logits_1, keys_1, values_1)) in enumerate(zip(pad, solo, strict=True)):
+        assert torch.allclose(logits[row], logits_1[0], atol=1e-5), row
+        assert torch.allclose(present_keys[:, row, :, p:], keys_1[:, 0], atol=1e-6)
+        assert torch.allclose(present_values[:, row, :, p:], values_1[:, 0], atol=1e-6)
