@@ -155,6 +155,9 @@ def main() -> None:
     parser.add_argument(
         "--max-batch-rows", type=int, default=16, help="MACHADO_MAX_BATCH_ROWS (16)"
     )
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="MACHADO_BATCH_WAIT_MS (2)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
@@ -171,6 +174,7 @@ def main() -> None:
             "MACHADO_PROVIDER": args.provider,
             "MACHADO_QUANTIZE": args.quantize,
             "MACHADO_MAX_BATCH_ROWS": str(args.max_batch_rows),
+            "MACHADO_BATCH_WAIT_MS": str(args.batch_wait_ms),
         }
     )
     try:
@@ -212,6 +216,7 @@ def main() -> None:
         "provider": raw["provider"],
         "precision": info["precision"],
         "max_batch_rows": args.max_batch_rows,
+        "batch_wait_ms": args.batch_wait_ms,
         "kv_cache": info["kv_cache"],
         "next_token_http": next_token,
         "generate_http": generate,

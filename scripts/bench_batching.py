@@ -1,0 +1,166 @@
+"""Concurrent generations batched across requests, in-process (not a test).
+
+For the attention model (steps through its key/value cache graph) and the Bengio model (steps
+through model.onnx), through the service's engine on the CPU, no HTTP:
+
+- a lone greedy generation of 64 new tokens, with batching off (max rows 1) and on (16, waiting
+  up to 2 ms), the two runs interleaved so that drift of the machine hits both alike: what
+  batching costs a request that has the model to itself;
+- new tokens per second with 1 and 8 threads generating 32 tokens at a time in a loop, with
+  batching off, on without waiting, and on with the batch waiting up to --wait-ms for the
+  generations of the batch before it; and the mean rows per graph call. The setups take turns
+  (--rounds), for the same reason.
+
+Each thread's prompt differs, so the caches differ in length. Writes JSON and prints a
+Markdown table.
+
+    python scripts/bench_batching.py --json benchmarks/batching-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_service import cpu_name, percentiles, write_figures  # noqa: E402
+
+from service.engine import Engine  # noqa: E402
+from service.registry import load_models  # noqa: E402
+from service.sampling import SamplingParams  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+GREEDY = SamplingParams(temperature=0.0)
+PROMPT = "Capitu olhou para mim e disse que"
+
+
+def lone(engines: dict[str, Engine], repeats: int) -> dict[str, dict]:
+    """p50/p99 of one 64-token generation per engine, the engines taking turns."""
+    samples: dict[str, list[float]] = {label: [] for label in engines}
+    for repeat in range(repeats + 2):
+        for label, engine in engines.items():
+            start = time.perf_counter()
+            *_, final = engine.generate(PROMPT, 64, GREEDY, 0, [], 0)
+            assert len(final.steps) == 64
+            if repeat >= 2:  # warm-up
+                samples[label].append((time.perf_counter() - start) * 1e3)
+    return {label: percentiles(s) for label, s in samples.items()}
+
+
+def throughput(engine: Engine, clients: int, seconds: float) -> dict:
+    """New tokens per second from ``clients`` threads generating in a loop."""
+    batcher = engine.decode_batcher or engine.batcher
+    calls, rows = (batcher.calls, batcher.rows) if batcher else (0, 0)
+    tokens = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def work(i: int) -> None:
+        prompt = f"Capítulo {i + 1}. {'Era uma vez ' * (i + 1)}um homem que"
+        while time.monotonic() < stop:
+            *_, final = engine.generate(prompt, 32, GREEDY, 0, [], 0)
+            tokens[i] += len(final.steps)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    row = {"clients": clients, "new_tokens_per_s": sum(tokens) / elapsed, "seconds": elapsed}
+    if batcher is not None and batcher.calls > calls:
+        row["rows_per_call"] = (batcher.rows - rows) / (batcher.calls - calls)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    parser.add_argument("--wait-ms", type=float, default=2.0, help="batch wait (2 ms)")
+    parser.add_argument("--seconds", type=float, default=9.0, help="per throughput figure (9)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns the seconds are split in (3)")
+    parser.add_argument("--repeats", type=int, default=12, help="lone generations each (12)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+
+    settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cpu")
+    models = load_models(settings)
+    wait = args.wait_ms / 1000
+    results = {}
+    for name in ("attention", "bengio"):
+        setups = {
+            "off": Engine(models[name], max_batch_rows=1),
+            "on, no wait": Engine(models[name], max_batch_rows=16, batch_wait=0.0),
+            f"on, wait {args.wait_ms:g} ms": Engine(
+                models[name], max_batch_rows=16, batch_wait=wait
+            ),
+        }
+        off, _, waiting = setups
+        latency = lone({"off": setups[off], "on": setups[waiting]}, args.repeats)
+        # Rounds that take turns between the setups, so that drift of the machine hits all.
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.rounds):
+            for label, engine in setups.items():
+                for clients in (1, 8):
+                    run = throughput(engine, clients, args.seconds / args.rounds)
+                    runs.setdefault((label, clients), []).append(run)
+        rows = []
+        for (label, clients), parts in runs.items():
+            seconds = sum(p["seconds"] for p in parts)
+            row = {
+                "batching": label,
+                "clients": clients,
+                "new_tokens_per_s": sum(p["new_tokens_per_s"] * p["seconds"] for p in parts)
+                / seconds,
+                "seconds": seconds,
+            }
+            if "rows_per_call" in parts[0]:
+                row["rows_per_call"] = sum(p["rows_per_call"] for p in parts) / len(parts)
+            rows.append(row)
+            print(f"{name}: {row}", flush=True)
+        results[name] = {
+            "kv_cache": models[name].decoder_session is not None,
+            "lone_generation_64_tokens_ms": latency,
+            "throughput_32_token_generations": rows,
+        }
+    print("\n| model | batching | 1 thread | 8 threads | rows per call, 8 threads |")
+    print("|---|---|---|---|---|")
+    for name, result in results.items():
+        by = {}
+        for row in result["throughput_32_token_generations"]:
+            by.setdefault(row["batching"], {})[row["clients"]] = row
+        for label, pair in by.items():
+            per_call = pair[8].get("rows_per_call")
+            print(
+                f"| `{name}` | {label} | {pair[1]['new_tokens_per_s']:.0f} tok/s "
+                f"| {pair[8]['new_tokens_per_s']:.0f} tok/s "
+                f"| {'' if per_call is None else f'{per_call:.2f}'} |"
+            )
+    for name, result in results.items():
+        lone_ms = result["lone_generation_64_tokens_ms"]
+        print(
+            f"{name}: lone 64-token generation p50 {lone_ms['off']['p50_ms']:.1f} ms off, "
+            f"{lone_ms['on']['p50_ms']:.1f} ms on"
+        )
+    write_figures(
+        {
+            "cpu": cpu_name(),
+            "threads": args.threads,
+            "wait_ms": args.wait_ms,
+            "models": results,
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
