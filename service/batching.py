@@ -259,11 +259,17 @@ class DecodeBatcher(_Batcher[DecodeStep]):
         logits, present_keys, present_values = self.session.run(
             None, decode_feed(ids, keys, values, positions, mask)
         )
+        # Each caller gets copies of its rows: a view would keep the whole batch's cache alive for
+        # as long as any of its generations waits (a slow streaming client), not just its own.
         results, row = [], 0
         for length, count in zip(lengths, counts, strict=True):
             rows, pad = slice(row, row + count), past - length
             results.append(
-                (logits[rows], present_keys[:, rows, :, pad:], present_values[:, rows, :, pad:])
+                (
+                    logits[rows],
+                    present_keys[:, rows, :, pad:].copy(),
+                    present_values[:, rows, :, pad:].copy(),
+                )
             )
             row += count
         return results

@@ -66,7 +66,8 @@ class Metrics:
         )
         self.batch_rows = Histogram(
             "machado_batch_rows",
-            "sequences per batched graph call: next-token windows and cached generation steps (MACHADO_MAX_BATCH_ROWS)",
+            "sequences per batched graph call: next-token windows and cached generation steps "
+            "(MACHADO_MAX_BATCH_ROWS)",
             ["model"],
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
             registry=r,

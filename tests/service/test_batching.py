@@ -246,6 +246,8 @@ def test_padded_caches_change_no_logit(cached_models):
         assert np.abs(logits - alone).max() < 1e-4
         assert keys.shape == context.keys.shape
         assert np.abs(keys - context.keys).max() < 1e-5
+        # its own memory: no view keeps the batch's whole cache alive
+        assert keys.base is None and values.base is None
         assert np.abs(values - context.values).max() < 1e-5
 
 
