@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.ab import ABStats, parse_weights
 from service.engine import Engine
 from service.errors import error_body, install_error_handlers
+from service.memory import limit_malloc_arenas
 from service.observability import Metrics, RequestContext
 from service.registry import load_models
 from service.routes import compare, inference, meta, openai, tokens
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info(limit_malloc_arenas(settings.malloc_arenas))  # before any session's threads
         models = load_models(settings)
         app.state.models = models
         app.state.engines = {

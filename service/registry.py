@@ -74,6 +74,15 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.intra_op_num_threads = settings.threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # The memory pattern planner records the allocations of each distinct set of input shapes
+    # and pre-allocates them when that set comes again; the service sends a new shape at nearly
+    # every call (batch rows x window, or x cache length: up to 16 x 256 x 4 for the attention
+    # decoder). Over 300 random shapes run twice it left resident memory 53 MiB (windows) and
+    # 77 MiB (decoder steps) higher than with it off, at the same speed. Turning the CPU arena
+    # off as well holds less in a process of its own, but costs 14-15 % of the time, and in the
+    # service under load it held no less (scripts/bench_memory.py, benchmarks/memory-cpu.json;
+    # BENCHMARKS.md, memory).
+    options.enable_mem_pattern = False
     options.log_severity_level = 3  # errors only: the wheel's CUDA probing is loud otherwise
     return options
 

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
         "generate 1.7-5x faster for about 0.001 more bits per character (BENCHMARKS.md); "
         "ignored on CUDA. none: the shipped weights as they are",
     )
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        le=1024,
+        description="glibc malloc arenas the process's threads share (mallopt M_ARENA_MAX, set "
+        "before the models load): otherwise each request thread gets one and keeps what it "
+        "frees; 2 held 80 MiB less in the load run at the same throughput (BENCHMARKS.md). "
+        "0: glibc's default, 8 per core. MALLOC_ARENA_MAX in the environment wins; no effect "
+        "outside glibc",
+    )
     max_batch_rows: int = Field(
         16,
         ge=1,

@@ -36,6 +36,25 @@ def test_cache_graph_loads_only_when_asked_and_worth_it(loaded):
     assert cached["bengio"].decoder_session is None
 
 
+def test_sessions_keep_no_memory_pattern_per_shape(loaded):
+    """Every graph's session runs without ONNX Runtime's memory pattern planner (it holds memory
+    for each input shape it has met, and the service's shapes change at every call; see
+    benchmarks/memory-cpu.json) and with the threads it was given."""
+    sessions = [
+        session
+        for models in loaded
+        for model in models.values()
+        for session in (model.session, model.attention_session, model.decoder_session)
+        if session is not None
+    ]
+    assert len(sessions) >= 6
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.enable_mem_pattern is False
+        assert options.enable_cpu_mem_arena is True  # off costs 14-15 % of the time
+        assert options.intra_op_num_threads == make_settings().threads
+
+
 def test_cached_generation_equals_full_windows_within_the_context(engines):
     """Prompt and new tokens inside the context: the same greedy tokens, the same logprobs."""
     cached, plain = engines
