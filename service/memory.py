@@ -3,7 +3,7 @@
 glibc gives each new thread that allocates an arena of its own, up to eight per core, and memory
 freed in an arena stays with it. The service runs requests on a pool of worker threads that
 allocate logits, caches and numpy temporaries of every size, so by default each thread's arena
-grows to its own peak. Two arenas held 80 MiB less in the 420 s load run at the same throughput
+grows to its own peak. Two arenas held 70-80 MiB less in the 420 s load runs at the same throughput
 (BENCHMARKS.md, load run).
 """
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         le=1024,
         description="glibc malloc arenas the process's threads share (mallopt M_ARENA_MAX, set "
         "before the models load): otherwise each request thread gets one and keeps what it "
-        "frees; 2 held 80 MiB less in the load run at the same throughput (BENCHMARKS.md). "
+        "frees; 2 held 70-80 MiB less in the load run at the same throughput (BENCHMARKS.md). "
         "0: glibc's default, 8 per core. MALLOC_ARENA_MAX in the environment wins; no effect "
         "outside glibc",
     )
