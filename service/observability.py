@@ -11,7 +11,15 @@ import re
 import time
 import uuid
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("service.access")
@@ -26,6 +34,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's resident memory, CPU seconds, open files (process_*), and Python's
+        # garbage collector and version: what an operator watches for growth under load.
+        ProcessCollector(registry=r)
+        for collector in (GC_COLLECTOR, PLATFORM_COLLECTOR):
+            r.register(collector)
         self.requests = Counter(
             "machado_requests_total",
             "HTTP requests answered",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi.testclient import TestClient
 
@@ -59,6 +60,10 @@ def test_metrics_in_prometheus_format(client):
     )
     assert f"{loaded} 1.0" in text
     assert "machado_in_flight_requests 0.0" in text
+    # the process's own series, for watching memory under load
+    resident = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)
+    assert resident and float(resident.group(1)) > 50 * 2**20
+    assert "python_gc_collections_total" in text and "python_info" in text
 
 
 def test_rejections_counted(client):
