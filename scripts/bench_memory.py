@@ -68,8 +68,9 @@ def shape_space(workload: str, context: int, rows: int) -> list[tuple[int, ...]]
     ]
 
 
-def feed(session, workload: str, shape: tuple[int, ...], rng: np.random.Generator) -> dict:
-    vocab = 8192
+def feed(
+    session, workload: str, shape: tuple[int, ...], vocab: int, rng: np.random.Generator
+) -> dict:
     if workload == "window":
         rows, length = shape
         ids = rng.integers(0, vocab, (rows, length), dtype=np.int64)
@@ -94,6 +95,7 @@ def worker(folder: Path, graph: str, workload: str, setup: str, shapes: int, row
     session = ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
     card = json.loads((folder / "card.json").read_text())
     space = shape_space(workload, int(card["context"]), rows)
+    vocab = int(card["config"]["vocab_size"])
     picked = random.Random(0).sample(space, min(2 * shapes, len(space)))
     first, second = picked[: len(picked) // 2], picked[len(picked) // 2 :]
     rng = np.random.default_rng(0)
@@ -107,7 +109,7 @@ def worker(folder: Path, graph: str, workload: str, setup: str, shapes: int, row
     for name, batch in [("A", first), ("A again", first), ("B", second), ("A+B", picked)]:
         start = time.perf_counter()
         for shape in batch:
-            session.run(None, feed(session, workload, shape, rng))
+            session.run(None, feed(session, workload, shape, vocab, rng))
         result["seconds"][name] = round(time.perf_counter() - start, 2)
         result["rss_mib"][name] = round(rss_mib(), 1)
     memory = result["rss_mib"]
