@@ -117,13 +117,18 @@ def raw_onnx(
     n: int,
     provider: str,
     quantize: str = "none",
+    thread_spinning: bool = False,
 ) -> dict:
     """The next-token graph call alone, in-process, with the service's session options."""
     from service.registry import ProviderChoice, choose_providers, load_model
     from service.settings import Settings
 
     settings = Settings(
-        models_dir=models_dir, threads=threads, provider=provider, quantize=quantize
+        models_dir=models_dir,
+        threads=threads,
+        provider=provider,
+        quantize=quantize,
+        thread_spinning=thread_spinning,
     )
     choice = ProviderChoice(*choose_providers(provider))
     loaded = load_model(models_dir / model, settings, {}, choice)
@@ -158,6 +163,12 @@ def main() -> None:
     parser.add_argument(
         "--batch-wait-ms", type=float, default=2.0, help="MACHADO_BATCH_WAIT_MS (2)"
     )
+    parser.add_argument(
+        "--thread-spinning",
+        choices=("on", "off"),
+        default="off",
+        help="MACHADO_THREAD_SPINNING (off)",
+    )
     parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
@@ -175,6 +186,7 @@ def main() -> None:
             "MACHADO_QUANTIZE": args.quantize,
             "MACHADO_MAX_BATCH_ROWS": str(args.max_batch_rows),
             "MACHADO_BATCH_WAIT_MS": str(args.batch_wait_ms),
+            "MACHADO_THREAD_SPINNING": str(args.thread_spinning == "on").lower(),
         }
     )
     try:
@@ -206,6 +218,7 @@ def main() -> None:
         args.requests,
         args.provider,
         args.quantize,
+        args.thread_spinning == "on",
     )
     result = {
         "model": args.model,
@@ -217,6 +230,7 @@ def main() -> None:
         "precision": info["precision"],
         "max_batch_rows": args.max_batch_rows,
         "batch_wait_ms": args.batch_wait_ms,
+        "thread_spinning": args.thread_spinning,
         "kv_cache": info["kv_cache"],
         "next_token_http": next_token,
         "generate_http": generate,

@@ -83,6 +83,11 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     # service under load it held no less (scripts/bench_memory.py, benchmarks/memory-cpu.json;
     # BENCHMARKS.md, memory).
     options.enable_mem_pattern = False
+    # Spinning threads wait for work by burning a core; between sessions (the next model, the
+    # next graph, the next request) they take the cores the next call needs.
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.thread_spinning else "0"
+    )
     options.log_severity_level = 3  # errors only: the wheel's CUDA probing is loud otherwise
     return options
 

@@ -39,7 +39,7 @@ def test_cache_graph_loads_only_when_asked_and_worth_it(loaded):
 def test_sessions_keep_no_memory_pattern_per_shape(loaded):
     """Every graph's session runs without ONNX Runtime's memory pattern planner (it holds memory
     for each input shape it has met, and the service's shapes change at every call; see
-    benchmarks/memory-cpu.json) and with the threads it was given."""
+    benchmarks/memory-cpu.json), with the threads it was given, and without spinning threads."""
     sessions = [
         session
         for models in loaded
@@ -53,6 +53,21 @@ def test_sessions_keep_no_memory_pattern_per_shape(loaded):
         assert options.enable_mem_pattern is False
         assert options.enable_cpu_mem_arena is True  # off costs 14-15 % of the time
         assert options.intra_op_num_threads == make_settings().threads
+        # threads sleep between operators: spinning ones take the cores of the next session
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_thread_spinning_setting_reaches_every_session():
+    models = load_models(make_settings(thread_spinning=True))
+    sessions = [m.session for m in models.values()] + [
+        m.decoder_session for m in models.values() if m.decoder_session is not None
+    ]
+    assert len(sessions) >= 4
+    for session in sessions:
+        entry = session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+        assert entry == "1"
 
 
 def test_cached_generation_equals_full_windows_within_the_context(engines):
