@@ -384,7 +384,10 @@ class CompareModelResult(BaseModel):
     next_tokens: list[NextTokenCandidate]
     surprisal_bits: list[float] = Field(description="-log2 p of each prompt token, in order")
     total_surprisal_bits: float
-    latency_ms: float
+    latency_ms: float = Field(
+        description="milliseconds this model's part took; the models of one request run at "
+        "once and share the machine, so this is not the model's latency alone"
+    )
 
 
 class CompareResponse(BaseModel):

@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: see inference.py.
 
+import asyncio
 import math
 import time
 
@@ -53,7 +54,14 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
             return result, [t["id"] for t in scored["token_logprobs"]]
 
         async with inference_slot(request) as deadline:
-            outcomes = [await run_blocking(request, lambda e=e: run(e, deadline)) for e in engines]
+            # The models run at once, each in its own worker thread (ONNX Runtime releases the
+            # GIL): the answer takes as long as the slowest model, not the sum of them.
+            runs = [run_blocking(request, lambda e=e: run(e, deadline)) for e in engines]
+            finished = await asyncio.gather(*runs, return_exceptions=True)
+        for outcome in finished:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        outcomes: list[tuple[CompareModelResult, list[int]]] = finished  # type: ignore[assignment]
         results = [r for r, _ in outcomes]
         token_ids = [ids for _, ids in outcomes]
         same = all(ids == token_ids[0] for ids in token_ids)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import httpx
 import pytest
 from openai import OpenAI
 
+from service.errors import APIError
 from tests.service.conftest import start_server
 
 
@@ -139,6 +141,41 @@ def test_compare_side_by_side(client):
     assert [r["model"] for r in some["results"]] == ["bengio", "attention"]
     missing = client.post("/compare", json={**body, "models": ["nope"]})
     assert missing.status_code == 404
+
+
+def test_compare_runs_the_models_at_once(client, monkeypatch):
+    """Each model's part runs in a thread of its own, all at once: every model's generation
+    waits at a barrier for all the others, which one model after another never passes."""
+    engines = client.app.state.engines
+    barrier = threading.Barrier(len(engines), timeout=10)
+    for engine in engines.values():
+
+        def meet(*args, _generate=engine.generate, **kwargs):
+            barrier.wait()
+            return _generate(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "generate", meet)
+    body = {"prompt": "A vida é", "max_new_tokens": 3, "temperature": 0}
+    response = client.post("/compare", json=body)
+    assert response.status_code == 200, response.text
+    assert [r["model"] for r in response.json()["results"]] == sorted(engines)
+
+
+def test_compare_answers_with_the_error_of_a_failing_model(client, monkeypatch):
+    """One model's error (here its time limit) is the answer, in the service's error shape, and
+    the request's slot comes back."""
+
+    def too_late(*args, **kwargs):
+        raise APIError(504, "timeout", "the request ran past its time limit")
+
+    monkeypatch.setattr(client.app.state.engines["bengio"], "generate", too_late)
+    body = {"prompt": "A vida é", "max_new_tokens": 3, "temperature": 0}
+    response = client.post("/compare", json=body)
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout"
+    assert client.app.state.in_flight == 0
+    fine = client.post("/compare", json={**body, "models": ["attention", "attention-seed"]})
+    assert fine.status_code == 200
 
 
 def test_openai_client_completions(server):
