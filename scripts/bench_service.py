@@ -117,7 +117,7 @@ def raw_onnx(
     n: int,
     provider: str,
     quantize: str = "none",
-    thread_spinning: bool = False,
+    thread_spin_us: int = 50,
 ) -> dict:
     """The next-token graph call alone, in-process, with the service's session options."""
     from service.registry import ProviderChoice, choose_providers, load_model
@@ -128,7 +128,7 @@ def raw_onnx(
         threads=threads,
         provider=provider,
         quantize=quantize,
-        thread_spinning=thread_spinning,
+        thread_spin_us=thread_spin_us,
     )
     choice = ProviderChoice(*choose_providers(provider))
     loaded = load_model(models_dir / model, settings, {}, choice)
@@ -164,10 +164,7 @@ def main() -> None:
         "--batch-wait-ms", type=float, default=2.0, help="MACHADO_BATCH_WAIT_MS (2)"
     )
     parser.add_argument(
-        "--thread-spinning",
-        choices=("on", "off"),
-        default="off",
-        help="MACHADO_THREAD_SPINNING (off)",
+        "--thread-spin-us", type=int, default=50, help="MACHADO_THREAD_SPIN_US (50)"
     )
     parser.add_argument("--requests", type=int, default=200, help="sequential /next-token calls")
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
@@ -186,7 +183,7 @@ def main() -> None:
             "MACHADO_QUANTIZE": args.quantize,
             "MACHADO_MAX_BATCH_ROWS": str(args.max_batch_rows),
             "MACHADO_BATCH_WAIT_MS": str(args.batch_wait_ms),
-            "MACHADO_THREAD_SPINNING": str(args.thread_spinning == "on").lower(),
+            "MACHADO_THREAD_SPIN_US": str(args.thread_spin_us),
         }
     )
     try:
@@ -218,7 +215,7 @@ def main() -> None:
         args.requests,
         args.provider,
         args.quantize,
-        args.thread_spinning == "on",
+        args.thread_spin_us,
     )
     result = {
         "model": args.model,
@@ -230,7 +227,7 @@ def main() -> None:
         "precision": info["precision"],
         "max_batch_rows": args.max_batch_rows,
         "batch_wait_ms": args.batch_wait_ms,
-        "thread_spinning": args.thread_spinning,
+        "thread_spin_us": args.thread_spin_us,
         "kv_cache": info["kv_cache"],
         "next_token_http": next_token,
         "generate_http": generate,

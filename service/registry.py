@@ -83,11 +83,14 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     # service under load it held no less (scripts/bench_memory.py, benchmarks/memory-cpu.json;
     # BENCHMARKS.md, memory).
     options.enable_mem_pattern = False
-    # Spinning threads wait for work by burning a core; between sessions (the next model, the
-    # next graph, the next request) they take the cores the next call needs.
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if settings.thread_spinning else "0"
-    )
+    # Idle threads spin (burning a core) before they sleep: briefly, so that they catch the next
+    # operator of the same call but leave the cores to the next session, request or the event
+    # loop (BENCHMARKS.md, threads).
+    spin_us = settings.thread_spin_us
+    spin = "0" if spin_us == 0 else "1"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    if spin_us > 0:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     options.log_severity_level = 3  # errors only: the wheel's CUDA probing is loud otherwise
     return options
 

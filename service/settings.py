@@ -18,13 +18,16 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
     threads: int = Field(2, ge=1, le=256, description="ONNX Runtime intra-op threads per session")
-    thread_spinning: bool = Field(
-        False,
-        description="ONNX Runtime's intra-op threads spin, waiting for work, instead of "
-        "sleeping between operators. Off: the service runs many sessions (every model, several "
-        "graphs each) from many request threads, and spinning threads take the cores the next "
-        "one needs; off served 1.5x the requests of on in the load run, at half the median "
-        "latency (BENCHMARKS.md). On can pay where one model has the cores to itself",
+    thread_spin_us: int = Field(
+        50,
+        ge=-1,
+        le=100_000,
+        description="microseconds an idle ONNX Runtime intra-op thread spins, waiting for the "
+        "next operator, before it sleeps. Short spins catch the next operator of the same call; "
+        "long ones take the cores that the service's other sessions (every model, several "
+        "graphs each), request threads and event loop need. 0: sleep at once; -1: ONNX "
+        "Runtime's own default, which spins far longer and served 30 % fewer requests in the "
+        "load run (BENCHMARKS.md)",
     )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="execution provider: auto (CUDA where usable, else CPU), cuda, cpu"

@@ -54,8 +54,9 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
             return result, [t["id"] for t in scored["token_logprobs"]]
 
         async with inference_slot(request) as deadline:
-            # The models run at once, each in its own worker thread (ONNX Runtime releases the
-            # GIL): the answer takes as long as the slowest model, not the sum of them.
+            # The models run at once, each in a worker thread of its own (ONNX Runtime releases
+            # the GIL): with cores for every model's threads the answer takes as long as the
+            # slowest model, not the sum of them (BENCHMARKS.md, /compare).
             runs = [run_blocking(request, lambda e=e: run(e, deadline)) for e in engines]
             finished = await asyncio.gather(*runs, return_exceptions=True)
         for outcome in finished:

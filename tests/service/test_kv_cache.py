@@ -39,7 +39,7 @@ def test_cache_graph_loads_only_when_asked_and_worth_it(loaded):
 def test_sessions_keep_no_memory_pattern_per_shape(loaded):
     """Every graph's session runs without ONNX Runtime's memory pattern planner (it holds memory
     for each input shape it has met, and the service's shapes change at every call; see
-    benchmarks/memory-cpu.json), with the threads it was given, and without spinning threads."""
+    benchmarks/memory-cpu.json), with the threads it was given, spinning 50 us at most when idle."""
     sessions = [
         session
         for models in loaded
@@ -53,21 +53,30 @@ def test_sessions_keep_no_memory_pattern_per_shape(loaded):
         assert options.enable_mem_pattern is False
         assert options.enable_cpu_mem_arena is True  # off costs 14-15 % of the time
         assert options.intra_op_num_threads == make_settings().threads
-        # threads sleep between operators: spinning ones take the cores of the next session
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        # idle threads spin briefly, then sleep: long spins take the cores of the next session
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+        assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "50"
 
 
-def test_thread_spinning_setting_reaches_every_session():
-    models = load_models(make_settings(thread_spinning=True))
+@pytest.mark.parametrize(
+    "spin_us, allow, duration", [(-1, "1", ""), (0, "0", ""), (50, "1", "50"), (400, "1", "400")]
+)
+def test_thread_spin_setting_reaches_every_session(spin_us, allow, duration):
+    """-1: ONNX Runtime's own spinning (no duration given); 0: no spinning; N: N microseconds."""
+    models = load_models(make_settings(thread_spin_us=spin_us))
     sessions = [m.session for m in models.values()] + [
         m.decoder_session for m in models.values() if m.decoder_session is not None
     ]
     assert len(sessions) >= 4
     for session in sessions:
-        entry = session.get_session_options().get_session_config_entry(
-            "session.intra_op.allow_spinning"
-        )
-        assert entry == "1"
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
+        key = "session.intra_op.spin_duration_us"
+        if duration:
+            assert options.get_session_config_entry(key) == duration
+        else:  # not set: ONNX Runtime's own spin loop, or none
+            with pytest.raises(RuntimeError, match="does not have"):
+                options.get_session_config_entry(key)
 
 
 def test_cached_generation_equals_full_windows_within_the_context(engines):
