@@ -11,7 +11,7 @@ For each: the request's wall time (p50, p99) and each model's own ``latency_ms``
 
     git worktree add /tmp/compare-before COMMIT
     python scripts/bench_compare.py --setup before=/tmp/compare-before \
-        --setup spinning=.,MACHADO_THREAD_SPINNING=true --setup now=. \
+        --setup spin-long=.,MACHADO_THREAD_SPIN_US=-1 --setup now=. \
         --json benchmarks/compare-cpu.json
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=8, help="blocks per setup and shape")
     parser.add_argument("--block", type=int, default=5, help="requests per block")
-    parser.add_argument("--threads", type=int, default=2, help="MACHADO_THREADS of both")
+    parser.add_argument("--threads", type=int, default=2, help="MACHADO_THREADS of every setup")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 

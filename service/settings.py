@@ -26,8 +26,8 @@ class Settings(BaseSettings):
         "next operator, before it sleeps. Short spins catch the next operator of the same call; "
         "long ones take the cores that the service's other sessions (every model, several "
         "graphs each), request threads and event loop need. 0: sleep at once; -1: ONNX "
-        "Runtime's own default, which spins far longer and served 30 % fewer requests in the "
-        "load run (BENCHMARKS.md)",
+        "Runtime's own default, which spins far longer and answered 42 % fewer requests than "
+        "no spin in the load run (BENCHMARKS.md)",
     )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="execution provider: auto (CUDA where usable, else CPU), cuda, cpu"
