@@ -38,6 +38,28 @@ class Generation:
     steps: list[Step] = field(default_factory=list)
     text: str = ""
     finish_reason: str = "length"
+    end_logprob: float | None = None  # the end-of-text token's, when it ended the text
+
+    def mean_logprob(self) -> float:
+        """Log-probability per token of the completion, its end-of-text token included: how
+        best_of ranks completions."""
+        values = [s.logprob for s in self.steps]
+        if self.end_logprob is not None:
+            values.append(self.end_logprob)
+        return sum(values) / len(values) if values else 0.0
+
+
+def likeliest(logp: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """The k likeliest (id, log-probability) of each row of ``logp`` (N, V), likeliest first
+    (equal ones by id); only those k are sorted, not the vocabulary."""
+    k = min(k, logp.shape[-1])
+    part = np.argpartition(-logp, k - 1, axis=-1)[:, :k]  # (N, k), unordered
+    values = np.take_along_axis(logp, part, -1)
+    rows = []
+    for ids, vals in zip(part, values, strict=True):
+        order = np.lexsort((ids, -vals))
+        rows.append([(int(ids[j]), float(vals[j])) for j in order])
+    return rows
 
 
 def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
@@ -196,8 +218,10 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        return [self.eot, *self.encode(prompt)]
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """The tokens the model reads: an end-of-text token, then the prompt (text, or token
+        ids as they are)."""
+        return [self.eot, *(self.encode(prompt) if isinstance(prompt, str) else prompt)]
 
     def token_texts(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
@@ -249,7 +273,7 @@ class Engine:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[int],
         max_new_tokens: int,
         params: SamplingParams,
         seed: int | None,
@@ -265,7 +289,7 @@ class Engine:
 
     def generate_many(
         self,
-        prompt: str,
+        prompt: str | list[int],
         seeds: list[int | None],
         max_new_tokens: int,
         params: SamplingParams,
@@ -354,11 +378,12 @@ class Engine:
     ) -> Step | None:
         """Choose one token for ``choice``; the Step to stream, if any. A finished choice gets
         its finish_reason ("end_of_text", "stop")."""
-        token = choose(logits, params, choice.ids[-self.context :], choice.rng)
+        token = choose(logits, params, choice.ids[-self.context :], choice.rng, choice.generated)
+        logp = log_softmax(logits)
         if token == self.eot:
             choice.result.finish_reason = "end_of_text"
+            choice.result.end_logprob = float(logp[token])
             return None
-        logp = log_softmax(logits)
         top = []
         if logprobs:
             best = np.argsort(-logp, kind="stable")[:logprobs]
@@ -382,16 +407,18 @@ class Engine:
         choice.result.text = choice.text
         return choice.result
 
-    def score(
-        self, text: str, per_token: bool, batch: int = 8, deadline: float | None = None
-    ) -> dict:
-        """NLL of ``text`` after an end-of-text token, with half-overlapping windows."""
-        ids = self.prompt_ids(text)
+    def token_logprobs(
+        self, ids: list[int], top: int = 0, batch: int = 8, deadline: float | None = None
+    ) -> tuple[np.ndarray, list[list[tuple[int, float]]]]:
+        """Log-probability of each of ``ids[1:]`` after the tokens before it, with
+        half-overlapping windows of the scoring length (every token sees at least half a
+        window), and the ``top`` likeliest tokens at each of those positions."""
         stream = np.asarray(ids, dtype=np.int64)
         plan = window_plan(len(ids), self.score_window)
         length = min(self.score_window, len(ids) - 1)
         offsets = np.arange(length)
-        token_logprobs = np.zeros(len(ids) - 1, dtype=np.float64)
+        picked_all = np.zeros(len(ids) - 1, dtype=np.float64)
+        best: list[list[tuple[int, float]]] = [[] for _ in range(len(ids) - 1)]
         for i in range(0, len(plan), batch):
             if deadline is not None and time.monotonic() > deadline:
                 raise APIError(504, "timeout", "the request ran past its time limit")
@@ -403,7 +430,19 @@ class Engine:
             targets = stream[starts + offsets + 1]  # (B, L)
             picked = np.take_along_axis(logp, targets[..., None], -1)[..., 0]  # (B, L)
             for row, (start, first) in enumerate(chunk):
-                token_logprobs[start + first : start + length] = picked[row, first:]
+                picked_all[start + first : start + length] = picked[row, first:]
+                if top:
+                    for t, pairs in enumerate(likeliest(logp[row, first:], top), start + first):
+                        best[t] = pairs
+        return picked_all, best
+
+    def score(
+        self, text: str, per_token: bool, batch: int = 8, deadline: float | None = None
+    ) -> dict:
+        """NLL of ``text`` after an end-of-text token, with half-overlapping windows."""
+        ids = self.prompt_ids(text)
+        token_logprobs, _ = self.token_logprobs(ids, 0, batch, deadline)
+        length = min(self.score_window, len(ids) - 1)
         nll = float(-token_logprobs.sum())
         chars = (
             len(self.tokenizer.normalizer.normalize_str(text))

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition,
+frequency and presence penalties, logit bias.
 
 Pure numpy on one vocabulary-sized vector, so it is tested against known logits without a model.
 """
@@ -17,6 +18,9 @@ class SamplingParams:
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1: no nucleus filter
     repetition_penalty: float = 1.0  # 1: none; > 1 discourages tokens already in the context
+    frequency_penalty: float = 0.0  # subtracted from a logit once per time the token was generated
+    presence_penalty: float = 0.0  # subtracted from a logit once if the token was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,6 +47,44 @@ def apply_repetition_penalty(logits: np.ndarray, seen: Iterable[int], penalty: f
         values = out[ids]
         out[ids] = np.where(values > 0, values / penalty, values * penalty)
     return out
+
+
+def apply_logit_bias(logits: np.ndarray, bias: tuple[tuple[int, float], ...]) -> np.ndarray:
+    """OpenAI's logit_bias: each listed token's bias added to its logit."""
+    if not bias:
+        return logits
+    out = logits.astype(np.float64).copy()
+    ids, values = zip(*bias, strict=True)
+    np.add.at(out, np.asarray(ids, dtype=np.int64), np.asarray(values, dtype=np.float64))
+    return out
+
+
+def apply_frequency_presence(
+    logits: np.ndarray, generated: Iterable[int], frequency: float, presence: float
+) -> np.ndarray:
+    """OpenAI's penalties: a token's logit loses ``frequency`` per time it was generated so
+    far, and ``presence`` once if it was generated at all (the prompt does not count)."""
+    if not frequency and not presence:
+        return logits
+    ids = np.fromiter(generated, dtype=np.int64)
+    if not ids.size:
+        return logits
+    seen, counts = np.unique(ids, return_counts=True)
+    out = logits.astype(np.float64).copy()
+    out[seen] -= counts * frequency + presence
+    return out
+
+
+def adjust(
+    logits: np.ndarray, params: SamplingParams, seen: Iterable[int], generated: Iterable[int]
+) -> np.ndarray:
+    """The logits that sampling draws from: bias, then the repetition penalty over ``seen``
+    (the context), then the frequency and presence penalties over ``generated``."""
+    scores = apply_logit_bias(logits, params.logit_bias)
+    scores = apply_repetition_penalty(scores, seen, params.repetition_penalty)
+    return apply_frequency_presence(
+        scores, generated, params.frequency_penalty, params.presence_penalty
+    )
 
 
 def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
@@ -87,10 +129,15 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
 
 
 def choose(
-    logits: np.ndarray, params: SamplingParams, seen: Iterable[int], rng: np.random.Generator
+    logits: np.ndarray,
+    params: SamplingParams,
+    seen: Iterable[int],
+    rng: np.random.Generator,
+    generated: Iterable[int] = (),
 ) -> int:
-    """The next token id under ``params``; ``rng`` makes sampling reproducible."""
-    scores = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    """The next token id under ``params``, given the context ``seen`` and the tokens
+    ``generated`` so far; ``rng`` makes sampling reproducible."""
+    scores = adjust(logits, params, seen, generated)
     if params.temperature == 0.0:
         return int(np.argmax(scores))
     scores = np.asarray(scores, dtype=np.float64)

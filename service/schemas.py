@@ -5,8 +5,16 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
+from service.sampling import SamplingParams
 from service.settings import Settings
 
 # Something other than whitespace. Spelled out rather than \S: the OpenAPI schema's regex
@@ -54,6 +62,22 @@ def _json_kind(annotation: object) -> type | None:
     options = typing.get_args(annotation) or (annotation,)
     kinds = [k for k in options if k in (int, float, bool)]
     return kinds[0] if kinds else None
+
+
+def _json_number(value: object) -> object:
+    """A JSON number only: not a string, not true or false (which pydantic would read as 1
+    and 0)."""
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be a JSON number, not {type(value).__name__}")
+    return value
+
+
+# For numbers inside lists and objects, which Strict's check of top-level fields does not see
+# (the bounds before the validator, or the OpenAPI schema would not show them as JSON Schema's).
+TokenIdItem = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_json_number)]
+BiasValue = Annotated[
+    float, Field(ge=-100.0, le=100.0, allow_inf_nan=False), BeforeValidator(_json_number)
+]
 
 
 class Strict(BaseModel):
@@ -211,7 +235,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     meaning = {
         400: "malformed JSON or invalid UTF-8",
         401: "API key missing or wrong",
-        404: "no such model or route",
+        404: "no such model (or layer, head, token id of it) or route",
         405: "method not allowed",
         413: "body over the size limit",
         415: "body is not application/json",
@@ -237,6 +261,53 @@ def sse_doc(description: str) -> dict[int | str, dict]:
 
 
 INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)
+
+
+def build_penalties(settings: Settings) -> type[Strict]:
+    """OpenAI's frequency and presence penalties and logit bias, shared by /generate,
+    /compare and /v1/completions."""
+    # JSON object keys are strings: a token id in decimal, without leading zeros.
+    TokenKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,9})$")]
+
+    class Penalties(Strict):
+        frequency_penalty: float = Field(
+            0.0,
+            ge=-2.0,
+            le=2.0,
+            allow_inf_nan=False,
+            description="subtracted from a token's logit once per time it was generated "
+            "(OpenAI's; the prompt does not count)",
+        )
+        presence_penalty: float = Field(
+            0.0,
+            ge=-2.0,
+            le=2.0,
+            allow_inf_nan=False,
+            description="subtracted from a token's logit once it was generated at all (OpenAI's)",
+        )
+        logit_bias: dict[TokenKey, BiasValue] = Field(
+            default_factory=dict,
+            max_length=settings.max_logit_bias,
+            description="token id (see /tokenize) -> value added to its logit before sampling, "
+            "-100 (never) to 100 (always); an id outside the model's vocabulary is a 404",
+            examples=[{"0": -100}],
+            json_schema_extra={"additionalProperties": False},
+        )
+
+        def sampling(
+            self, temperature: float, top_k: int, top_p: float, repetition: float = 1.0
+        ) -> SamplingParams:
+            return SamplingParams(
+                temperature,
+                top_k,
+                top_p,
+                repetition,
+                self.frequency_penalty,
+                self.presence_penalty,
+                tuple(sorted((int(k), v) for k, v in self.logit_bias.items())),
+            )
+
+    return Penalties
 
 
 @dataclass(frozen=True)
@@ -265,7 +336,7 @@ def build_requests(settings: Settings) -> Requests:
     ]
     StopString = Annotated[str, Field(min_length=1, max_length=100)]
 
-    class Generation(Strict):
+    class Generation(build_penalties(settings)):
         """What every generating endpoint shares: the prompt and the sampling settings."""
 
         prompt: PromptText
@@ -304,6 +375,9 @@ def build_requests(settings: Settings) -> Requests:
         @classmethod
         def _stops_are_text(cls, stops: list[str]) -> list[str]:
             return [_valid_text(s) for s in stops]
+
+        def params(self) -> SamplingParams:
+            return self.sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
 
     class GenerateRequest(Generation):
         model: ModelName

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1, description="largest top_k of /next-token and /generate")
     max_logprobs: int = Field(20, ge=0, description="most alternatives per generated token")
     max_stop_strings: int = Field(8, ge=0, description="most stop strings per request")
+    max_logit_bias: int = Field(
+        300, ge=0, description="most tokens one request's logit_bias may list"
+    )
     max_score_chars: int = Field(200_000, ge=1, description="longest text /score accepts")
     max_attention_tokens: int = Field(64, ge=1, description="tokens /attention returns weights for")
     max_compare_models: int = Field(8, ge=1, description="models one /compare may run")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -59,6 +59,20 @@ def engine_for(request: Request, name: str) -> Engine:
         "experiment where the endpoint offers it)",
         "model",
     )
+
+
+def check_token_ids(engine: Engine, ids: Iterable[int | str], field: str) -> None:
+    """404 for a token id outside ``engine``'s vocabulary (as for a layer it does not have):
+    the request's schema bounds ids for every model, the vocabulary is this model's."""
+    for token in map(int, ids):
+        if token >= engine.vocab_size:
+            raise APIError(
+                404,
+                "token_not_found",
+                f"token id {token} is not in the vocabulary of {engine.name}: its ids are "
+                f"0..{engine.vocab_size - 1}",
+                field,
+            )
 
 
 def resolve(request: Request, name: str, client_id: str | None = None) -> tuple[Engine, str | None]:

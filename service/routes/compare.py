@@ -10,8 +10,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from service.engine import Engine
-from service.routes.common import engine_for, inference_slot, require_api_key, run_blocking
-from service.sampling import SamplingParams
+from service.routes.common import (
+    check_token_ids,
+    engine_for,
+    inference_slot,
+    require_api_key,
+    run_blocking,
+)
 from service.schemas import (
     INFERENCE_ERRORS,
     CompareModelResult,
@@ -31,8 +36,10 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
         names = body.models or sorted(request.app.state.engines)
         engines = [engine_for(request, name) for name in dict.fromkeys(names)]
         request.state.model = ",".join(e.name for e in engines)
+        for engine in engines:
+            check_token_ids(engine, body.logit_bias, "logit_bias")
         request.state.prompt = body.prompt
-        params = SamplingParams(body.temperature, body.top_k, body.top_p, body.repetition_penalty)
+        params = body.params()
 
         def run(engine: Engine, deadline: float) -> tuple[CompareModelResult, list[int]]:
             started = time.perf_counter()

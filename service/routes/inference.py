@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import (
+    check_token_ids,
     engine_for,
     inference_slot,
     once,
@@ -24,7 +25,6 @@ from service.routes.common import (
     run_blocking,
     settings_of,
 )
-from service.sampling import SamplingParams
 from service.schemas import (
     INFERENCE_ERRORS,
     AttentionResponse,
@@ -117,8 +117,9 @@ def build_router(requests: Requests) -> APIRouter:
         """Continue a prompt: greedy or sampled, with stop strings and per-token
         log-probabilities; `stream: true` sends each token as a server-sent event."""
         engine, arm = resolve(request, body.model)
+        check_token_ids(engine, body.logit_bias, "logit_bias")
         request.state.prompt = body.prompt
-        params = SamplingParams(body.temperature, body.top_k, body.top_p, body.repetition_penalty)
+        params = body.params()
         started = time.perf_counter()
         slot = inference_slot(request)
         deadline = await slot.__aenter__()

@@ -13,6 +13,9 @@ from tokenizers import Tokenizer
 from service.engine import Engine
 from service.sampling import (
     SamplingParams,
+    adjust,
+    apply_frequency_presence,
+    apply_logit_bias,
     apply_repetition_penalty,
     choose,
     draw,
@@ -114,6 +117,45 @@ def test_sampling_repetition_penalty_discourages_seen_tokens():
         )
         == 1
     )
+
+
+def test_sampling_frequency_and_presence_penalties_follow_openai():
+    """A generated token's logit loses frequency x its count, plus presence once."""
+    logits = np.array([1.0, 2.0, 3.0, 4.0])
+    out = apply_frequency_presence(logits, [1, 1, 3, 1], frequency=0.5, presence=0.25)
+    assert out.tolist() == [1.0, 2.0 - 1.5 - 0.25, 3.0, 4.0 - 0.5 - 0.25]
+    assert apply_frequency_presence(logits, [], 0.5, 0.25) is logits
+    assert apply_frequency_presence(logits, [1, 2], 0.0, 0.0) is logits
+
+
+def test_sampling_penalties_count_generated_tokens_not_the_prompt():
+    """The prompt (``seen``) meets the repetition penalty only; the frequency and presence
+    penalties count what was generated."""
+    logits = np.array([3.0, 2.5, 0.0])
+    params = SamplingParams(temperature=0, frequency_penalty=1.0)
+    rng = np.random.default_rng(0)
+    assert choose(logits, params, [0, 0, 0], rng) == 0
+    assert choose(logits, params, [0], rng, generated=[0]) == 1
+    negative = SamplingParams(temperature=0, presence_penalty=-2.0)  # negative encourages
+    assert choose(logits, negative, [], rng, generated=[1]) == 1
+
+
+def test_sampling_logit_bias_bans_and_forces_tokens():
+    """-100 takes a token out of every draw; +100 makes it the only likely one."""
+    banned = SamplingParams(temperature=1.0, logit_bias=((0, -100.0),))
+    assert _draws(banned)[0] == 0.0
+    forced = SamplingParams(temperature=1.0, logit_bias=((3, 100.0),))
+    assert _draws(forced)[3] == 1.0
+    assert apply_logit_bias(LOGITS, ((1, 2.0), (1, 1.0))).tolist() == pytest.approx(
+        [LOGITS[0], LOGITS[1] + 3.0, LOGITS[2], LOGITS[3]]
+    )
+
+
+def test_sampling_adjust_order_bias_then_penalties():
+    """Bias first, then the repetition penalty (on the biased logit), then frequency."""
+    params = SamplingParams(repetition_penalty=2.0, frequency_penalty=1.0, logit_bias=((0, 2.0),))
+    out = adjust(np.array([2.0, 1.0]), params, seen=[0], generated=[0])
+    assert out.tolist() == [(2.0 + 2.0) / 2.0 - 1.0, 1.0]
 
 
 def test_sampling_same_seed_same_choices():
