@@ -36,6 +36,12 @@ SETTINGS = {
     "temperature 0.8, top-k 40": SamplingParams(temperature=0.8, top_k=40),
     "temperature 0.8, top-p 0.95": SamplingParams(temperature=0.8, top_p=0.95),
     "temperature 1, top-p 0.9, repetition penalty 1.2": SamplingParams(1.0, 0, 0.9, 1.2),
+    "temperature 1, frequency and presence penalties 0.5 (32 tokens generated)": SamplingParams(
+        1.0, frequency_penalty=0.5, presence_penalty=0.5
+    ),
+    "temperature 1, logit_bias of 300 tokens": SamplingParams(
+        1.0, logit_bias=tuple((i, -1.0) for i in range(0, 3000, 10))
+    ),
 }
 
 
@@ -52,13 +58,14 @@ def main() -> None:
     engine = Engine(model)
     logits = [engine.next_logits(engine.prompt_ids(p)) for p in PROMPTS]
     seen = engine.prompt_ids(PROMPTS[-1])
+    generated = [int(i) for i in np.random.default_rng(1).integers(0, len(logits[0]), 32)]
     rng = np.random.default_rng(0)
     per_call = max(1, args.calls // len(logits))
     choose_us = {}
     for label, params in SETTINGS.items():
         samples = []
         for row in logits:
-            samples += timed(lambda r=row, s=params: choose(r, s, seen, rng), per_call)
+            samples += timed(lambda r=row, s=params: choose(r, s, seen, rng, generated), per_call)
         figures = percentiles(samples)
         choose_us[label] = {"p50_us": figures["p50_ms"] * 1000, "p99_us": figures["p99_ms"] * 1000}
     nucleus = {}
