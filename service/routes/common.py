@@ -139,6 +139,14 @@ def once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]
     return run
 
 
+def count_tokens(request: Request, engine: Engine, tokens: int, seconds: float) -> None:
+    """Tokens generated, and the time per token, for /metrics."""
+    metrics = request.app.state.metrics
+    if tokens:
+        metrics.tokens.labels(engine.name).inc(tokens)
+        metrics.token_time.labels(engine.name).observe(seconds / tokens)
+
+
 def record_ab(
     request: Request,
     arm: str | None,

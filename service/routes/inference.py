@@ -16,6 +16,7 @@ from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import (
     check_token_ids,
+    count_tokens,
     engine_for,
     inference_slot,
     once,
@@ -71,13 +72,6 @@ def generation_response(engine: Engine, result: Generation, seconds: float) -> G
         seconds=seconds,
         tokens_per_second=n / seconds if seconds > 0 else 0.0,
     )
-
-
-def count_tokens(request: Request, engine: Engine, tokens: int, seconds: float) -> None:
-    metrics = request.app.state.metrics
-    if tokens:
-        metrics.tokens.labels(engine.name).inc(tokens)
-        metrics.token_time.labels(engine.name).observe(seconds / tokens)
 
 
 async def stream_steps(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
@@ -25,8 +25,10 @@ from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import (
     check_token_ids,
+    count_tokens,
     inference_slot,
     once,
+    record_ab,
     require_api_key,
     resolve,
     run_blocking,
@@ -283,10 +285,11 @@ def build_router(settings: Settings) -> APIRouter:
             **sse_doc("with stream: true, OpenAI's chunks as 'data:' events, then [DONE]"),
         },
     )
-    async def completions(body: completion_request, request: Request):
+    async def completions(body: completion_request, request: Request, response: Response):
         """OpenAI-style text completions (model 'ab' is the client's A/B arm; `user` or
         X-Client-Id keeps it sticky)."""
-        engine, _ = resolve(request, body.model, request.headers.get("x-client-id") or body.user)
+        engine, arm = resolve(request, body.model, request.headers.get("x-client-id") or body.user)
+        started = time.perf_counter()
         check_token_ids(engine, body.logit_bias, "logit_bias")
         sources = (
             body.prompt
@@ -316,10 +319,17 @@ def build_router(settings: Settings) -> APIRouter:
         slot = inference_slot(request)
         deadline = await slot.__aenter__()
         if body.stream:
-            release = once(lambda: slot.__aexit__(None, None, None))
+            produced = {"tokens": 0, "ok": True}
+
+            @once
+            async def release() -> None:
+                count_tokens(request, engine, produced["tokens"], time.perf_counter() - started)
+                record_ab(request, arm, started, produced["ok"], produced["tokens"])
+                await slot.__aexit__(None, None, None)
+
             usage = body.stream_options is not None and body.stream_options.include_usage
             return EventSourceResponse(
-                _stream(job, prompts, deadline, usage, release),
+                _stream(job, prompts, deadline, usage, produced, release),
                 headers={"X-Model": engine.name},
                 ping=15,
                 background=BackgroundTask(release),
@@ -332,8 +342,14 @@ def build_router(settings: Settings) -> APIRouter:
                 for k, generation in enumerate(chosen):
                     completion_tokens += len(generation.steps)
                     choices.append(job.choice(i * body.n + k, prompt, generation))
+        except APIError:
+            record_ab(request, arm, started, False)
+            raise
         finally:
             await slot.__aexit__(None, None, None)
+        count_tokens(request, engine, completion_tokens, time.perf_counter() - started)
+        record_ab(request, arm, started, True, completion_tokens)
+        response.headers["X-Model"] = engine.name
         return Completion(
             id=job.ident,
             created=job.created,
@@ -432,10 +448,13 @@ async def _choices(job: _Job, prompt: _Prompt, deadline: float):
         steps.close()
 
 
-async def _stream(job: _Job, prompts: list[_Prompt], deadline: float, usage: bool, release):
+async def _stream(
+    job: _Job, prompts: list[_Prompt], deadline: float, usage: bool, produced: dict, release
+):
     """OpenAI's stream: per choice its echoed prompt (with echo), one chunk per token (a
     prompt's choices interleaved, as they are generated together), a chunk with its
-    finish_reason; with include_usage a chunk of usage; then [DONE]."""
+    finish_reason; with include_usage a chunk of usage; then [DONE]. ``produced`` counts the
+    tokens sent and whether the stream ended well."""
 
     def event(chunk: dict) -> dict:
         if usage:
@@ -467,6 +486,7 @@ async def _stream(job: _Job, prompts: list[_Prompt], deadline: float, usage: boo
                         continue
                     yield event(job.chunk(first + k, item.text, logprobs([item], offsets[k])))
                     offsets[k] += len(item.text)
+                    produced["tokens"] += 1
         if usage:
             total = {
                 "prompt_tokens": prompt_tokens,
@@ -476,6 +496,7 @@ async def _stream(job: _Job, prompts: list[_Prompt], deadline: float, usage: boo
             yield {"data": json.dumps({**job.chunk(0, ""), "choices": [], "usage": total})}
         yield {"data": "[DONE]"}
     except APIError as exc:
+        produced["ok"] = False
         yield {"data": json.dumps(error_body(exc.type, exc.message, exc.field))}
     finally:
         await release()

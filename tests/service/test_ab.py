@@ -78,6 +78,43 @@ def test_ab_generate_and_stats(ab_client):
     assert "machado_ab_requests_total" in metrics and "machado_ab_bits_per_character" in metrics
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_ab_openai_completions_count_in_the_stats(ab_client, stream):
+    """/v1/completions through the experiment: the arm in the X-Model header, and its
+    requests and tokens in /ab and in /metrics' token counter."""
+
+    def arm_figures(name: str) -> tuple[int, int]:
+        arm = ab_client.get("/ab").json()["arms"].get(name, {})
+        return arm.get("requests", 0), arm.get("tokens_generated", 0)
+
+    def tokens_metric(name: str) -> float:
+        for line in ab_client.get("/metrics").text.splitlines():
+            if line.startswith(f'machado_generated_tokens_total{{model="{name}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    body = {"model": "ab", "prompt": "Capitu", "max_tokens": 3, "temperature": 0}
+    headers = {"X-Client-Id": "completions-stats"}
+    probe = {"model": "ab", "prompt": "a", "top_k": 1}
+    name = ab_client.post("/next-token", json=probe, headers=headers).json()["model"]
+    before, metric_before = arm_figures(name), tokens_metric(name)
+    if stream:
+        with ab_client.stream(
+            "POST", "/v1/completions", json={**body, "stream": True}, headers=headers
+        ) as response:
+            assert response.headers["x-model"] == name
+            chunks = [line for line in response.iter_lines() if line.startswith("data:")]
+        made = len(chunks) - 2  # the token chunks: not the finish chunk, not [DONE]
+    else:
+        response = ab_client.post("/v1/completions", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-model"] == response.json()["model"] == name
+        made = response.json()["usage"]["completion_tokens"]
+    requests, tokens = arm_figures(name)
+    assert (requests, tokens) == (before[0] + 1, before[1] + made) and made > 0
+    assert tokens_metric(name) == metric_before + made
+
+
 def test_ab_not_offered_on_attention(ab_client):
     r = ab_client.post("/attention", json={"model": "ab", "prompt": "a"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
