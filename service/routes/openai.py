@@ -13,6 +13,7 @@ import time
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Annotated, Literal
 
 import anyio
@@ -215,7 +216,7 @@ class _Prompt:
 def _prompt(engine: Engine, prompt: str | list[int]) -> _Prompt:
     if isinstance(prompt, list):
         pieces = engine.token_texts(prompt)
-        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+        offsets = [0, *accumulate(len(p) for p in pieces[:-1])]
         return _Prompt(list(prompt), engine.decode(prompt), pieces, offsets)
     encoding = engine.tokenizer.encode(prompt, add_special_tokens=False)
     # A token's piece runs from its start to the next token's: the pieces join to the prompt

@@ -93,8 +93,9 @@ def test_openai_token_id_prompts_complete_like_their_text(client):
     )
     both = _complete(client, prompt=[ids, _ids(client, "A vida é")], **options)
     assert [c["index"] for c in both["choices"]] == [0, 1]
-    echoed = _complete(client, prompt=ids, max_tokens=0, echo=True)["choices"][0]
+    echoed = _complete(client, prompt=ids, max_tokens=0, echo=True, logprobs=0)["choices"][0]
     assert echoed["text"] == PROMPT
+    _check_offsets(PROMPT, echoed["logprobs"])
 
 
 def test_openai_best_of_returns_the_likeliest_per_token(client):
