@@ -11,6 +11,7 @@ stream_options, user; suffix only as null (the models continue text, they do not
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from itertools import accumulate
@@ -381,7 +382,7 @@ class _Job:
     ident: str
     created: int
 
-    def steps(self, prompt: _Prompt, deadline: float):
+    def steps(self, prompt: _Prompt, deadline: float) -> Iterator[tuple[int, Step | Generation]]:
         """The prompt's completions as one batch: (choice, Step or Generation) events."""
         return self.engine.generate_many(
             prompt.ids,
@@ -419,7 +420,9 @@ class _Job:
             else _logprobs(self.engine, generation.steps, 0, echoed),
         )
 
-    def chunk(self, index: int, text: str, logprobs=None, finish: str | None = None) -> dict:
+    def chunk(
+        self, index: int, text: str, logprobs: dict | None = None, finish: str | None = None
+    ) -> dict:
         return {
             "id": self.ident,
             "object": "text_completion",
@@ -431,7 +434,9 @@ class _Job:
         }
 
 
-async def _choices(job: _Job, prompt: _Prompt, deadline: float):
+async def _choices(
+    job: _Job, prompt: _Prompt, deadline: float
+) -> AsyncIterator[tuple[int, Step | Generation]]:
     """(choice, Step or Generation) events of a prompt's completions: as they are generated,
     or with best_of above n the best ones, once all are generated."""
     if len(job.seeds) > job.n:
@@ -450,8 +455,13 @@ async def _choices(job: _Job, prompt: _Prompt, deadline: float):
 
 
 async def _stream(
-    job: _Job, prompts: list[_Prompt], deadline: float, usage: bool, produced: dict, release
-):
+    job: _Job,
+    prompts: list[_Prompt],
+    deadline: float,
+    usage: bool,
+    produced: dict,
+    release: Callable[[], Awaitable[None]],
+) -> AsyncIterator[dict]:
     """OpenAI's stream: per choice its echoed prompt (with echo), one chunk per token (a
     prompt's choices interleaved, as they are generated together), a chunk with its
     finish_reason; with include_usage a chunk of usage; then [DONE]. ``produced`` counts the
