@@ -151,6 +151,7 @@ function settings() {
   return {
     max_new_tokens: num("max-new-tokens"), temperature: num("temperature"),
     top_k: num("top-k"), top_p: num("top-p"), seed: num("seed"),
+    repetition_penalty: num("repetition-penalty"), frequency_penalty: num("frequency-penalty"),
   };
 }
 

@@ -76,6 +76,32 @@ def test_playground_compare_shows_every_model(browser, server):
     page.close()
 
 
+def test_playground_penalties_reach_the_models(browser, server):
+    """The penalty fields go with both requests: greedy Bengio repeats itself, and a
+    frequency penalty changes what it writes; a value out of range is the API's error."""
+    page = _open(browser, server)
+    page.fill("#prompt", "Não tive filhos, não transmiti")
+    page.fill("#max-new-tokens", "30")
+    page.fill("#temperature", "0")
+    for box in page.locator("#model-choices input").all():
+        if box.get_attribute("value") != "bengio":
+            box.uncheck()
+    texts = []
+    for penalty in ("0", "1.5"):
+        page.fill("#frequency-penalty", penalty)
+        page.click("#compare")
+        column = page.locator("#col-bengio")
+        column.locator(".status", has_text="tokens").wait_for(timeout=60_000)
+        column.locator(".bar").first.wait_for(timeout=60_000)
+        texts.append(column.locator(".generated").inner_text())
+    assert texts[0] != texts[1], texts
+    page.fill("#frequency-penalty", "5")
+    page.click("#compare")
+    page.locator("#error").wait_for(state="visible", timeout=30_000)
+    assert "frequency_penalty" in page.locator("#error").inner_text()
+    page.close()
+
+
 def test_playground_attention_view(browser, server):
     page = _open(browser, server)
     page.fill("#prompt", "Não tive filhos, não transmiti a nenhuma criatura")
