@@ -175,7 +175,9 @@ def load_model(
         if int8:
             model.precision = "int8"
         if model.card.get("has_attention"):
-            model.attention_session = _open(folder / "attention.onnx", settings, [got], int8)
+            # Always float32: the maps are read for study, one call each, and int8 weights
+            # would change them.
+            model.attention_session = _open(folder / "attention.onnx", settings, [got])
         if (
             settings.kv_cache
             and "decoder.onnx" in model.card.get("graphs", {})

@@ -195,7 +195,7 @@ class ModelInfo(BaseModel):
     precision: Literal["float32", "int8"] = Field(
         "float32",
         description="of the matrix products: float32, or int8 weights quantized at load "
-        "(MACHADO_QUANTIZE=int8, CPU only)",
+        "(MACHADO_QUANTIZE=int8, CPU only; /attention's graph stays float32)",
     )
     has_attention: bool = False
     kv_cache: bool = Field(

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         description="int8: on the CPU provider, quantize each graph's matrix-product weights to "
         "int8 at load (ONNX Runtime dynamic quantization): the attention and Bengio models "
         "generate 3-5x faster for about 0.001 more bits per character (BENCHMARKS.md); "
-        "ignored on CUDA. none: the shipped weights as they are",
+        "/attention's maps stay float32; ignored on CUDA. none: the shipped weights as they are",
     )
     malloc_arenas: int = Field(
         2,

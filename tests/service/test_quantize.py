@@ -78,7 +78,7 @@ def test_every_weight_product_becomes_integer(graph):
     assert len(weights) == expected  # and the zero points beside them are int8 vectors
 
 
-def test_registry_quantizes_every_graph_on_the_cpu(int8_models):
+def test_registry_quantizes_the_generation_graphs_on_the_cpu(int8_models):
     for name in SHIPPED:
         model = int8_models[name]
         assert model.ready, model.error
@@ -130,6 +130,11 @@ def test_api_says_which_precision_and_serves_int8():
         response = client.post("/attention", json={"model": "attention", "prompt": "Era uma vez"})
         weights = np.asarray(response.json()["attention"])
         assert np.allclose(weights.sum(-1), 1.0, atol=1e-4)
+    # The attention maps stay float32: the same weights as a float32 server's.
+    with TestClient(create_app(make_settings())) as client:
+        response = client.post("/attention", json={"model": "attention", "prompt": "Era uma vez"})
+        exact = np.asarray(response.json()["attention"])
+    assert np.abs(weights - exact).max() < 1e-6
 
 
 def test_default_is_float32(float_models):
