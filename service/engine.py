@@ -254,19 +254,19 @@ class Engine:
         ids = self.prompt_ids(prompt)
         seen = ids[-self.context :]
         logprobs = log_softmax(self.next_logits(ids))
-        top = np.argsort(-logprobs, kind="stable")[:top_k]
+        top = likeliest(logprobs[None], top_k)[0]
         return {
             "tokens": self.token_texts(seen),
             "token_ids": seen,
             "truncated": len(ids) > self.context,
             "top": [
                 {
-                    "id": int(i),
-                    "token": self.decode([int(i)]),
-                    "probability": float(np.exp(logprobs[i])),
-                    "logprob": float(logprobs[i]),
+                    "id": i,
+                    "token": self.decode([i]),
+                    "probability": math.exp(lp),
+                    "logprob": lp,
                 }
-                for i in top
+                for i, lp in top
             ],
             "entropy_bits": entropy_bits(logprobs),
         }
@@ -384,10 +384,7 @@ class Engine:
             choice.result.finish_reason = "end_of_text"
             choice.result.end_logprob = float(logp[token])
             return None
-        top = []
-        if logprobs:
-            best = np.argsort(-logp, kind="stable")[:logprobs]
-            top = [(int(i), float(logp[i])) for i in best]
+        top = likeliest(logp[None], logprobs)[0] if logprobs else []
         choice.ids.append(token)
         choice.generated.append(token)
         full = self.decode(choice.generated)

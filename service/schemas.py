@@ -92,9 +92,7 @@ class Strict(BaseModel):
         kind = _json_kind(cls.model_fields[info.field_name].annotation)
         if kind is bool and not isinstance(value, bool):
             raise ValueError("must be true or false")
-        if kind in (int, float) and (isinstance(value, bool | str)):
-            raise ValueError(f"must be a JSON number, not {type(value).__name__}")
-        return value
+        return _json_number(value) if kind in (int, float) else value
 
 
 class TokenAlternative(BaseModel):
