@@ -11,8 +11,10 @@ through model.onnx), through the service's engine on the CPU, no HTTP:
   generations of the batch before it; and the mean rows per graph call. The setups take turns
   (--rounds), for the same reason.
 
-Each thread's prompt differs, so the caches differ in length. Writes JSON and prints a
-Markdown table.
+Each thread's prompt differs, so the prompts and caches differ in length. Also the cost of one
+``decoder.onnx`` call against its tokens (prompts of 1 to 128 tokens read alone, a least-squares
+line): the figure behind ``CALL_COST_TOKENS``, the padding a prefill may add to join a batch.
+Writes JSON and prints a Markdown table.
 
     python scripts/bench_batching.py --json benchmarks/batching-cpu.json
 """
@@ -25,13 +27,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import cpu_name, percentiles, write_figures  # noqa: E402
 
-from service.engine import Engine  # noqa: E402
+from service.batching import decode_feed  # noqa: E402
+from service.engine import CachedContext, Engine  # noqa: E402
 from service.registry import load_models  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -51,6 +56,34 @@ def lone(engines: dict[str, Engine], repeats: int) -> dict[str, dict]:
             if repeat >= 2:  # warm-up
                 samples[label].append((time.perf_counter() - start) * 1e3)
     return {label: percentiles(s) for label, s in samples.items()}
+
+
+def call_cost(engine: Engine, repeats: int) -> dict:
+    """p50 milliseconds of a decoder call reading a prompt of T tokens alone, and the line
+    through them: milliseconds a call and a token, and the call's cost in tokens."""
+    cache = CachedContext(engine.model.decoder_session, engine.context)
+    empty = cache._empty(1)
+    rng = np.random.default_rng(0)
+    lengths = [1, 8, 32, 128]
+    p50 = []
+    for length in lengths:
+        ids = rng.integers(0, engine.vocab_size, (1, length))
+        feed = decode_feed(ids, empty, empty)
+        samples = []
+        for repeat in range(repeats + 2):
+            start = time.perf_counter()
+            engine.model.decoder_session.run(None, feed)
+            if repeat >= 2:  # warm-up
+                samples.append((time.perf_counter() - start) * 1e3)
+        p50.append(float(np.median(samples)))
+    per_token, per_call = np.polyfit(lengths, p50, 1)
+    return {
+        "prompt_tokens": lengths,
+        "p50_ms": p50,
+        "ms_per_call": float(per_call),
+        "ms_per_token": float(per_token),
+        "call_in_tokens": float(per_call / per_token),
+    }
 
 
 def throughput(engine: Engine, clients: int, seconds: float) -> dict:
@@ -132,6 +165,13 @@ def main() -> None:
             "lone_generation_64_tokens_ms": latency,
             "throughput_32_token_generations": rows,
         }
+        if models[name].decoder_session is not None:
+            results[name]["decoder_call_cost"] = cost = call_cost(setups[off], 4 * args.repeats)
+            print(
+                f"{name}: a decoder call costs {cost['ms_per_call']:.2f} ms + "
+                f"{cost['ms_per_token']:.3f} ms a token ({cost['call_in_tokens']:.0f} tokens)",
+                flush=True,
+            )
     print("\n| model | batching | 1 thread | 8 threads | rows per call, 8 threads |")
     print("|---|---|---|---|---|")
     for name, result in results.items():

@@ -16,9 +16,11 @@ Two kinds of call are batched this way:
   position. The graphs are causal (a position sees only the positions before it), so the padding
   changes nothing but the cost.
 - ``DecodeBatcher``: steps of cached generation (``decoder.onnx``), each with its own key/value
-  cache. Shorter caches are padded in front to the longest, the padding hidden from every query
-  by the graph's ``attention_mask``, and each row's ``positions`` say where its tokens really
-  are; each caller gets back its own cache without the padding.
+  cache. Shorter caches are padded in front to the longest, and so are fewer new tokens (the
+  prompts of prefills), the padding hidden from every query by the graph's ``attention_mask``;
+  each row's ``positions`` say where its tokens really are, and each caller gets back its own
+  cache without the padding. One-token steps batch with one-token steps, prefills with prefills
+  while the padding a prefill adds costs less than a call of its own (``CALL_COST_TOKENS``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 Request = TypeVar("Request")
+
+# What one more decoder call costs, in tokens of work: a prefill joins a batch of prefills when the
+# padding it adds is less work than running it alone (this call plus its own tokens). On 2 CPU
+# threads the attention model's call costs about as much as 20 tokens (BENCHMARKS.md).
+CALL_COST_TOKENS = 20
 
 # ids (B, T), positions (B, 1) -> logits (B, 1, V)
 GraphCall = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -111,8 +118,8 @@ class _Batcher(Generic[Request]):
                     self._busy = False
                     self._ready.notify_all()
 
-    def _fits(self, first: _Call[Request], call: _Call[Request]) -> bool:
-        """Whether ``call`` may join a batch that ``first`` leads."""
+    def _fits(self, batch: list[_Call[Request]], call: _Call[Request]) -> bool:
+        """Whether ``call`` may join ``batch`` (its oldest call first)."""
         return True
 
     def _take(self) -> list[_Call[Request]]:
@@ -123,7 +130,7 @@ class _Batcher(Generic[Request]):
             if rows + call.rows > self.max_rows:
                 left += waiting[at:]
                 break
-            if self._fits(first, call):
+            if self._fits(batch, call):
                 batch.append(call)
                 rows += call.rows
             else:
@@ -230,49 +237,68 @@ class DecodeBatcher(_Batcher[DecodeStep]):
         """``key``: the generation this step belongs to (see ``leave``)."""
         return self._submit((ids, keys, values), ids.shape[0], key)
 
-    def _fits(self, first: _Call[DecodeStep], call: _Call[DecodeStep]) -> bool:
-        # Equal T only: padding a one-token step to a prompt's length would cost the prompt's
-        # work for every row.
-        return call.request[0].shape[1] == first.request[0].shape[1]
+    def _fits(self, batch: list[_Call[DecodeStep]], call: _Call[DecodeStep]) -> bool:
+        steps = [c.request[0].shape[1] for c in batch]
+        new = call.request[0].shape[1]
+        if new == 1 or steps[0] == 1:
+            # Padding a one-token step to a prompt's length would cost the prompt's work for
+            # every row; steps batch with steps only.
+            return new == steps[0]
+        rows = sum(c.rows for c in batch)
+        added = (rows + call.rows) * max(*steps, new) - rows * max(steps)
+        return added <= CALL_COST_TOKENS + call.rows * new
 
     def _compute(self, requests: list[DecodeStep]) -> list[tuple[np.ndarray, ...]]:
         if len(requests) == 1:
             return [tuple(self.session.run(None, decode_feed(*requests[0])))]
         layers, _, heads, _, head_dim = requests[0][1].shape
-        steps = requests[0][0].shape[1]
         lengths = [keys.shape[3] for _, keys, _ in requests]
+        news = [ids.shape[1] for ids, _, _ in requests]
         counts = [ids.shape[0] for ids, _, _ in requests]
-        past, total = max(lengths), sum(counts)
+        past, steps, total = max(lengths), max(news), sum(counts)
+        # Each row: [padding, its cache | padding, its new tokens]; the mask hides the padding.
         keys = np.zeros((layers, total, heads, past, head_dim), dtype=np.float32)
         values = np.zeros_like(keys)
+        ids = np.zeros((total, steps), dtype=np.int64)
         mask = np.zeros((total, past + steps), dtype=np.int64)
-        positions = np.empty((total, steps), dtype=np.int64)
+        positions = np.zeros((total, steps), dtype=np.int64)
         row = 0
-        for (_, k, v), length, count in zip(requests, lengths, counts, strict=True):
-            rows, pad = slice(row, row + count), past - length
+        for (new_ids, k, v), length, new in zip(requests, lengths, news, strict=True):
+            count = new_ids.shape[0]
+            rows, pad, pad_new = slice(row, row + count), past - length, steps - new
             keys[:, rows, :, pad:] = k
             values[:, rows, :, pad:] = v
-            mask[rows, pad:] = 1
-            positions[rows] = np.arange(length, length + steps)
+            ids[rows, pad_new:] = new_ids
+            mask[rows, pad:past] = 1
+            mask[rows, past + pad_new :] = 1
+            positions[rows, pad_new:] = np.arange(length, length + new)
             row += count
-        ids = np.concatenate([ids for ids, _, _ in requests])
         logits, present_keys, present_values = self.session.run(
             None, decode_feed(ids, keys, values, positions, mask)
         )
         # Each caller gets copies of its rows: a view would keep the whole batch's cache alive for
         # as long as any of its generations waits (a slow streaming client), not just its own.
         results, row = [], 0
-        for length, count in zip(lengths, counts, strict=True):
-            rows, pad = slice(row, row + count), past - length
+        for length, new, count in zip(lengths, news, counts, strict=True):
+            rows = slice(row, row + count)
+            columns = (past - length, past, past + steps - new)
             results.append(
                 (
                     logits[rows],
-                    present_keys[:, rows, :, pad:].copy(),
-                    present_values[:, rows, :, pad:].copy(),
+                    _own_columns(present_keys[:, rows], *columns),
+                    _own_columns(present_values[:, rows], *columns),
                 )
             )
             row += count
         return results
+
+
+def _own_columns(cache: np.ndarray, start: int, past: int, new_start: int) -> np.ndarray:
+    """A copy of some rows' caches (L, B, H, P+T, Dh) without the padding: columns ``start`` to
+    ``past`` (their cache) and from ``new_start`` on (their new tokens)."""
+    if new_start == past:
+        return cache[:, :, :, start:].copy()
+    return np.concatenate([cache[:, :, :, start:past], cache[:, :, :, new_start:]], axis=3)
 
 
 def _split(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:

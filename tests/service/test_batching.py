@@ -161,43 +161,81 @@ def test_batch_wait_reaches_the_engines(client):
 
 class FakeDecoder:
     """A decoder graph whose logits say where each row's last token sits (its position) and
-    how many keys it may see; its caches grow by the new tokens."""
+    how many keys it may see; its caches grow by the new tokens, each key and value its token
+    id + 1."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[int, int]] = []  # (rows, new tokens) per call
+        self.news: list[set[int]] = []  # the real new tokens of its rows, per call
         self.lock = threading.Lock()
 
     def run(self, _, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         ids, keys = feed["input_ids"], feed["past_keys"]
         with self.lock:
             self.batches.append(ids.shape)
+            self.news.append(set(feed["attention_mask"][:, -ids.shape[1] :].sum(1).tolist()))
         time.sleep(0.02)
         logits = np.stack([feed["positions"][:, -1], feed["attention_mask"].sum(1)], axis=1)
-        new = np.ones((*keys.shape[:3], ids.shape[1], keys.shape[4]), dtype=np.float32)
+        shape = (*keys.shape[:3], ids.shape[1], keys.shape[4])  # (L, B, H, T, Dh)
+        new = np.broadcast_to((ids + 1)[None, :, None, :, None], shape).astype(np.float32)
         return [logits, np.concatenate([keys, new], 3), np.concatenate([keys, new], 3)]
 
 
-def test_decode_steps_batch_only_with_steps_of_as_many_tokens():
-    """Concurrent cached steps of 1 and of 4 new tokens, after caches of every length: no call
-    mixes the two, each caller sees its own positions and keys, and gets its cache back
-    without another caller's padding."""
+def test_decode_steps_batch_with_steps_and_prefills_with_prefills():
+    """Concurrent one-token steps and prefills of 2 to 40 new tokens, after caches of several
+    lengths: steps never share a call with prefills, prefills of different lengths do, and
+    each caller sees its own positions and gets exactly its own cache and new keys back, none
+    of the padding."""
     graph = FakeDecoder()
     batcher = DecodeBatcher(graph, max_rows=16)
+    cases = [(past, new) for past in (0, 5) for new in (1, 2, 3, 7, 8, 9, 40)] * 2
 
     def step(case: tuple[int, int]) -> tuple:
         past, new = case
-        keys = np.zeros((2, 1, 3, past, 4), dtype=np.float32)
-        return batcher(np.zeros((1, new), dtype=np.int64), keys, keys)
+        keys = np.full((2, 1, 3, past, 4), -float(past), dtype=np.float32)
+        ids = np.arange(10, 10 + new, dtype=np.int64)[None]
+        return batcher(ids, keys, keys)
 
-    cases = [(past, new) for past in (0, 3, 9) for new in (1, 4)] * 2
     results = _concurrently(step, cases)
-    assert all(new in (1, 4) for _, new in graph.batches)
     assert sum(rows for rows, _ in graph.batches) == len(cases)
-    assert len(graph.batches) < len(cases)  # some calls were shared
+    assert not any(1 in news and len(news) > 1 for news in graph.news), graph.news
+    assert any(len(news) > 1 for news in graph.news), graph.news  # lengths mixed
     for (past, new), (logits, keys, values) in zip(cases, results, strict=True):
         assert logits.tolist() == [[past + new - 1, past + new]]
         assert keys.shape == values.shape == (2, 1, 3, past + new, 4)
-        assert (keys[:, :, :, :past] == 0).all() and (keys[:, :, :, past:] == 1).all()
+        assert (keys[:, :, :, :past] == -past).all()
+        expected = np.arange(11, 11 + new, dtype=np.float32)
+        assert (keys[:, :, :, past:] == expected[None, None, None, :, None]).all()
+        assert (values == keys).all()
+    prefills = [c for c in cases if c[1] > 1]
+    assert len(graph.batches) < len(cases) - len(prefills) // 2, graph.batches
+
+
+@pytest.mark.parametrize(
+    ("batch", "call", "joins"),
+    [
+        ([1, 1], 1, True),
+        ([1], 4, False),  # a prompt never pads one-token steps
+        ([4], 1, False),
+        ([10, 8], 12, True),  # 20 -> 36 tokens: 16 added, alone 20 + 12
+        ([20], 10, True),  # 20 -> 40: 20 added, alone 20 + 10
+        ([40], 2, False),  # 40 -> 80: 40 added, alone 20 + 2
+        ([2, 3], 40, False),  # 6 -> 120: 114 added, alone 20 + 40
+        ([200], 192, True),  # two refills of the window
+    ],
+)
+def test_which_steps_may_share_a_decoder_call(batch, call, joins):
+    """Steps of one token join steps only; a prefill joins prefills when the padding it adds
+    is less work than a call of its own (CALL_COST_TOKENS plus its tokens)."""
+    batcher = DecodeBatcher(FakeDecoder(), max_rows=16)
+
+    def queued(new: int):
+        from service.batching import _Call
+
+        keys = np.zeros((2, 1, 3, 0, 4), dtype=np.float32)
+        return _Call((np.zeros((1, new), dtype=np.int64), keys, keys), 1)
+
+    assert batcher._fits([queued(n) for n in batch], queued(call)) is joins
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +260,33 @@ def test_right_padding_changes_no_logit(models, name):
 @pytest.fixture(scope="module")
 def cached_models():
     return load_models(make_settings(kv_cache=True))
+
+
+def test_padded_prefills_change_no_logit(cached_models):
+    """Prompts of different lengths (one of them two rows, a prompt's two choices) read in one
+    decoder call, the shorter ones padded in front: each caller gets the logits and the cache
+    that its prompt gets alone."""
+    model = cached_models["attention"]
+    engine = Engine(model)
+    rng = np.random.default_rng(1)
+    prompts = [
+        [engine.eot, *rng.integers(0, engine.vocab_size, length - 1).tolist()]
+        for length in (5, 40, 17, 2)
+    ]
+    counts = [1, 2, 1, 1]
+    batcher = DecodeBatcher(model.decoder_session, max_rows=16)
+    empty = [CachedContext(model.decoder_session, engine.context)._empty(n) for n in counts]
+    steps = [(np.asarray([p] * n), e, e) for p, n, e in zip(prompts, counts, empty, strict=True)]
+    together = batcher._compute(steps)
+    for (logits, keys, values), prompt, count in zip(together, prompts, counts, strict=True):
+        alone = CachedContext(model.decoder_session, engine.context)
+        expected = alone.next_logits_rows([prompt] * count)
+        assert logits.shape == expected.shape
+        assert np.abs(logits - expected).max() < 1e-4
+        assert keys.shape == alone.keys.shape
+        assert np.abs(keys - alone.keys).max() < 1e-5
+        assert np.abs(values - alone.values).max() < 1e-5
+        assert keys.base is None and values.base is None
 
 
 def test_padded_caches_change_no_logit(cached_models):
