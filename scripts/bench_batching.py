@@ -11,10 +11,13 @@ through model.onnx), through the service's engine on the CPU, no HTTP:
   generations of the batch before it; and the mean rows per graph call. The setups take turns
   (--rounds), for the same reason.
 
-Each thread's prompt differs, so the prompts and caches differ in length. Also the cost of one
-``decoder.onnx`` call against its tokens (prompts of 1 to 128 tokens read alone, a least-squares
-line): the figure behind ``CALL_COST_TOKENS``, the padding a prefill may add to join a batch.
-Writes JSON and prints a Markdown table.
+Each thread's prompt differs, so the prompts and caches differ in length. Then next-token calls
+per second from 8 threads on windows of 4 to 256 tokens (the attention model's model.onnx), with
+batching off, on with every window padded into the batch, and on as shipped (a short window
+stays out of a long batch). Also the cost of one attention-model call against its tokens
+(``decoder.onnx`` reading a prompt, ``model.onnx`` a window; 1 to 128 tokens alone, a
+least-squares line): the figure behind ``CALL_COST_TOKENS``, the padding a prompt or window may
+add to join a batch. Writes JSON and prints a Markdown table.
 
     python scripts/bench_batching.py --json benchmarks/batching-cpu.json
 """
@@ -58,32 +61,74 @@ def lone(engines: dict[str, Engine], repeats: int) -> dict[str, dict]:
     return {label: percentiles(s) for label, s in samples.items()}
 
 
-def call_cost(engine: Engine, repeats: int) -> dict:
-    """p50 milliseconds of a decoder call reading a prompt of T tokens alone, and the line
-    through them: milliseconds a call and a token, and the call's cost in tokens."""
-    cache = CachedContext(engine.model.decoder_session, engine.context)
-    empty = cache._empty(1)
+def call_cost(run, vocab_size: int, repeats: int) -> dict:
+    """p50 milliseconds of a graph call reading T tokens of one sequence (``run(ids)``), and the
+    line through them: milliseconds a call and a token, and the call's cost in tokens."""
     rng = np.random.default_rng(0)
     lengths = [1, 8, 32, 128]
     p50 = []
     for length in lengths:
-        ids = rng.integers(0, engine.vocab_size, (1, length))
-        feed = decode_feed(ids, empty, empty)
+        ids = rng.integers(0, vocab_size, (1, length))
         samples = []
         for repeat in range(repeats + 2):
             start = time.perf_counter()
-            engine.model.decoder_session.run(None, feed)
+            run(ids)
             if repeat >= 2:  # warm-up
                 samples.append((time.perf_counter() - start) * 1e3)
         p50.append(float(np.median(samples)))
     per_token, per_call = np.polyfit(lengths, p50, 1)
     return {
-        "prompt_tokens": lengths,
+        "tokens": lengths,
         "p50_ms": p50,
         "ms_per_call": float(per_call),
         "ms_per_token": float(per_token),
         "call_in_tokens": float(per_call / per_token),
     }
+
+
+def graph_costs(engine: Engine, repeats: int) -> dict:
+    """``call_cost`` of the attention model's decoder reading a prompt into an empty cache, and
+    of its model.onnx reading a window for its last position's logits."""
+    decoder = engine.model.decoder_session
+    empty = CachedContext(decoder, engine.context)._empty(1)
+    return {
+        "decoder.onnx": call_cost(
+            lambda ids: decoder.run(None, decode_feed(ids, empty, empty)),
+            engine.vocab_size,
+            repeats,
+        ),
+        "model.onnx": call_cost(
+            lambda ids: engine._logits(ids, np.asarray([[ids.shape[1] - 1]])),
+            engine.vocab_size,
+            repeats,
+        ),
+    }
+
+
+WINDOWS = [4, 256, 16, 128, 8, 200, 32, 64]  # tokens of each thread's next-token window
+
+
+def window_throughput(engine: Engine, clients: int, seconds: float) -> dict:
+    """Next-token calls per second (model.onnx) from ``clients`` threads, each asking again and
+    again for the logits after a window of its own length (``WINDOWS``)."""
+    rng = np.random.default_rng(0)
+    windows = [[engine.eot, *rng.integers(0, engine.vocab_size, n - 1).tolist()] for n in WINDOWS]
+    calls = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def work(i: int) -> None:
+        while time.monotonic() < stop:
+            engine.next_logits(windows[i % len(windows)])
+            calls[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    return {"clients": clients, "calls_per_s": sum(calls) / elapsed, "seconds": elapsed}
 
 
 def throughput(engine: Engine, clients: int, seconds: float) -> dict:
@@ -166,12 +211,33 @@ def main() -> None:
             "throughput_32_token_generations": rows,
         }
         if models[name].decoder_session is not None:
-            results[name]["decoder_call_cost"] = cost = call_cost(setups[off], 4 * args.repeats)
-            print(
-                f"{name}: a decoder call costs {cost['ms_per_call']:.2f} ms + "
-                f"{cost['ms_per_token']:.3f} ms a token ({cost['call_in_tokens']:.0f} tokens)",
-                flush=True,
+            results[name]["call_cost"] = costs = graph_costs(setups[off], 4 * args.repeats)
+            for graph, cost in costs.items():
+                print(
+                    f"{name} {graph}: a call costs {cost['ms_per_call']:.2f} ms + "
+                    f"{cost['ms_per_token']:.3f} ms a token ({cost['call_in_tokens']:.0f} tokens)",
+                    flush=True,
+                )
+    # Windows of mixed lengths through model.onnx (/next-token): padding every window to the
+    # longest against leaving the short ones out of long batches.
+    setups = {
+        "off": Engine(models["attention"], max_batch_rows=1),
+        "on, every window joins": Engine(models["attention"], max_batch_rows=16),
+        "on": Engine(models["attention"], max_batch_rows=16),
+    }
+    setups["on, every window joins"].batcher.call_cost = None
+    mixed: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for label, engine in setups.items():
+            mixed.setdefault(label, []).append(
+                window_throughput(engine, 8, args.seconds / args.rounds)
             )
+    results["attention"]["next_token_mixed_windows_8_threads"] = windows = {
+        label: sum(p["calls_per_s"] * p["seconds"] for p in parts)
+        / sum(p["seconds"] for p in parts)
+        for label, parts in mixed.items()
+    }
+    print(f"attention, windows of {WINDOWS} tokens, 8 threads: calls/s {windows}", flush=True)
     print("\n| model | batching | 1 thread | 8 threads | rows per call, 8 threads |")
     print("|---|---|---|---|---|")
     for name, result in results.items():

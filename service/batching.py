@@ -14,7 +14,8 @@ Two kinds of call are batched this way:
 - ``StepBatcher``: next-token logits of token windows (``model.onnx``). The windows of one batch
   are padded on the right to the longest, and each row asks for the logits of its own last
   position. The graphs are causal (a position sees only the positions before it), so the padding
-  changes nothing but the cost.
+  changes nothing but the cost; where that cost grows with the tokens (the attention models), a
+  window joins a batch only while the padding it adds costs less than a call of its own.
 - ``DecodeBatcher``: steps of cached generation (``decoder.onnx``), each with its own key/value
   cache. Shorter caches are padded in front to the longest, and so are fewer new tokens (the
   prompts of prefills), the padding hidden from every query by the graph's ``attention_mask``;
@@ -35,10 +36,25 @@ import numpy as np
 
 Request = TypeVar("Request")
 
-# What one more decoder call costs, in tokens of work: a prefill joins a batch of prefills when the
-# padding it adds is less work than running it alone (this call plus its own tokens). On 2 CPU
-# threads the attention model's call costs about as much as 20 tokens (BENCHMARKS.md).
+# What one more graph call costs on the CPU, in tokens of work: there a prompt (or a window) joins a
+# batch when the padding it adds is less work than running it alone (this call plus its own
+# tokens). On 2 CPU threads the attention model's call costs about as much as 15-24 tokens
+# (BENCHMARKS.md). On a GPU a call costs far more tokens' worth (not measured here): no limit.
 CALL_COST_TOKENS = 20
+
+
+def _padding_pays(
+    lengths: list[int], rows: list[int], length: int, count: int, call_cost: float | None
+) -> bool:
+    """Whether ``count`` sequences of ``length`` tokens should join a batch of ``rows[i]``
+    sequences of ``lengths[i]``, every sequence padded to the longest: when the padding they add
+    is less work than a call of their own (``call_cost`` tokens plus theirs; None: always)."""
+    if call_cost is None:
+        return True
+    before = sum(rows) * max(lengths)
+    added = (sum(rows) + count) * max(*lengths, length) - before
+    return added <= call_cost + count * length
+
 
 # ids (B, T), positions (B, 1) -> logits (B, 1, V)
 GraphCall = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -168,14 +184,25 @@ class StepBatcher(_Batcher[list[list[int]]]):
         pad_id: int = 0,
         on_batch: Callable[[int], None] | None = None,
         max_wait: float = 0.0,
+        call_cost: float | None = CALL_COST_TOKENS,
     ) -> None:
+        """``call_cost``: a graph call's cost in tokens of work, where the work grows with the
+        window's tokens (attention on the CPU), so that windows much shorter than a batch's run
+        in a call of their own; None where padding is cheap (on a GPU; Bengio reads a fixed
+        number of tokens out of any window)."""
         super().__init__(max_rows, on_batch, max_wait)
         self.run = run
         self.pad_id = pad_id
+        self.call_cost = call_cost
 
     def __call__(self, windows: list[list[int]], key: object | None = None) -> np.ndarray:
         """``key``: the generation these windows belong to (see ``leave``)."""
         return self._submit(windows, len(windows), key)
+
+    def _fits(self, batch: list[_Call[list[list[int]]]], call: _Call[list[list[int]]]) -> bool:
+        longest = [max(len(w) for w in c.request) for c in batch]
+        length = max(len(w) for w in call.request)
+        return _padding_pays(longest, [c.rows for c in batch], length, call.rows, self.call_cost)
 
     def _compute(self, requests: list[list[list[int]]]) -> list[np.ndarray]:
         windows = [w for request in requests for w in request]
@@ -219,7 +246,8 @@ def decode_feed(
 class DecodeBatcher(_Batcher[DecodeStep]):
     """``batcher(ids, keys, values)``: one step of cached generation for the caller's rows
     (ids (B, T) after caches (L, B, H, P, Dh)) -> (logits (B, V), its caches (L, B, H, P+T,
-    Dh)), batched with the steps of concurrent callers that add as many tokens T."""
+    Dh)), batched with concurrent callers' steps of one token (T = 1), or their prompts (T > 1)
+    while the padding pays (``call_cost``, as for ``StepBatcher``)."""
 
     def __init__(
         self,
@@ -227,9 +255,11 @@ class DecodeBatcher(_Batcher[DecodeStep]):
         max_rows: int,
         on_batch: Callable[[int], None] | None = None,
         max_wait: float = 0.0,
+        call_cost: float | None = CALL_COST_TOKENS,
     ) -> None:
         super().__init__(max_rows, on_batch, max_wait)
         self.session = session
+        self.call_cost = call_cost
 
     def __call__(
         self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray, key: object | None = None
@@ -244,9 +274,7 @@ class DecodeBatcher(_Batcher[DecodeStep]):
             # Padding a one-token step to a prompt's length would cost the prompt's work for
             # every row; steps batch with steps only.
             return new == steps[0]
-        rows = sum(c.rows for c in batch)
-        added = (rows + call.rows) * max(*steps, new) - rows * max(steps)
-        return added <= CALL_COST_TOKENS + call.rows * new
+        return _padding_pays(steps, [c.rows for c in batch], new, call.rows, self.call_cost)
 
     def _compute(self, requests: list[DecodeStep]) -> list[tuple[np.ndarray, ...]]:
         if len(requests) == 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.batching import DecodeBatcher, StepBatcher, decode_feed
+from service.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher, decode_feed
 from service.errors import APIError
 from service.registry import LoadedModel
 from service.sampling import SamplingParams, choose, entropy_bits, first_stop, log_softmax
@@ -200,14 +200,25 @@ class Engine:
         if eot is None:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
         self.eot = eot
+        # On the CPU an attention model's work grows with the tokens a call pads to: short
+        # sequences stay out of long batches. On CUDA, and for Bengio, padding is cheap.
+        on_cpu = model.provider != "CUDAExecutionProvider"
+        call_cost = CALL_COST_TOKENS if on_cpu else None
         self.batcher = (
-            StepBatcher(self._logits, max_batch_rows, eot, on_batch, batch_wait)
+            StepBatcher(
+                self._logits,
+                max_batch_rows,
+                eot,
+                on_batch,
+                batch_wait,
+                call_cost if self.card.get("has_attention") else None,
+            )
             if max_batch_rows > 1
             else None
         )
         decoder = model.decoder_session
         self.decode_batcher = (
-            DecodeBatcher(decoder, max_batch_rows, on_batch, batch_wait)
+            DecodeBatcher(decoder, max_batch_rows, on_batch, batch_wait, call_cost)
             if max_batch_rows > 1
             and decoder is not None
             and "attention_mask" in {i.name for i in decoder.get_inputs()}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from service.batching import DecodeBatcher, StepBatcher
+from service.batching import DecodeBatcher, StepBatcher, _Call
 from service.engine import CachedContext, Engine
 from service.registry import load_models
 from service.sampling import SamplingParams
@@ -22,15 +23,17 @@ class FakeGraph:
         self.seconds = seconds
         self.fail_on = fail_on
         self.batches: list[int] = []
+        self.lengths: list[set[int]] = []  # the window lengths of each call
         self.lock = threading.Lock()
 
     def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        lengths = positions[:, 0] + 1
         with self.lock:
             self.batches.append(len(ids))
+            self.lengths.append(set(lengths.tolist()))
         time.sleep(self.seconds)
         if self.fail_on is not None and (ids == self.fail_on).any():
             raise RuntimeError("graph failed")
-        lengths = positions[:, 0] + 1
         sums = np.asarray([ids[r, : lengths[r]].sum() for r in range(len(ids))])
         return np.stack([sums, lengths], axis=1)[:, None, :].astype(np.float32)
 
@@ -230,12 +233,60 @@ def test_which_steps_may_share_a_decoder_call(batch, call, joins):
     batcher = DecodeBatcher(FakeDecoder(), max_rows=16)
 
     def queued(new: int):
-        from service.batching import _Call
-
         keys = np.zeros((2, 1, 3, 0, 4), dtype=np.float32)
         return _Call((np.zeros((1, new), dtype=np.int64), keys, keys), 1)
 
     assert batcher._fits([queued(n) for n in batch], queued(call)) is joins
+
+
+@pytest.mark.parametrize(
+    ("batch", "call", "call_cost", "joins"),
+    [
+        ([256, 250], 240, 20, True),
+        ([256], 2, 20, False),  # 254 tokens of padding against a call of its own
+        ([2, 3], 256, 20, False),
+        ([2, 3], 256, None, True),  # a GPU, or Bengio: padding is cheap
+        ([8], 1, None, True),
+    ],
+)
+def test_which_windows_may_share_a_call(batch, call, call_cost, joins):
+    """Where padding costs (an attention graph on the CPU), a window joins a batch while the
+    padding it adds is less work than a call of its own; otherwise any window joins."""
+    batcher = StepBatcher(FakeGraph(0), max_rows=16, call_cost=call_cost)
+    queued = [_Call([[1] * n], 1) for n in batch]
+    assert batcher._fits(queued, _Call([[1] * call], 1)) is joins
+
+
+def test_engines_weigh_padding_for_attention_models_on_the_cpu_only(models):
+    """The attention models' windows and prompts cost by the token on the CPU; Bengio's windows
+    by the window; on CUDA every batch takes any padding."""
+    engines = {name: Engine(m, max_batch_rows=16) for name, m in models.items()}
+    costs = {name: e.batcher.call_cost for name, e in engines.items()}
+    assert costs == {"attention": 20, "attention-seed": 20, "bengio": None}
+    on_cuda = dataclasses.replace(models["attention"], provider="CUDAExecutionProvider")
+    assert Engine(on_cuda, max_batch_rows=16).batcher.call_cost is None
+
+
+def test_decoders_weigh_padding_on_the_cpu_only(cached_models):
+    """Prompts of different lengths share a decoder call while the padding pays on the CPU; on
+    CUDA any prompts share one."""
+    model = cached_models["attention"]
+    assert Engine(model, max_batch_rows=16).decode_batcher.call_cost == 20
+    on_cuda = dataclasses.replace(model, provider="CUDAExecutionProvider")
+    assert Engine(on_cuda, max_batch_rows=16).decode_batcher.call_cost is None
+
+
+def test_short_windows_do_not_wait_behind_long_ones():
+    """Concurrent windows of 2 and of 256 tokens: the short ones run in calls of their own
+    instead of padded to 256, and every caller gets the logits of its own window."""
+    graph = FakeGraph(seconds=0.02)
+    batcher = StepBatcher(graph, max_rows=16)
+    windows = [[1] * 256, [2] * 2, [1] * 255, [3] * 2] * 3
+    results = _concurrently(lambda w: batcher([w]), windows)
+    for window, logits in zip(windows, results, strict=True):
+        assert logits.tolist() == [[sum(window), len(window)]]
+    assert not any(2 in lengths and 256 in lengths for lengths in graph.lengths), graph.lengths
+    assert len(graph.batches) < len(windows)
 
 
 @pytest.fixture(scope="module")
