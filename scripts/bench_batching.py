@@ -105,6 +105,17 @@ def graph_costs(engine: Engine, repeats: int) -> dict:
     }
 
 
+def run_threads(work, clients: int) -> float:
+    """Seconds until ``work(i)`` has returned in each of ``clients`` threads, started together."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - start
+
+
 WINDOWS = [4, 256, 16, 128, 8, 200, 32, 64]  # tokens of each thread's next-token window
 
 
@@ -124,13 +135,7 @@ def window_throughput(engine: Engine, clients: int, seconds: float) -> dict:
             calls[i] += 1
             tokens[i] += len(windows[i % len(windows)])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - start
+    elapsed = run_threads(work, clients)
     return {
         "clients": clients,
         "calls_per_s": sum(calls) / elapsed,
@@ -152,13 +157,7 @@ def throughput(engine: Engine, clients: int, seconds: float) -> dict:
             *_, final = engine.generate(prompt, 32, GREEDY, 0, [], 0)
             tokens[i] += len(final.steps)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - start
+    elapsed = run_threads(work, clients)
     row = {"clients": clients, "new_tokens_per_s": sum(tokens) / elapsed, "seconds": elapsed}
     if batcher is not None and batcher.calls > calls:
         row["rows_per_call"] = (batcher.rows - rows) / (batcher.calls - calls)

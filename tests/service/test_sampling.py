@@ -206,6 +206,7 @@ def _fake_engine(end_at: int | None = None) -> Engine:
         tokenizer=tokenizer,
         has_attention=False,
         decoder_session=None,
+        provider="CPUExecutionProvider",
         session=CountingSession(tokenizer.get_vocab_size(), end_at),
         card={"context": 4, "kind": "fake", "config": {"vocab_size": tokenizer.get_vocab_size()}},
     )
