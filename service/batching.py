@@ -38,8 +38,9 @@ Request = TypeVar("Request")
 
 # What one more graph call costs on the CPU, in tokens of work: there a prompt (or a window) joins a
 # batch when the padding it adds is less work than running it alone (this call plus its own
-# tokens). On 2 CPU threads the attention model's call costs about as much as 15-24 tokens
-# (BENCHMARKS.md). On a GPU a call costs far more tokens' worth (not measured here): no limit.
+# tokens). On 2 CPU threads the attention model's call costs about as much as 15-26 tokens
+# (BENCHMARKS.md). A GPU's call cost is not measured, and there no limit applies: every window
+# joins (as before this rule) and so does every prompt.
 CALL_COST_TOKENS = 20
 
 

@@ -201,7 +201,7 @@ class Engine:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
         self.eot = eot
         # On the CPU an attention model's work grows with the tokens a call pads to: short
-        # sequences stay out of long batches. On CUDA, and for Bengio, padding is cheap.
+        # sequences stay out of long batches. On CUDA (not measured) and for Bengio, any join.
         on_cpu = model.provider != "CUDAExecutionProvider"
         call_cost = CALL_COST_TOKENS if on_cpu else None
         self.batcher = (
