@@ -15,7 +15,7 @@ import numpy as np
 
 from service.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher, decode_feed
 from service.errors import APIError
-from service.registry import LoadedModel
+from service.registry import CUDA, LoadedModel
 from service.sampling import SamplingParams, choose, entropy_bits, first_stop, log_softmax
 
 END_OF_TEXT = "<|endoftext|>"
@@ -202,7 +202,7 @@ class Engine:
         self.eot = eot
         # On the CPU an attention model's work grows with the tokens a call pads to: short
         # sequences stay out of long batches. On CUDA (not measured) and for Bengio, any join.
-        on_cpu = model.provider != "CUDAExecutionProvider"
+        on_cpu = model.provider != CUDA
         call_cost = CALL_COST_TOKENS if on_cpu else None
         self.batcher = (
             StepBatcher(
