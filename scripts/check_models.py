@@ -74,6 +74,9 @@ def check(folder: Path) -> str:
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     models = Path(sys.argv[1] if len(sys.argv) > 1 else "models")
     folders = sorted(p.parent for p in models.glob("*/card.json"))
     if not folders:

@@ -29,7 +29,10 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
             default=default,
             type=kind,
             choices=choices,
-            help=f"{field.description or name} (env MACHADO_{name.upper()}; now {default})",
+            # argparse formats help with %, so a literal one in a description must be doubled.
+            help=f"{field.description or name} (env MACHADO_{name.upper()}; now {default})".replace(
+                "%", "%%"
+            ),
         )
     return parser
 
