@@ -89,3 +89,13 @@ def real_corpus() -> Path:
     if not (path / "MANIFEST.tsv").is_file():
         pytest.skip(f"real corpus not found at {path} (set MACHADO_CORPUS to run this test)")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_data(real_corpus, tmp_path_factory) -> Path:
+    """The real corpus prepared (tokenizer trained on its train split) once per test run."""
+    from training.data import prepare
+
+    out = tmp_path_factory.mktemp("real-data")
+    prepare(real_corpus, out, log=lambda *_: None)
+    return out

@@ -197,6 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(benchmarks/quantize-cpu.json)",
     )
 
+    p.add_argument(
+        "--context-bench",
+        type=Path,
+        default=Path("benchmarks/context-test.json"),
+        help="`python -m training context` result to include, if the file exists "
+        "(benchmarks/context-test.json)",
+    )
+
+    p = sub.add_parser(
+        "context", help="loss against context length: how much of its context each model uses"
+    )
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument("--names", nargs="+", default=None, help="only these model folders")
+    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to score (test)")
+    p.add_argument(
+        "--coverage",
+        type=int,
+        default=4,
+        help="windows per window length of stream: each token is scored this many times (4)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _add_data_args(p)
+
     p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
     p.add_argument("--batch", type=int, default=32, help="B (32)")
     p.add_argument("--steps", type=int, default=32, help="T (32)")
@@ -360,8 +384,24 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "report":
         from training.report import write_report
 
-        written = write_report(args.models, args.threads, args.cuda_check, args.quantize_bench)
+        written = write_report(
+            args.models, args.threads, args.cuda_check, args.quantize_bench, args.context_bench
+        )
         print(f"wrote {written}")
+    elif args.command == "context":
+        from training.context import format_table, measure
+        from training.evaluate import write_json
+
+        data_dir = data.resolve_data_dir(args.data)
+        data.ensure_prepared(data_dir, args.corpus)
+        try:
+            result = measure(
+                args.models, data_dir, args.split, args.coverage, args.threads, args.names
+            )
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"error: {error}") from None
+        print(format_table(result))
+        write_json(result, args.json)
     elif args.command == "bench-train":
         from training.bench import bench_train
         from training.evaluate import write_json

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data import load_split, prepare
+from training.data import load_split
 from training.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def real_data(real_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("real-data")
-    prepare(real_corpus, out, log=lambda *_: None)
-    return out
 
 
 def unigram_entropy_nats(tokens: np.ndarray) -> float:
