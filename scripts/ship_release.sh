@@ -15,4 +15,7 @@ for shipped in attention attention-seed bengio; do
     --eval "$release/$run/eval-test-float32.json" \
     --eval "$release/$run/eval-test-float16.json"
 done
+# The context curves of the new models (about 4 minutes on 2 CPU threads; needs the prepared data).
+$py -m training context --json benchmarks/context-test.json ||
+  echo "the context curves were not measured again: the report calls them stale"
 $py -m training report
