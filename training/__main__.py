@@ -396,7 +396,13 @@ def _run(args: argparse.Namespace) -> int:
         data.ensure_prepared(data_dir, args.corpus)
         try:
             result = measure(
-                args.models, data_dir, args.split, args.coverage, args.threads, args.names
+                args.models,
+                data_dir,
+                args.split,
+                args.coverage,
+                args.threads,
+                args.names,
+                progress=True,
             )
         except (ValueError, FileNotFoundError) as error:
             raise SystemExit(f"error: {error}") from None

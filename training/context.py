@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from training.onnx_model import OnnxModel
 
@@ -53,11 +54,12 @@ def context_curve(
     length: int | None = None,
     coverage: int = 4,
     batch_tokens: int = 2048,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Per context length 1..length: how many targets were scored, their NLL's mean and spread.
 
     ``length`` defaults to the model's context; windows start every ``length // coverage``
-    tokens (at least 1).
+    tokens (at least 1). ``progress`` draws a bar on stderr.
     """
     length = length or model.context
     if coverage < 1:
@@ -73,11 +75,19 @@ def context_curve(
     squares = np.zeros(length)
     rows = max(1, batch_tokens // length)
     started = time.perf_counter()
-    for first in range(0, len(starts), rows):
-        index = starts[first : first + rows, None] + offsets
-        nll = token_nll(model.logits(tokens[index]), tokens[index + 1])
-        total += nll.sum(0)
-        squares += (nll**2).sum(0)
+    name = model.card["name"]
+    with tqdm(
+        total=len(starts),
+        desc=f"{name}, {length}-token windows",
+        unit="window",
+        disable=not progress,
+    ) as bar:
+        for first in range(0, len(starts), rows):
+            index = starts[first : first + rows, None] + offsets
+            nll = token_nll(model.logits(tokens[index]), tokens[index + 1])
+            total += nll.sum(0)
+            squares += (nll**2).sum(0)
+            bar.update(len(index))
     mean = total / len(starts)
     std = np.sqrt(np.maximum(squares / len(starts) - mean**2, 0.0))
     return {
@@ -119,6 +129,7 @@ def measure(
     coverage: int = 4,
     threads: int = 2,
     names: list[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The context curve of every model folder (or those named) over one split."""
     from training import data
@@ -149,13 +160,13 @@ def measure(
                 f"{folder.name} uses tokenizer {model.card['tokenizer']['sha256'][:12]}, but "
                 f"{data_dir} was prepared with {meta['tokenizer_sha256'][:12]}"
             )
-        curve = context_curve(model, tokens, coverage=coverage)
+        curve = context_curve(model, tokens, coverage=coverage, progress=progress)
         if model.context > SHORT:
-            short = context_curve(model, tokens, length=SHORT, coverage=coverage)
+            short = context_curve(model, tokens, length=SHORT, coverage=coverage, progress=progress)
             curve = splice(short, curve)
         curve["weights_sha256"] = weights_sha256(folder)
         curve["kind"] = model.card["kind"]
-        curve["card_test_bpc"] = model.card["metrics"].get("test", {}).get("bits_per_character")
+        curve["card_bpc"] = model.card["metrics"].get(split, {}).get("bits_per_character")
         result["models"][folder.name] = curve
     return result
 
@@ -205,14 +216,16 @@ def format_table(result: dict[str, Any]) -> str:
     longest = max(m["length"] for m in result["models"].values())
     ranges = [r for r in TABLE_LENGTHS if r[1] <= longest]
     lines = [
-        "| model | " + " | ".join(range_label(*r) for r in ranges) + " | card's test BPC |",
+        "| model | "
+        + " | ".join(range_label(*r) for r in ranges)
+        + f" | card's {result['split']} BPC |",
         "|---|" + "---|" * (len(ranges) + 1),
     ]
     for name, by_range in summary(result).items():
         cells = [
             f"{by_range[r][0]:.3f} ± {by_range[r][1]:.3f}" if r in by_range else "" for r in ranges
         ]
-        card = result["models"][name].get("card_test_bpc")
+        card = result["models"][name].get("card_bpc")
         cells.append("—" if card is None else f"{card:.3f}")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -142,7 +142,7 @@ def test_the_table_leaves_lengths_past_a_models_context_empty():
             "bengio": curve(8, [3 * math.log(2)] * 8, [50] * 8),
         }
     )
-    result["models"]["bengio"]["card_test_bpc"] = 1.5
+    result["models"]["bengio"]["card_bpc"] = 1.5
     table = format_table(result)
     assert table.splitlines()[0] == (
         "| model | 1 | 2 | 4 | 8 | 9–32 | 33–128 | 129–256 | card's test BPC |"
@@ -284,4 +284,6 @@ def test_cli_on_the_real_split(real_data, tmp_path, capsys):
     assert full_context(result, "attention-seed")[0] == pytest.approx(
         card["metrics"]["validation"]["bits_per_character"], abs=0.02
     )
-    assert "| `attention-seed` |" in capsys.readouterr().out
+    assert seed["card_bpc"] == card["metrics"]["validation"]["bits_per_character"]
+    printed = capsys.readouterr().out
+    assert "| `attention-seed` |" in printed and "card's validation BPC" in printed
