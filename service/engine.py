@@ -77,6 +77,12 @@ def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
     return plan
 
 
+def scoring_window(card: dict) -> int:
+    """Tokens per window of /score: the attention model's context; the Bengio model's training
+    block (it reads its n tokens out of any window, so a longer window only batches better)."""
+    return int(card["config"].get("block", card["context"]))
+
+
 def uses_kv_cache(model: LoadedModel) -> bool:
     """Whether generation on this model goes through its key/value cache graph (the registry
     loads it where asked for and worth it)."""
@@ -193,9 +199,7 @@ class Engine:
         self.tokenizer = model.tokenizer
         self.context = int(self.card["context"])
         self.vocab_size = int(self.card["config"]["vocab_size"])
-        # Scoring windows: the attention model's context; the Bengio model's training block
-        # (it reads its n tokens out of any window, so a longer window only batches better).
-        self.score_window = int(self.card["config"].get("block", self.context))
+        self.score_window = scoring_window(self.card)
         eot = self.tokenizer.token_to_id(END_OF_TEXT)
         if eot is None:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
@@ -416,14 +420,21 @@ class Engine:
         return choice.result
 
     def token_logprobs(
-        self, ids: list[int], top: int = 0, batch: int = 8, deadline: float | None = None
+        self,
+        ids: list[int],
+        top: int = 0,
+        batch: int = 8,
+        deadline: float | None = None,
+        window: int | None = None,
     ) -> tuple[np.ndarray, list[list[tuple[int, float]]]]:
         """Log-probability of each of ``ids[1:]`` after the tokens before it, with
-        half-overlapping windows of the scoring length (every token sees at least half a
-        window), and the ``top`` likeliest tokens at each of those positions."""
+        half-overlapping windows of ``window`` tokens (default: the scoring length; every token
+        sees at least half a window), and the ``top`` likeliest tokens at each of those
+        positions."""
+        window = window or self.score_window
         stream = np.asarray(ids, dtype=np.int64)
-        plan = window_plan(len(ids), self.score_window)
-        length = min(self.score_window, len(ids) - 1)
+        plan = window_plan(len(ids), window)
+        length = min(window, len(ids) - 1)
         offsets = np.arange(length)
         picked_all = np.zeros(len(ids) - 1, dtype=np.float64)
         best: list[list[tuple[int, float]]] = [[] for _ in range(len(ids) - 1)]
@@ -445,12 +456,19 @@ class Engine:
         return picked_all, best
 
     def score(
-        self, text: str, per_token: bool, batch: int = 8, deadline: float | None = None
+        self,
+        text: str,
+        per_token: bool,
+        batch: int = 8,
+        deadline: float | None = None,
+        window: int | None = None,
     ) -> dict:
-        """NLL of ``text`` after an end-of-text token, with half-overlapping windows."""
+        """NLL of ``text`` after an end-of-text token, with half-overlapping windows of
+        ``window`` tokens (default, and at most: the scoring length; the result says which)."""
+        window = min(window or self.score_window, self.score_window)
         ids = self.prompt_ids(text)
-        token_logprobs, _ = self.token_logprobs(ids, 0, batch, deadline)
-        length = min(self.score_window, len(ids) - 1)
+        token_logprobs, _ = self.token_logprobs(ids, 0, batch, deadline, window)
+        length = min(window, len(ids) - 1)
         nll = float(-token_logprobs.sum())
         chars = (
             len(self.tokenizer.normalizer.normalize_str(text))

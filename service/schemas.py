@@ -200,6 +200,9 @@ class ModelInfo(BaseModel):
         False, description="generation reads its key/value cache graph (MACHADO_KV_CACHE)"
     )
     training: dict = Field({}, description="hardware, time and tokens of its training run")
+    score_window: int | None = Field(
+        None, description="/score's window in tokens: its default, and the longest it allows"
+    )
     layers: int | None = Field(None, description="attention layers (models with attention)")
     heads: int | None = Field(None, description="heads per layer (models with attention)")
     metrics: dict = {}
@@ -430,6 +433,18 @@ def build_requests(settings: Settings) -> Requests:
             ),
         ]
         per_token: bool = Field(False, description="also list each token's log-probability")
+        window: int | None = Field(
+            None,
+            ge=1,
+            le=65536,
+            description="scoring window in tokens (default, and at most: the model's own, GET "
+            "/models score_window; a longer one is cut to it, and the response's window says "
+            "which was used): windows of w tokens overlap by half, so every token reads "
+            "from ceil(w/2) + 1 to w tokens before it (the text's first tokens: all there "
+            "are). Smaller windows show what the model does with less context. A Bengio model "
+            "reads its n tokens whenever the window has 2n - 3 or more (13 for n = 8); it pads "
+            "fewer with end-of-text, as at a document's start",
+        )
 
         _text_is_text = field_validator("text")(_valid_text)
 

@@ -232,7 +232,9 @@ def build_router(requests: Requests) -> APIRouter:
             try:
                 result = await run_blocking(
                     request,
-                    lambda: engine.score(body.text, body.per_token, deadline=deadline),
+                    lambda: engine.score(
+                        body.text, body.per_token, deadline=deadline, window=body.window
+                    ),
                 )
             except APIError:
                 record_ab(request, arm, started, False)

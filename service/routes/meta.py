@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.engine import uses_kv_cache
+from service.engine import scoring_window, uses_kv_cache
 from service.routes.common import require_api_key
 from service.schemas import Health, ModelInfo, ModelList, Readiness, error_responses
 
@@ -36,6 +36,7 @@ async def models(request: Request) -> ModelList:
                 kind=card.get("kind"),
                 parameters=card.get("parameters"),
                 context=card.get("context"),
+                score_window=scoring_window(card) if m.ready else None,
                 vocabulary=(card.get("config") or {}).get("vocab_size"),
                 provider=m.provider,
                 provider_reason=m.provider_reason or None,

@@ -337,3 +337,58 @@ def test_api_openapi_shows_limits(client):
     assert generate["prompt"]["maxLength"] == 2000
     assert generate["top_p"]["exclusiveMinimum"] == 0
     assert client.get("/docs").status_code == 200
+
+
+MACHADO = (
+    "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. Capitu tinha "
+    "os olhos de cigana oblíqua e dissimulada, e eu não sabia o que dizer, porque a vida é "
+    "assim mesmo: uma ópera, e o tenor e o barítono lutavam pelo soprano."
+)
+
+
+def test_api_score_window_defaults_to_the_models_own(client):
+    """Asking for the model's own window scores exactly what the default does."""
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["attention"]["score_window"] == 256 and models["bengio"]["score_window"] == 128
+    for name in ("attention", "bengio"):
+        default = client.post("/score", json={"model": name, "text": MACHADO}).json()
+        own = models[name]["score_window"]
+        asked = client.post("/score", json={"model": name, "text": MACHADO, "window": own}).json()
+        assert asked == default
+
+
+def test_api_score_smaller_window_reads_less_context(client):
+    """One token of context costs the attention model bits; the window and stride say so."""
+    full = client.post("/score", json={"model": "attention", "text": MACHADO}).json()
+    one = client.post("/score", json={"model": "attention", "text": MACHADO, "window": 1}).json()
+    assert (one["window"], one["stride"]) == (1, 1)
+    assert one["tokens"] == full["tokens"] and one["characters"] == full["characters"]
+    assert one["bits_per_character"] > full["bits_per_character"] + 0.2, (one, full)
+    eight = client.post("/score", json={"model": "attention", "text": MACHADO, "window": 8})
+    assert (eight.json()["window"], eight.json()["stride"]) == (8, 4)
+
+
+@pytest.mark.parametrize(("window", "same"), [(13, True), (64, True), (12, False), (8, False)])
+def test_api_score_bengio_reads_its_n_tokens_from_2n_minus_3(client, window, same):
+    """With windows of 13 tokens or more every token reads at least 8: Bengio's whole context."""
+    default = client.post("/score", json={"model": "bengio", "text": MACHADO}).json()
+    asked = client.post(
+        "/score", json={"model": "bengio", "text": MACHADO, "window": window}
+    ).json()
+    assert math.isclose(asked["nll_nats"], default["nll_nats"], rel_tol=1e-6) is same, (
+        asked["nll_nats"],
+        default["nll_nats"],
+    )
+
+
+def test_api_score_window_past_the_models_is_cut_to_it(client):
+    """A window longer than the model's own scores with the model's own, and says so."""
+    default = client.post("/score", json={"model": "attention", "text": MACHADO}).json()
+    longer = client.post("/score", json={"model": "attention", "text": MACHADO, "window": 9999})
+    assert longer.status_code == 200 and longer.json() == default
+    _error(
+        client.post("/score", json={"model": "bengio", "text": "a b", "window": 0}),
+        422,
+        "invalid_field",
+        "window",
+    )
