@@ -13,8 +13,8 @@ context is longer than 8 tokens is read a second time through windows of 8, one 
 
 Bits per character at a context length: its mean bits per token times the split's tokens per
 character (the windows start at every ``stride``-th token, so every context length averages over
-the same kind of tokens). The Bengio model pads a window that starts less than its ``n`` tokens
-into the stream with end-of-text, as at the start of a document: at 1 to ``n - 1`` tokens it
+the same kind of tokens). Before position ``p < n - 1`` of a window the Bengio model fills the
+tokens it misses with end-of-text, as at the start of a document: at 1 to ``n - 1`` tokens it
 reads the way it reads a document's first tokens, in training and in the service alike.
 """
 
@@ -32,12 +32,25 @@ from tqdm import tqdm
 
 from training.onnx_model import OnnxModel
 
-# The context lengths the report tabulates (every length is in the JSON).
 # Lengths up to SHORT come from windows of SHORT tokens (many targets each, see ``splice``); the
-# longer ones from windows of the model's context, so the table groups them into ranges.
+# longer ones from windows of the model's context, so tables group them into ranges.
 SHORT = 8
-TABLE_LENGTHS = ((1, 1), (2, 2), (4, 4), (8, 8), (9, 32), (33, 128), (129, 256))
 LOG2 = math.log(2)
+
+
+def table_ranges(longest: int) -> list[tuple[int, int]]:
+    """The (first, last) context lengths a table shows: 1, 2, 4 and 8 alone, then ranges four
+    times longer each (9-32, 33-128, ...) up to half the longest context, then its upper half
+    (for 256: 129-256, what the evaluation command scores). Every length is in the JSON."""
+    ranges = [(c, c) for c in (1, 2, 4, SHORT) if c <= longest]
+    first = SHORT + 1
+    while first <= longest // 2:
+        last = min(first * 4 - 4, longest // 2)
+        ranges.append((first, last))
+        first = last + 1
+    if first <= longest:
+        ranges.append((first, longest))
+    return ranges
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -184,16 +197,17 @@ def span(curve: dict[str, Any], first: int, last: int, scale: float) -> tuple[fl
 
 
 def summary(result: dict[str, Any]) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
-    """{model: {(first, last) context length: (BPC, two standard errors)}} at ``TABLE_LENGTHS``.
+    """{model: {(first, last) context length: (BPC, two standard errors)}} at ``table_ranges``.
 
     Standard errors treat targets as independent; the same token is a target at up to
     ``coverage`` lengths, so they are a guide, not an exact interval.
     """
     scale = result["tokens"] / result["characters"] / LOG2
+    ranges = table_ranges(max(m["length"] for m in result["models"].values()))
     return {
         name: {
             (first, last): span(curve, first, last, scale)
-            for first, last in TABLE_LENGTHS
+            for first, last in ranges
             if last <= curve["length"]
         }
         for name, curve in result["models"].items()
@@ -213,8 +227,7 @@ def range_label(first: int, last: int) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    longest = max(m["length"] for m in result["models"].values())
-    ranges = [r for r in TABLE_LENGTHS if r[1] <= longest]
+    ranges = table_ranges(max(m["length"] for m in result["models"].values()))
     lines = [
         "| model | "
         + " | ".join(range_label(*r) for r in ranges)

@@ -7,6 +7,7 @@ CPU, draws the training curves and samples every model on the same prompts.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from training.context import format_table as context_table
-from training.context import full_context, range_label, summary, weights_sha256
+from training.context import full_context, range_label, span, summary, weights_sha256
 from training.context import plot as plot_context
 from training.onnx_model import OnnxModel
 from training.plot import plot_curves
@@ -422,27 +423,8 @@ def _findings(rows: dict[str, dict], context: dict[str, Any] | None = None) -> l
                 else ""
             )
         )
-    if context is not None and {"attention", "attention-seed", "bengio"} <= set(context["models"]):
-        at = summary(context)
-        eight = {name: at[name][(8, 8)][0] for name in ("attention", "attention-seed", "bengio")}
-        full = full_context(context, "attention")[0]
-        seen = {name: rows.get(name, {}).get("tokens_seen") for name in ("attention", "bengio")}
-        out.append(
-            f"- **Where the lead comes from** (the context section below). Reading the same 8 "
-            f"tokens, the attention model scores {eight['attention']:.3f} BPC, the seed model "
-            f"{eight['attention-seed']:.3f} and the Bengio MLP {eight['bengio']:.3f}. So of the "
-            f"attention model's lead over the MLP ({eight['bengio'] - full:.3f} BPC in this "
-            f"measurement), {eight['bengio'] - eight['attention']:.3f} is already there at equal "
-            f"context, and {eight['attention'] - full:.3f} comes from reading up to "
-            f"{context['models']['attention']['length']} tokens. Equal context is not equal "
-            f"model or training: at 8 tokens the attention model still has its depth and width"
-            + (
-                f", and it saw {seen['attention'] / 1e6:.0f} M training tokens against "
-                f"{seen['bengio'] / 1e6:.0f} M for the MLP."
-                if None not in seen.values()
-                else "."
-            )
-        )
+    if context is not None:
+        out += _lead_finding(context, rows)
     for name, row in rows.items():
         full, half = (
             row["test"].get("bits_per_character"),
@@ -454,6 +436,40 @@ def _findings(rows: dict[str, dict], context: dict[str, Any] | None = None) -> l
                 f"{full:.5f} in float32 ({half - full:+.5f}), for half the disk."
             )
     return out
+
+
+def _lead_finding(context: dict[str, Any], rows: dict[str, dict]) -> list[str]:
+    """The attention model's lead over the MLP, split at the MLP's context: what is there
+    reading the same n tokens, and what reading more adds."""
+    models = context["models"]
+    if not {"attention", "bengio"} <= set(models):
+        return []
+    n = models["bengio"]["length"]
+    names = [name for name in ("attention", "attention-seed", "bengio") if name in models]
+    if any(models[name]["length"] < n for name in names):
+        return []
+    scale = context["tokens"] / context["characters"] / math.log(2)
+    at = {name: span(models[name], n, n, scale)[0] for name in names}
+    full = full_context(context, "attention")[0]
+    seen = {name: rows.get(name, {}).get("tokens_seen") for name in ("attention", "bengio")}
+    scores = f"the attention model scores {at['attention']:.3f} BPC" + (
+        f", the seed model {at['attention-seed']:.3f}" if "attention-seed" in at else ""
+    )
+    return [
+        f"- **Where the lead comes from** (the context section below). Reading the same {n} "
+        f"tokens, {scores} and the Bengio MLP {at['bengio']:.3f}. So of the attention model's "
+        f"lead over the MLP ({at['bengio'] - full:.3f} BPC in this measurement), "
+        f"{at['bengio'] - at['attention']:.3f} is already there at equal context, and "
+        f"{at['attention'] - full:.3f} comes from reading up to {models['attention']['length']} "
+        f"tokens. Equal context is not equal model or training: at {n} tokens the attention "
+        "model still has its depth and width"
+        + (
+            f", and it saw {seen['attention'] / 1e6:.0f} M training tokens against "
+            f"{seen['bengio'] / 1e6:.0f} M for the MLP."
+            if None not in seen.values()
+            else "."
+        )
+    ]
 
 
 def write_report(

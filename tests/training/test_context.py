@@ -11,7 +11,6 @@ import pytest
 
 from training.__main__ import main
 from training.context import (
-    TABLE_LENGTHS,
     context_curve,
     format_table,
     full_context,
@@ -19,6 +18,7 @@ from training.context import (
     plot_bins,
     splice,
     summary,
+    table_ranges,
     token_nll,
     weights_sha256,
 )
@@ -127,7 +127,7 @@ def test_summary_weighs_every_target_alike_and_converts_to_bits_per_character():
     counts = [400] * 8 + [10] * 248
     result = result_of({"long": curve(256, nats, counts, std=math.log(2))})
     at = summary(result)["long"]
-    assert set(at) == set(TABLE_LENGTHS)
+    assert list(at) == table_ranges(256)
     assert at[(1, 1)][0] == pytest.approx(2.0) and at[(8, 8)][0] == pytest.approx(1.125)
     assert at[(1, 1)][1] == pytest.approx(2 * 0.5 / 20)  # 2 s.e.: 2 * std / sqrt(400)
     lengths = np.arange(129, 257)
@@ -150,6 +150,17 @@ def test_the_table_leaves_lengths_past_a_models_context_empty():
     assert "| `attention` | 1.000 ± 0.000 |" in table and table.count("1.000 ± 0.000") == 7
     bengio = "| `bengio` |" + " 1.500 ± 0.000 |" * 4 + "  |  |  | 1.500 |"
     assert bengio in table
+
+
+@pytest.mark.parametrize("longest", [1, 4, 8, 9, 16, 32, 100, 128, 256, 512, 1024])
+def test_table_ranges_cover_every_length_past_eight_once_ending_in_the_upper_half(longest):
+    ranges = table_ranges(longest)
+    assert ranges[: min(4, len(ranges))] == [(c, c) for c in (1, 2, 4, 8) if c <= longest]
+    past = [c for first, last in ranges[4:] for c in range(first, last + 1)]
+    assert past == list(range(9, longest + 1))
+    if longest >= 18:  # the last range is what the evaluation command scores
+        assert ranges[-1] == (longest // 2 + 1, longest)
+    assert table_ranges(256)[4:] == [(9, 32), (33, 128), (129, 256)]
 
 
 def test_plot_bins_cover_every_length_past_eight_once():
@@ -287,3 +298,18 @@ def test_cli_on_the_real_split(real_data, tmp_path, capsys):
     assert seed["card_bpc"] == card["metrics"]["validation"]["bits_per_character"]
     printed = capsys.readouterr().out
     assert "| `attention-seed` |" in printed and "card's validation BPC" in printed
+
+
+def test_the_lead_is_split_at_the_mlps_own_context():
+    """A Bengio model of 6 tokens is compared with the attention model reading 6."""
+    bits = 2 * math.log(2)
+    attention = [bits * 2.0] * 5 + [bits * 1.7] + [bits * 1.6] * 250
+    context = result_of(
+        {
+            "attention": curve(256, attention, [100] * 256),
+            "bengio": curve(6, [bits * 1.9] * 6, [100] * 6),
+        }
+    )
+    text = report_with(context)
+    assert "Reading the same 6 tokens, the attention model scores 1.700 BPC and the Bengio" in text
+    assert "(0.300 BPC in this measurement), 0.200 is already there at equal context" in text
