@@ -400,6 +400,15 @@ def build_requests(settings: Settings) -> Requests:
             le=settings.max_top_k,
             description="next tokens listed per model",
         )
+        surprisal_window: int | None = Field(
+            None,
+            ge=1,
+            le=65536,
+            description="the prompt's surprisal is scored like /score with this window: each "
+            "token reads from ceil(w/2) + 1 to w tokens before it, so the models can be "
+            "compared reading the same few tokens (default, and at most: each model's own "
+            "score_window). The completion and next tokens always read the whole context",
+        )
 
     class NextTokenRequest(Strict):
         model: ModelName

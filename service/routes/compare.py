@@ -47,7 +47,9 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
                 body.prompt, body.max_new_tokens, params, body.seed, body.stop, 0, deadline
             )
             nxt = engine.next_token(body.prompt, body.top_n)
-            scored = engine.score(body.prompt, per_token=True, deadline=deadline)
+            scored = engine.score(
+                body.prompt, per_token=True, deadline=deadline, window=body.surprisal_window
+            )
             bits = [-t["logprob"] / math.log(2) for t in scored["token_logprobs"]]
             result = CompareModelResult(
                 model=engine.name,

@@ -160,7 +160,7 @@ function surprisalColour(bits, max) {
   return `hsl(${Math.round(120 - 120 * t)}, 70%, ${Math.round(88 - 28 * t)}%)`;
 }
 
-function renderColumn(result, promptTokens, maxBits) {
+function renderColumn(result, promptTokens, maxBits, reads) {
   const col = $(`col-${result.model}`);
   const bars = col.querySelector(".bars");
   bars.replaceChildren(el("div", { class: "meta" }, "next token"));
@@ -175,7 +175,7 @@ function renderColumn(result, promptTokens, maxBits) {
   }
   const line = col.querySelector(".surprisal");
   line.replaceChildren(el("div", { class: "meta" },
-    `prompt surprisal: ${result.total_surprisal_bits.toFixed(1)} bits (greener is less surprised)`));
+    `prompt surprisal, each token reading ${reads}: ${result.total_surprisal_bits.toFixed(1)} bits (greener is less surprised)`));
   result.surprisal_bits.forEach((bits, i) => {
     const span = el("span", { title: `${bits.toFixed(2)} bits` }, promptTokens[i]);
     span.style.background = surprisalColour(bits, maxBits);
@@ -201,7 +201,13 @@ async function runCompare() {
   }
   $("compare").disabled = true;
   try {
-    const comparison = api("POST", "/compare", { prompt, models: names, ...params, max_new_tokens: 1, top_n: 8 });
+    const select = $("surprisal-window");
+    const surprisalWindow = select.value;
+    const reads = select.options[select.selectedIndex].text;
+    const comparison = api("POST", "/compare", {
+      prompt, models: names, ...params, max_new_tokens: 1, top_n: 8,
+      ...(surprisalWindow ? { surprisal_window: Number(surprisalWindow) } : {}),
+    });
     const streams = names.map((name) => stream("/generate", { model: name, prompt, ...params, stream: true }, (event, data) => {
       const col = $(`col-${name}`);
       if (event === "token") col.querySelector(".generated").textContent += data.text;
@@ -210,7 +216,7 @@ async function runCompare() {
     }));
     const result = await comparison;
     const maxBits = Math.max(...result.results.flatMap((r) => r.surprisal_bits));
-    for (const r of result.results) renderColumn(r, result.prompt_tokens, maxBits);
+    for (const r of result.results) renderColumn(r, result.prompt_tokens, maxBits, reads);
     await Promise.all(streams);
   } catch (error) {
     showError(error);

@@ -102,6 +102,26 @@ def test_playground_penalties_reach_the_models(browser, server):
     page.close()
 
 
+def test_playground_surprisal_window_reaches_compare(browser, server):
+    """Reading 1 token, the prompt surprises the attention model more than reading it all."""
+    page = _open(browser, server)
+    page.fill("#prompt", "Não tive filhos, não transmiti a nenhuma criatura o legado")
+    page.fill("#max-new-tokens", "2")
+    for box in page.locator("#model-choices input").all():
+        if box.get_attribute("value") != "attention":
+            box.uncheck()
+    totals = {}
+    for value, reads in (("", "the whole context"), ("1", "1 token")):
+        page.select_option("#surprisal-window", value)
+        page.click("#compare")
+        line = page.locator("#col-attention .surprisal .meta", has_text=f"reading {reads}:")
+        line.wait_for(timeout=60_000)
+        totals[reads] = float(line.inner_text().split(": ")[1].split(" bits")[0])
+    assert totals["1 token"] > totals["the whole context"], totals
+    assert page.locator("#error").is_hidden()
+    page.close()
+
+
 def test_playground_attention_view(browser, server):
     page = _open(browser, server)
     page.fill("#prompt", "Não tive filhos, não transmiti a nenhuma criatura")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -141,6 +142,25 @@ def test_compare_side_by_side(client):
     assert [r["model"] for r in some["results"]] == ["bengio", "attention"]
     missing = client.post("/compare", json={**body, "models": ["nope"]})
     assert missing.status_code == 404
+
+
+def test_compare_surprisal_window_is_scores_window(client):
+    """The prompt's surprisal with a window is what /score gives with that window; the
+    completion and next tokens still read the whole context."""
+    prompt = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria."
+    body = {"prompt": prompt, "max_new_tokens": 4, "temperature": 0, "models": ["attention"]}
+    whole = client.post("/compare", json=body).json()["results"][0]
+    two = client.post("/compare", json={**body, "surprisal_window": 2}).json()["results"][0]
+    scored = client.post(
+        "/score", json={"model": "attention", "text": prompt, "per_token": True, "window": 2}
+    ).json()
+    expected = [-t["logprob"] / math.log(2) for t in scored["token_logprobs"]]
+    assert two["surprisal_bits"] == pytest.approx(expected, rel=1e-9)
+    assert two["total_surprisal_bits"] > whole["total_surprisal_bits"]
+    assert two["surprisal_bits"][:2] == pytest.approx(whole["surprisal_bits"][:2], rel=1e-5)
+    assert (two["completion"], two["next_tokens"]) == (whole["completion"], whole["next_tokens"])
+    zero = client.post("/compare", json={**body, "surprisal_window": 0})
+    assert zero.status_code == 422 and zero.json()["error"]["field"] == "surprisal_window"
 
 
 def test_compare_runs_the_models_at_once(client, monkeypatch):
