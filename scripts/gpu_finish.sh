@@ -70,7 +70,8 @@ status() {
   echo "sweep log (last lines):"
   tail -n 5 "$WORK/sweep.log" 2>/dev/null || echo "(no sweep log)"
   [ -f "$WORK/sweep.rc" ] && echo "sweep finished with exit code $(cat "$WORK/sweep.rc")"
-  ls .carry 2>/dev/null | tr '\n' ' '
+  # No .carry (a rehearsal, or a machine that restarted) must not end the script (set -e).
+  ls .carry 2>/dev/null | tr '\n' ' ' || true
   echo
 }
 
