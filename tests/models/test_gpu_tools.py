@@ -151,3 +151,23 @@ def test_report_renders_cuda_check_int8_and_sweep():
     assert "## How `bengio` was tuned (validation split only)" in text
     assert "| context=12 (chosen) |" in text
     assert "--vary context=4,12 -- --batch-size 16 --max-steps 17500" in text
+
+
+def test_gpu_finish_status_runs_without_carried_files(tmp_path):
+    """`status` lists .carry; where nothing was carried (a rehearsal, a restarted machine) it
+    must not end the script, which runs under set -e and packs the results after it."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "gpu_finish.sh", tmp_path / "scripts")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "sweep.log").write_text("sweep: done base\n")
+    (work / "sweep.rc").write_text("0\n")
+    done = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "gpu_finish.sh"), "status"],
+        env={"PATH": "/usr/bin:/bin", "WORK": str(work), "OUT": str(tmp_path / "out")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sweep: done base" in done.stdout and "finished with exit code 0" in done.stdout
