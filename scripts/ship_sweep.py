@@ -90,9 +90,14 @@ def main() -> int:
         )
         if measured.returncode:
             print(f"the context curves were not measured again: {context} is stale")
-    report = ["-m", "training", "report", "--models", str(args.models), "--cuda-check"]
-    check = cuda_check.relative_to(ROOT) if cuda_check.is_relative_to(ROOT) else cuda_check
-    subprocess.run([py, *report, str(check), "--context-bench", str(context)], check=True, cwd=ROOT)
+    # The report prints these paths in its commands: relative to the repository where they can be.
+    shown = [
+        str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in (cuda_check, context)
+    ]
+    report = ["-m", "training", "report", "--models", str(args.models)]
+    subprocess.run(
+        [py, *report, "--cuda-check", shown[0], "--context-bench", shown[1]], check=True, cwd=ROOT
+    )
     return 0
 
 

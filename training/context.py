@@ -184,6 +184,11 @@ def measure(
     return result
 
 
+def bpc_scale(result: dict[str, Any]) -> float:
+    """Nats per token -> bits per character of the split the result scored."""
+    return result["tokens"] / result["characters"] / LOG2
+
+
 def span(curve: dict[str, Any], first: int, last: int, scale: float) -> tuple[float, float]:
     """Mean of lengths ``first..last`` (targets weighted alike) and two standard errors."""
     rows = slice(first - 1, last)
@@ -202,7 +207,7 @@ def summary(result: dict[str, Any]) -> dict[str, dict[tuple[int, int], tuple[flo
     Standard errors treat targets as independent; the same token is a target at up to
     ``coverage`` lengths, so they are a guide, not an exact interval.
     """
-    scale = result["tokens"] / result["characters"] / LOG2
+    scale = bpc_scale(result)
     ranges = table_ranges(max(m["length"] for m in result["models"].values()))
     return {
         name: {
@@ -218,7 +223,7 @@ def full_context(result: dict[str, Any], name: str) -> tuple[float, float]:
     """BPC and two standard errors over the upper half of the model's context: what the
     evaluation command (and the card) scores, each token seeing half a window to a whole one."""
     curve = result["models"][name]
-    scale = result["tokens"] / result["characters"] / LOG2
+    scale = bpc_scale(result)
     return span(curve, curve["length"] // 2 + 1, curve["length"], scale)
 
 
@@ -264,7 +269,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     """
     from training.plot import plt
 
-    scale = result["tokens"] / result["characters"] / LOG2
+    scale = bpc_scale(result)
     longest = max(m["length"] for m in result["models"].values())
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for i, (name, curve) in enumerate(result["models"].items()):

@@ -7,15 +7,22 @@ CPU, draws the training curves and samples every model on the same prompts.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from training.context import (
+    SHORT,
+    bpc_scale,
+    full_context,
+    range_label,
+    span,
+    summary,
+    weights_sha256,
+)
 from training.context import format_table as context_table
-from training.context import full_context, range_label, span, summary, weights_sha256
 from training.context import plot as plot_context
 from training.onnx_model import OnnxModel
 from training.plot import plot_curves
@@ -349,9 +356,9 @@ def _context_section(context: dict[str, Any]) -> list[str]:
         "the given number of tokens (a range: the mean over its lengths), ± two standard "
         "errors. Windows of a model's context are laid over the split every context / "
         f"{context['coverage']} tokens, and position p of a window reads p + 1 tokens; for the "
-        f"attention model, lengths up to 8 come from windows of 8 tokens, one every "
-        f"{max(1, 8 // context['coverage'])}, so they rest on as many targets as the 8-token "
-        "models' do. Bits per token become bits per "
+        f"attention model, lengths up to {SHORT} come from windows of {SHORT} tokens, one every "
+        f"{max(1, SHORT // context['coverage'])}, so they rest on as many targets as the "
+        f"{SHORT}-token models' do. Bits per token become bits per "
         "character through the split's tokens per character. The Bengio model pads a shorter "
         "window with end-of-text, as at a document's start. The card's figure (last column) "
         "scores every token once, seeing half a window to a whole one.",
@@ -448,8 +455,7 @@ def _lead_finding(context: dict[str, Any], rows: dict[str, dict]) -> list[str]:
     names = [name for name in ("attention", "attention-seed", "bengio") if name in models]
     if any(models[name]["length"] < n for name in names):
         return []
-    scale = context["tokens"] / context["characters"] / math.log(2)
-    at = {name: span(models[name], n, n, scale)[0] for name in names}
+    at = {name: span(models[name], n, n, bpc_scale(context))[0] for name in names}
     full = full_context(context, "attention")[0]
     seen = {name: rows.get(name, {}).get("tokens_seen") for name in ("attention", "bengio")}
     scores = f"the attention model scores {at['attention']:.3f} BPC" + (
@@ -483,11 +489,11 @@ def write_report(
     saved = report
     if report["context"]:  # the per-length curves stay in their benchmark file
         context = report["context"]
-        saved = {**report, "context": {**context, "models": summary(context)}}
-        saved["context"]["models"] = {
+        tables = {
             name: {range_label(*r): v for r, v in by.items()}
-            for name, by in saved["context"]["models"].items()
+            for name, by in summary(context).items()
         }
+        saved = {**report, "context": {**context, "models": tables}}
     (models_dir / "report.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
     path = models_dir / "README.md"
     path.write_text(render(report))
