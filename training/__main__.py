@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the step loop stops paying Python's launch overhead)",
     )
     p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
+        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
+    )
+    p.add_argument(
         "--stop-at",
         type=int,
         default=None,
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="sweep folder")
     p.add_argument("--parallel", type=int, default=1, help="trials trained at once (1)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the chosen trial")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the sweep in OUT: finished trials are kept, unfinished ones resume "
+        "from their last checkpoints (same --vary and train arguments required)",
+    )
     p.add_argument("--data", type=Path, default=None, help="prepared data folder")
     p.add_argument(
         "train_args", nargs=argparse.REMAINDER, help="-- then arguments for every `train`"
@@ -269,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="timed steps (50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (10)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
+        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
+    )
     p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser
@@ -326,6 +346,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             compile=args.compile,
+            precision=args.precision,
             stop_at=args.stop_at,
             resume=args.resume,
             progress=not args.no_progress,
@@ -342,16 +363,20 @@ def _run(args: argparse.Namespace) -> int:
                 "sweep: give a step budget (--max-steps), not --time-budget, so "
                 "every trial sees the same tokens however many share the device"
             )
-        sweep(
-            args.model,
-            args.preset,
-            _factors(args.vary),
-            args.out,
-            [*train_args, "--data", str(data_dir)],
-            args.parallel,
-            data_dir,
-            evaluate=not args.no_eval,
-        )
+        try:
+            sweep(
+                args.model,
+                args.preset,
+                _factors(args.vary),
+                args.out,
+                [*train_args, "--data", str(data_dir)],
+                args.parallel,
+                data_dir,
+                evaluate=not args.no_eval,
+                resume=args.resume,
+            )
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
     elif args.command == "evaluate":
         from training.evaluate import evaluate_checkpoint, write_json
 
@@ -421,6 +446,7 @@ def _run(args: argparse.Namespace) -> int:
             args.warmup,
             args.device,
             args.profile,
+            precision=args.precision,
         )
         table = result.pop("profile", None)
         print(json.dumps(result, indent=2))

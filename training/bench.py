@@ -42,6 +42,8 @@ def bench_attention(
     seed: int = 0,
 ) -> dict:
     """ms per batch of each implementation, speed-ups over the loops, max absolute differences."""
+    from training.train import hardware
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     layer = CausalSelfAttention(d_model, n_head).to(dev).eval()
@@ -59,9 +61,7 @@ def bench_attention(
     }
     return {
         "shape": {"batch": batch, "steps": steps, "d_model": d_model, "n_head": n_head},
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "device": hardware(dev),
         "torch": torch.__version__,
         "ms_per_batch": timings,
         "speedup_over_loops": {
@@ -97,6 +97,7 @@ def bench_train(
     device: str | None = None,
     profile: bool = False,
     seed: int = 0,
+    precision: str = "auto",
 ) -> dict:
     """Training throughput of one preset on random tokens: tokens/s and ms per step.
 
@@ -109,7 +110,9 @@ def bench_train(
         TrainConfig,
         autocast_for,
         enable_tf32,
+        hardware,
         make_optimizer,
+        resolve_precision,
         training_step,
     )
 
@@ -119,7 +122,8 @@ def bench_train(
     model = build_model(preset(kind, preset_name)).to(dev)
     optimizer = make_optimizer(model, TrainConfig(), dev)
     runner = model if compile_mode is None else torch.compile(model, mode=compile_mode)
-    autocast = autocast_for(dev)
+    precision = resolve_precision(precision, dev)
+    autocast = autocast_for(dev, precision)
     vocab, length = model.config.vocab_size, model.block_size
     batches = [
         (
@@ -154,9 +158,8 @@ def bench_train(
         "batch_size": batch_size,
         "sequence": length,
         "compile": compile_mode,
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "precision": precision,
+        "device": hardware(dev),
         "torch": torch.__version__,
         "warmup_steps": warmup,
         "warmup_seconds": warmup_s,

@@ -3,12 +3,17 @@
 A checkpoint folder holds ``model.safetensors`` and ``config.json`` (kind, config, training
 metadata), so it rebuilds its own model with nothing else; ``train_state.pt`` (optimizer, step,
 random state) is there too where training can resume from it.
+
+A checkpoint is written whole into ``FOLDER.tmp`` and only then put in place of the old one, so a
+process killed while saving leaves the previous checkpoint or the new one, never half of each
+(``recover`` finishes a swap that was cut between its two renames).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +60,46 @@ def save_checkpoint(
     metadata: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write weights, config and (optionally) the training state, replacing the folder's files."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write weights, config and (optionally) the training state in place of the folder."""
+    folder = Path(folder)
+    recover(folder)
+    tmp, old = _beside(folder, "tmp"), _beside(folder, "old")
+    shutil.rmtree(tmp, ignore_errors=True)  # a save cut short before
+    tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if isinstance(model, AttentionLM):
         state.pop("head.weight")  # tied to token_embedding.weight
-    tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(folder / "model.safetensors")
+    save_file(state, str(tmp / "model.safetensors"))
     config = {
         "kind": model.config.kind,
         "config": dataclasses.asdict(model.config),
         "parameters": parameter_count(model),
         **(metadata or {}),
     }
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if train_state is not None:
-        torch.save(train_state, folder / "train_state.pt.tmp")
-        (folder / "train_state.pt.tmp").replace(folder / "train_state.pt")
+        torch.save(train_state, tmp / "train_state.pt")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)  # complete: from here on the new checkpoint is the one
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _beside(folder: Path, suffix: str) -> Path:
+    return folder.with_name(f"{folder.name}.{suffix}")
+
+
+def recover(folder: Path) -> None:
+    """Finish a save that was killed between its renames: the complete new copy takes its place.
+
+    FOLDER.tmp is only renamed into place once written whole, and FOLDER is only moved away after
+    that; so where FOLDER is missing and FOLDER.tmp is there, FOLDER.tmp is complete.
+    """
+    folder = Path(folder)
+    tmp = _beside(folder, "tmp")
+    if not folder.exists() and tmp.is_dir():
+        tmp.rename(folder)
 
 
 def read_config(folder: Path) -> dict[str, Any]:

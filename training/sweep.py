@@ -8,6 +8,11 @@ and their best validation losses compare. Trials run as parallel processes (one 
 several small models at once). The trial with the lowest validation loss is chosen and
 evaluated on validation and test; the test split plays no part in the choice.
 
+A sweep can stop and go on (``--resume``): a finished trial leaves ``OUT/TRIAL/trial.json`` and is
+not trained again, an unfinished one resumes from its last checkpoint (``train --resume``), and
+the sweep refuses to go on with other factors or train arguments than it started with
+(``OUT/plan.json``). That is how a CPU sweep of many hours spans several sittings.
+
     python -m training sweep --model bengio --preset base --parallel 9 \\
         --vary context=4,12 --vary d_hidden=512,2048 --vary direct=False \\
         --vary dropout=0.1,0.4 --out runs/sweep-bengio -- --batch-size 16 --max-steps 17500
@@ -69,6 +74,10 @@ def combination(factors: dict[str, list[Any]], scores: dict[str, float]) -> Tria
     return Trial(trial_name(chosen), chosen)
 
 
+TRIAL_FILE = "trial.json"
+PLAN_FILE = "plan.json"
+
+
 def _command(trial: Trial, model: str, preset: str, out: Path, train_args: list[str]) -> list[str]:
     command = [sys.executable, "-m", "training", "train", "--model", model, "--preset", preset]
     for key, value in trial.overrides.items():
@@ -83,17 +92,35 @@ def run_trials(
     out: Path,
     train_args: list[str],
     parallel: int,
+    resume: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Train the trials, ``parallel`` at a time; each trial's summary (or its failure)."""
+    """Train the trials, ``parallel`` at a time; each trial's summary (or its failure).
+
+    With ``resume``, a trial that finished before (its trial.json) is taken as it is, and the
+    others continue from their last checkpoints.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    pending = list(trials)
-    running: list[tuple[Trial, subprocess.Popen, Any, float]] = []
     results: dict[str, dict[str, Any]] = {}
+    pending = []
+    for trial in trials:
+        done = out / trial.name / TRIAL_FILE
+        if resume and done.is_file() and "error" not in (result := json.loads(done.read_text())):
+            print(
+                f"sweep: {trial.name} finished before: validation loss "
+                f"{result.get('best_val_loss')}",
+                flush=True,
+            )
+            results[trial.name] = result
+        else:
+            pending.append(trial)
+    running: list[tuple[Trial, subprocess.Popen, Any, float]] = []
     while pending or running:
         while pending and len(running) < parallel:
             trial = pending.pop(0)
-            log = (out / f"{trial.name}.log").open("w")
+            log = (out / f"{trial.name}.log").open("a" if resume else "w")
             command = _command(trial, model, preset, out, train_args)
+            if resume:
+                command.append("--resume")
             print(f"sweep: start {trial.name}: {' '.join(command[2:])}", flush=True)
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             running.append((trial, process, log, time.perf_counter()))
@@ -111,9 +138,29 @@ def run_trials(
                 result = {"error": f"exit code {process.returncode}, see {trial.name}.log"}
             result.update(overrides=trial.overrides, wall_seconds=time.perf_counter() - started)
             results[trial.name] = result
+            if (out / trial.name).is_dir():
+                (out / trial.name / TRIAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
             loss = result.get("best_val_loss")
             print(f"sweep: done {trial.name}: validation loss {loss}", flush=True)
     return results
+
+
+def check_plan(out: Path, this: dict[str, Any], resume: bool) -> None:
+    """Record the sweep's plan in ``out``; going on, insist it is the one the sweep began with."""
+    path = out / PLAN_FILE
+    this = json.loads(json.dumps(this))  # as it reads back: tuples as lists
+    if resume and path.is_file():
+        before = json.loads(path.read_text())
+        if before != this:
+            changed = sorted(key for key in this if before.get(key) != this[key])
+            raise ValueError(
+                f"{out} holds a sweep with another {', '.join(changed)}: "
+                f"{ {key: before.get(key) for key in changed} }; resume it with those, or "
+                "give another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(this, indent=2) + "\n")
 
 
 def _score(result: dict[str, Any]) -> float:
@@ -130,13 +177,19 @@ def sweep(
     parallel: int,
     data_dir: Path,
     evaluate: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep; write and return ``out/sweep.json`` (every trial, the chosen one)."""
     started = time.perf_counter()
-    results = run_trials(plan(factors), model, preset, out, train_args, parallel)
+    check_plan(
+        out,
+        {"model": model, "preset": preset, "factors": factors, "train_args": train_args},
+        resume,
+    )
+    results = run_trials(plan(factors), model, preset, out, train_args, parallel, resume)
     extra = combination(factors, {name: _score(r) for name, r in results.items()})
     if extra is not None:
-        results |= run_trials([extra], model, preset, out, train_args, parallel)
+        results |= run_trials([extra], model, preset, out, train_args, parallel, resume)
     scores = {name: _score(r) for name, r in results.items()}
     chosen = min(scores, key=scores.get)
     if math.isinf(scores[chosen]):

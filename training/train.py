@@ -1,8 +1,9 @@
 """Training loop for every model kind, on CPU or CUDA, one process or several (torchrun).
 
 AdamW (weight decay on matrices only), linear warm-up then cosine decay, gradient clipping,
-bf16 autocast and TF32 on CUDA, optional torch.compile, periodic validation over the whole
-validation split, the best checkpoint kept, early stopping, resumable, seeded.
+bf16 autocast (on CUDA, and on CPUs with bf16 instructions), TF32 on CUDA, optional
+torch.compile, periodic validation over the whole validation split, the best checkpoint kept,
+early stopping, resumable, seeded.
 
 The step loop never waits for the GPU except at log and evaluation points: batches are sampled on
 the device from the token stream that lives there, and losses accumulate on the device.
@@ -34,6 +35,7 @@ from training.checkpoint import (
     parameter_count,
     preset,
     read_config,
+    recover,
     save_checkpoint,
 )
 from training.evaluate import stream_nll
@@ -64,6 +66,7 @@ class TrainConfig:
     seed: int = 1337  # seeds weights, dropout and batch sampling
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: cuda if available)
     compile: str | None = None  # torch.compile mode ("default", "reduce-overhead"...); None: eager
+    precision: str = "auto"  # bf16 (autocast), fp32, or auto: bf16 where the device has it
     stop_at: int | None = None  # leave off at this step, schedule unchanged (resume later)
     resume: bool = False  # continue from out/last
     progress: bool = True  # show a progress bar
@@ -82,10 +85,42 @@ def _git_commit() -> str | None:
         return None
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    name, flags = "", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return name, flags
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    return bool(_cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA and on CPUs with bf16 instructions, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = _cpu_info()[0] or f"{platform.processor() or platform.machine()} CPU"
+    threads = torch.get_num_threads()
+    return f"{name}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def learning_rate(step: int, total: int, cfg: TrainConfig) -> float:
@@ -142,10 +177,12 @@ def training_step(
     return loss.detach()
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(
+    device: torch.device, precision: str = "auto"
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast where ``precision`` resolves to bf16 (see resolve_precision); else none."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -173,7 +210,7 @@ def _pick_device(cfg: TrainConfig, rank: int, world: int) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW with weight decay on matrices only; the fused kernel on CUDA."""
+    """AdamW with weight decay on matrices only, its fused kernel (CUDA and CPU)."""
     params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -181,7 +218,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=True)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -215,6 +252,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     last_dir, best_dir = cfg.out / "last", cfg.out / "best"
     metrics_path = cfg.out / "metrics.jsonl"
+    recover(last_dir)
+    recover(best_dir)
     if cfg.resume and (last_dir / "train_state.pt").is_file():
         model.load_state_dict(load_checkpoint(last_dir, device).state_dict())
         state = torch.load(last_dir / "train_state.pt", map_location=device, weights_only=False)
@@ -225,7 +264,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         best_val, stale = state["best_val"], state["stale"]
         if metrics_path.is_file():
             history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+            # Records past the checkpoint belong to steps that are trained again: drop them.
             history = [h for h in history if h["step"] <= step]
+            if main:
+                metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
         log(f"resumed {cfg.out} at step {step}")
     elif main:
         cfg.out.mkdir(parents=True, exist_ok=True)
@@ -236,12 +278,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[device.index] if device.type == "cuda" else None
         )
-    autocast = autocast_for(device)
+    precision = resolve_precision(cfg.precision, device)
+    autocast = autocast_for(device, precision)
     tokens_per_step = cfg.batch_size * model.block_size * world
     n_params = parameter_count(model)
     log(
         f"{cfg.kind}/{cfg.preset}: {n_params:,} parameters on {hardware(device)}"
-        f"{f' x{world} processes' if world > 1 else ''}, {tokens_per_step:,} tokens per step"
+        f"{f' x{world} processes' if world > 1 else ''}, {tokens_per_step:,} tokens per step, "
+        f"{precision}"
     )
     run_info = {
         "kind": cfg.kind,
@@ -250,6 +294,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "tokenizer_sha256": meta["tokenizer_sha256"],
         "data": {"corpus": meta["corpus"], "splits": meta["splits"]},
         "hardware": hardware(device) + (f" x{world}" if world > 1 else ""),
+        "precision": precision,
         "git_commit": _git_commit(),
         "command": "python -m training " + " ".join(sys.argv[1:]),
     }
@@ -378,6 +423,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "best_val_loss": best["val_loss"],
             "train_tokens_per_s": _mean_rate(history),
             "hardware": run_info["hardware"],
+            "precision": precision,
         }
         summary["best_val_perplexity"] = math.exp(best["val_loss"])
         (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The Bengio sweep of issue 3 on this CPU, over as many sittings as it takes: the same trials and
+# the same step budget as the GPU plan (scripts/gpu_finish.sh), one thread per trial, two trials
+# at a time, bf16 autocast. Every sitting goes on where the last one stopped
+# (`python -m training sweep --resume`): finished trials are kept, unfinished ones resume from
+# their last checkpoint (saved every 750 steps).
+#
+#   bash scripts/cpu_sweep.sh start     start or go on, in the background (nothing if it runs)
+#   bash scripts/cpu_sweep.sh status    each trial's step and validation loss, and whether it runs
+#   bash scripts/cpu_sweep.sh pause     stop it using the CPU for a while (SIGSTOP) ...
+#   bash scripts/cpu_sweep.sh resume    ... and let it go on (SIGCONT)
+#   bash scripts/cpu_sweep.sh stop      end it (the next start goes on from the checkpoints)
+#
+# When it is done, OUT/sweep.json holds every trial and the chosen one, evaluated on validation
+# and test. Settings: OUT (runs/sweep-bengio-cpu), PYTHON (.venv/bin/python), PARALLEL (2),
+# THREADS (1 per trial), DATA (data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/sweep-bengio-cpu}
+PY=${PYTHON:-.venv/bin/python}
+PARALLEL=${PARALLEL:-2}
+THREADS=${THREADS:-1}
+DATA=${DATA:-data}
+STEPS=17500
+PID_FILE="$OUT.pid"
+
+running() {
+  [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+}
+
+group_signal() {
+  running || { echo "the sweep is not running"; return 0; }
+  kill "-$1" -- "-$(cat "$PID_FILE")"
+}
+
+case "${1:-status}" in
+  start)
+    if running; then
+      echo "the sweep runs already (process group $(cat "$PID_FILE")); see: $0 status"
+      exit 0
+    fi
+    mkdir -p "$OUT"
+    # The trials and train arguments of scripts/gpu_finish.sh's sweep, on the CPU: no
+    # torch.compile, explicit bf16.
+    OMP_NUM_THREADS=$THREADS MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)} \
+      setsid nohup "$PY" -m training sweep --model bengio --preset base --parallel "$PARALLEL" \
+      --vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4 \
+      --out "$OUT" --data "$DATA" --resume -- --batch-size 16 --max-steps "$STEPS" \
+      --warmup-steps 200 --eval-interval 750 --log-interval 50 --device cpu --precision bf16 \
+      >> "$OUT.log" 2>&1 < /dev/null &
+    echo $! > "$PID_FILE"
+    echo "started: process group $!, log $OUT.log"
+    ;;
+  status)
+    if running; then echo "running (process group $(cat "$PID_FILE"))"; else echo "not running"; fi
+    "$PY" - "$OUT" "$STEPS" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out, steps = Path(sys.argv[1]), int(sys.argv[2])
+for trial in sorted(p for p in out.glob("*") if p.is_dir()):
+    done = trial / "trial.json"
+    if done.is_file():
+        result = json.loads(done.read_text())
+        print(f"{trial.name:16} done      validation loss {result.get('best_val_loss')}")
+        continue
+    records = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()
+               if line] if (trial / "metrics.jsonl").is_file() else []
+    evals = [r for r in records if "val_loss" in r]
+    step = records[-1]["step"] if records else 0
+    rate = records[-1]["tokens_per_s"] if records else 0
+    val = f"validation loss {evals[-1]['val_loss']:.4f} at step {evals[-1]['step']}" if evals else ""
+    print(f"{trial.name:16} {step:>6}/{steps} {rate:>7,.0f} tokens/s  {val}")
+if (out / "sweep.json").is_file():
+    print("finished:", json.loads((out / "sweep.json").read_text())["chosen"], "chosen")
+EOF
+    ;;
+  pause) group_signal STOP ;;
+  resume) group_signal CONT ;;
+  stop)
+    group_signal TERM
+    rm -f "$PID_FILE"
+    ;;
+  *)
+    echo "usage: $0 start|status|pause|resume|stop" >&2
+    exit 2
+    ;;
+esac
