@@ -118,3 +118,36 @@ def test_sweep_runs_trials_in_parallel_and_evaluates_the_chosen_one(prepared, tm
     splits = [(e["split"], e["storage"]) for e in report["evaluations"]]
     assert splits == [("validation", "float32"), ("test", "float32"), ("test", "float16")]
     assert (chosen / "eval-test-float16.json").is_file()
+
+
+def test_sweep_resume_keeps_finished_trials_and_continues_cut_ones(prepared, tmp_path, capsys):
+    """A sweep cut short goes on: a trial killed half-way resumes from its last checkpoint, a
+    finished one is not trained again, and other factors or train arguments are refused."""
+    out = tmp_path / "sweep"
+    model = ["--model", "bengio", "--preset", "tiny"]
+    train_args = ["--batch-size", "4", "--max-steps", "8", "--eval-interval", "4", "--device"]
+    train_args += ["cpu"]
+    # The base trial as the sweep runs it, cut off after its checkpoint at step 4.
+    cut = ["train", *model, "--out", str(out / BASE), "--no-progress", *train_args]
+    assert main([*cut, "--data", str(prepared), "--stop-at", "4"]) == 0
+    sweep = ["sweep", *model, "--out", str(out), "--no-eval", "--data", str(prepared)]
+    sweep += ["--vary", "context=2", "--resume"]
+    assert main([*sweep, "--", *train_args]) == 0
+    assert f"resumed {out / BASE} at step 4" in (out / f"{BASE}.log").read_text()
+    assert "resumed" not in (out / "context=2.log").read_text()  # nothing to resume: from 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert {name: r["steps"] for name, r in report["trials"].items()} == {BASE: 8, "context=2": 8}
+    steps = [json.loads(line)["step"] for line in (out / BASE / "metrics.jsonl").open()]
+    assert steps == [4, 8]
+
+    capsys.readouterr()
+    assert main([*sweep, "--", *train_args]) == 0  # all finished: nothing is trained again
+    printed = capsys.readouterr().out
+    assert "sweep: start" not in printed and printed.count("finished before") == 2
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["trials"] == report["trials"] and again["chosen"] == report["chosen"]
+
+    with pytest.raises(SystemExit, match="another factors"):
+        main([*sweep[:-3], "--vary", "context=3", "--resume", "--", *train_args])
+    with pytest.raises(SystemExit, match="another train_args"):
+        main([*sweep, "--", *train_args[:3], "9", *train_args[4:]])

@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint, read_config
-from training.train import TrainConfig, learning_rate, train
+import training.checkpoint as checkpoint
+import training.train as train_module
+from training.checkpoint import build_model, load_checkpoint, preset, read_config, save_checkpoint
+from training.train import (
+    TrainConfig,
+    autocast_for,
+    learning_rate,
+    resolve_precision,
+    train,
+)
 
 SMALL = {"d_model": 32, "n_layer": 1, "n_head": 2, "context": 32}
 
@@ -69,12 +77,13 @@ def test_train_same_seed_same_losses(prepared, tmp_path):
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
-def test_train_resume_continues_as_if_uninterrupted(prepared, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_resume_continues_as_if_uninterrupted(prepared, tmp_path, precision):
     """Stopping at step 20 and resuming gives the losses of a run that never stopped."""
-    train(_config(prepared, tmp_path / "straight"))
-    train(_config(prepared, tmp_path / "split", stop_at=20))
+    train(_config(prepared, tmp_path / "straight", precision=precision))
+    train(_config(prepared, tmp_path / "split", stop_at=20, precision=precision))
     assert read_config(tmp_path / "split" / "last")["step"] == 20
-    train(_config(prepared, tmp_path / "split", resume=True))
+    train(_config(prepared, tmp_path / "split", resume=True, precision=precision))
     straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
     assert [s for s, *_ in split] == [s for s, *_ in straight]
     for (step, a_train, a_val), (_, b_train, b_val) in zip(straight, split, strict=True):
@@ -82,6 +91,82 @@ def test_train_resume_continues_as_if_uninterrupted(prepared, tmp_path):
         assert (a_val is None) == (b_val is None)
         if a_val is not None:
             assert a_val == pytest.approx(b_val, rel=1e-5), step
+
+
+def test_train_resume_after_a_kill_drops_the_records_it_trains_again(prepared, tmp_path):
+    """A run killed after its last checkpoint logged steps it has to train again on resuming:
+    those records go, so metrics.jsonl reads as one run."""
+    train(_config(prepared, tmp_path / "straight"))
+    run = tmp_path / "killed"
+    train(_config(prepared, run, stop_at=20))
+    with (run / "metrics.jsonl").open("a") as handle:  # what the killed sitting logged after 20
+        handle.write(json.dumps({"step": 30, "train_loss": 99.0, "tokens_per_s": 1.0}) + "\n")
+    train(_config(prepared, run, resume=True))
+    straight, resumed = _losses(tmp_path / "straight"), _losses(run)
+    assert [s for s, *_ in resumed] == [s for s, *_ in straight]
+    assert [t for _, t, _ in resumed] == pytest.approx([t for _, t, _ in straight], rel=1e-5)
+
+
+def test_checkpoint_killed_while_saving_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the old checkpoint whole; the next save cleans up."""
+    old, new = (build_model(preset("bengio", "tiny", vocab_size=50)) for _ in range(2))
+    folder = tmp_path / "last"
+    save_checkpoint(folder, old, {"step": 1}, {"step": 1})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies between the weights and the training state
+
+    monkeypatch.setattr(checkpoint.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(folder, new, {"step": 2}, {"step": 2})
+    monkeypatch.undo()
+    assert read_config(folder)["step"] == 1
+    assert torch.load(folder / "train_state.pt")["step"] == 1
+    loaded = load_checkpoint(folder).state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in old.state_dict().items())
+    save_checkpoint(folder, new, {"step": 2}, {"step": 2})
+    assert read_config(folder)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_checkpoint_swap_cut_between_renames_is_recovered(prepared, tmp_path):
+    """Killed after moving the old checkpoint away and before moving the new one in: the new,
+    complete one is taken, by `recover` and by a resuming run."""
+    run = tmp_path / "run"
+    train(_config(prepared, run, stop_at=20))
+    (run / "last").rename(run / "last.tmp")  # the state such a kill leaves
+    checkpoint.recover(run / "last")
+    assert read_config(run / "last")["step"] == 20
+    (run / "last").rename(run / "last.tmp")
+    summary = train(_config(prepared, run, resume=True))
+    assert summary["steps"] == 40 and not (run / "last.tmp").exists()
+    assert [s for s, *_ in _losses(run)] == [10, 20, 30, 40]
+
+
+def test_precision_auto_is_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train_module, "_cpu_info", lambda: ("x", {"avx2", "avx512_bf16"}))
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(train_module, "_cpu_info", lambda: ("x", {"avx2", "amx_bf16"}))
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(train_module, "_cpu_info", lambda: ("x", {"avx2", "avx512f"}))
+    assert resolve_precision("auto", cpu) == "fp32"  # emulated bf16 would be slower
+    assert resolve_precision("auto", cuda) == "bf16"
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cuda) == "fp32"
+    with pytest.raises(ValueError, match="auto, bf16, fp32"):
+        resolve_precision("fp16", cpu)
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with autocast_for(cpu, "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with autocast_for(cpu, "fp32"):
+        assert layer(x).dtype == torch.float32
+
+
+def test_train_records_its_precision(prepared, tmp_path):
+    summary = train(_config(prepared, tmp_path / "run", max_steps=10, precision="fp32"))
+    assert summary["precision"] == "fp32"
+    assert read_config(tmp_path / "run" / "best")["precision"] == "fp32"
+    assert "thread" in summary["hardware"]
 
 
 def test_train_early_stopping(prepared, tmp_path):
