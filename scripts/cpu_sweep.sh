@@ -6,22 +6,32 @@
 # their last checkpoint (saved every 750 steps).
 #
 #   bash scripts/cpu_sweep.sh start     start or go on, in the background (nothing if it runs)
+#   bash scripts/cpu_sweep.sh run       the same in the foreground: the sweep, then the seed model
+#                                       at the sweep's context if it moved
 #   bash scripts/cpu_sweep.sh status    each trial's step and validation loss, and whether it runs
 #   bash scripts/cpu_sweep.sh pause     stop it using the CPU for a while (SIGSTOP) ...
 #   bash scripts/cpu_sweep.sh resume    ... and let it go on (SIGCONT)
 #   bash scripts/cpu_sweep.sh stop      end it (the next start goes on from the checkpoints)
 #
 # When it is done, OUT/sweep.json holds every trial and the chosen one, evaluated on validation
-# and test. Settings: OUT (runs/sweep-bengio-cpu), PYTHON (.venv/bin/python), PARALLEL (2),
-# THREADS (1 per trial), DATA (data).
+# and test; then `python scripts/ship_sweep.py --sweep OUT --seeds OUT-seeds` ships it if it beats
+# the shipped model on validation. Settings: OUT (runs/sweep-bengio-cpu), PYTHON
+# (.venv/bin/python), PARALLEL (2), THREADS (1 per trial), DATA (data); TINY=1 rehearses the whole
+# run in a minute (tiny presets, 20 steps).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(realpath "$0")
+cd "$(dirname "$SELF")/.."
 OUT=${OUT:-runs/sweep-bengio-cpu}
 PY=${PYTHON:-.venv/bin/python}
 PARALLEL=${PARALLEL:-2}
 THREADS=${THREADS:-1}
 DATA=${DATA:-data}
-STEPS=17500
+STEPS=17500 SEED_STEPS=16285 BENGIO=base SEED=seed EXTRA=()
+VARY=(--vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4)
+if [ "${TINY:-0}" = 1 ]; then
+  STEPS=20 SEED_STEPS=20 BENGIO=tiny SEED=tiny EXTRA=(--eval-windows 8)
+  VARY=(--vary context=2 --vary dropout=0.0)
+fi
 PID_FILE="$OUT.pid"
 
 running() {
@@ -33,6 +43,41 @@ group_signal() {
   kill "-$1" -- "-$(cat "$PID_FILE")"
 }
 
+sweep() {
+  # The trials and train arguments of scripts/gpu_finish.sh's sweep, on the CPU: no
+  # torch.compile, explicit bf16.
+  OMP_NUM_THREADS=$THREADS "$PY" -m training sweep --model bengio --preset "$BENGIO" \
+    --parallel "$PARALLEL" "${VARY[@]}" --out "$OUT" --data "$DATA" --resume -- \
+    --batch-size 16 --max-steps "$STEPS" --warmup-steps 200 --eval-interval 750 \
+    --log-interval 50 --device cpu --precision bf16 "${EXTRA[@]}"
+}
+
+seeds() {
+  # attention-seed is compared with bengio at equal context: where the sweep chose another
+  # context, train the seed model there with the shipped seed's recipe (as gpu_finish.sh does).
+  local context shipped run
+  context=$("$PY" -c 'import json, sys; from pathlib import Path
+out = Path(sys.argv[1]); chosen = json.loads((out / "sweep.json").read_text())["chosen"]
+print(json.loads((out / chosen / "best" / "config.json").read_text())["config"]["context"])' "$OUT")
+  shipped=$("$PY" -c 'import json; print(json.load(open("models/attention-seed/card.json"))["context"])')
+  if [ "$context" = "$shipped" ]; then
+    echo "the sweep kept context $context, the seed model's: no seed model to train"
+    return 0
+  fi
+  run="$OUT-seeds/context=$context"
+  OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training train --model attention \
+    --preset "$SEED" --set "context=$context" --set dropout=0.1 \
+    --batch-size $((2048 / context)) --max-steps "$SEED_STEPS" --warmup-steps 200 \
+    --eval-interval 750 --log-interval 50 --no-progress --device cpu --precision bf16 \
+    "${EXTRA[@]}" --data "$DATA" --out "$run" --resume
+  for split_storage in validation:float32 test:float32 test:float16; do
+    OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training evaluate "$run/best" \
+      --data "$DATA" --split "${split_storage%:*}" --storage "${split_storage#*:}" \
+      --json "$run/eval-${split_storage%:*}-${split_storage#*:}.json" > /dev/null
+  done
+  echo "seed model at context $context: $run"
+}
+
 case "${1:-status}" in
   start)
     if running; then
@@ -40,16 +85,16 @@ case "${1:-status}" in
       exit 0
     fi
     mkdir -p "$OUT"
-    # The trials and train arguments of scripts/gpu_finish.sh's sweep, on the CPU: no
-    # torch.compile, explicit bf16.
-    OMP_NUM_THREADS=$THREADS MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)} \
-      setsid nohup "$PY" -m training sweep --model bengio --preset base --parallel "$PARALLEL" \
-      --vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4 \
-      --out "$OUT" --data "$DATA" --resume -- --batch-size 16 --max-steps "$STEPS" \
-      --warmup-steps 200 --eval-interval 750 --log-interval 50 --device cpu --precision bf16 \
-      >> "$OUT.log" 2>&1 < /dev/null &
+    MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)} \
+      setsid nohup bash "$SELF" run >> "$OUT.log" 2>&1 < /dev/null &
     echo $! > "$PID_FILE"
     echo "started: process group $!, log $OUT.log"
+    ;;
+  run)
+    export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)}
+    sweep
+    seeds
+    echo "done: python scripts/ship_sweep.py --sweep $OUT --seeds $OUT-seeds"
     ;;
   status)
     if running; then echo "running (process group $(cat "$PID_FILE"))"; else echo "not running"; fi
@@ -82,7 +127,7 @@ EOF
     rm -f "$PID_FILE"
     ;;
   *)
-    echo "usage: $0 start|status|pause|resume|stop" >&2
+    echo "usage: $0 start|run|status|pause|resume|stop" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,9 @@
 """Bring the results of scripts/gpu_finish.sh home: the Bengio sweep and the CUDA provider check.
 
     python scripts/ship_sweep.py DEVICE_OUT [--models models]
+    python scripts/ship_sweep.py --sweep runs/sweep-bengio-cpu --seeds runs/sweep-bengio-cpu-seeds
+
+(the second: a sweep run here, by scripts/cpu_sweep.sh, instead of one that came back from the GPU)
 
 - unpacks the release parts of DEVICE_OUT into gpu/sweep-release;
 - replaces models/bengio with the sweep's chosen trial only if its validation loss (the
@@ -25,15 +28,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_NOTE = (
-    "Retrained by scripts/gpu_finish.sh at the context the Bengio sweep chose, so that the two "
+    "Retrained at the context the Bengio sweep chose, so that the two "
     "compare at equal context: the shipped seed recipe (2,048 tokens a step, dropout 0.1, "
-    "16,285 steps) on one {hardware}; evaluated there in fp32, and with fp16-rounded weights."
+    "16,285 steps) on {hardware}; evaluated there in fp32, and with fp16-rounded weights."
 )
 NOTE = (
     "Chosen by `python -m training sweep` on the validation split (models/bengio/sweep.json): "
-    "trials trained side by side on one {hardware}, each with the same step budget and seed; "
+    "trials trained side by side on {hardware}, each with the same step budget and seed; "
     "evaluated there in fp32, and with fp16-rounded weights."
 )
+
+
+def where(hardware: str, each: bool = False) -> str:
+    """How a note names the machine: "one NVIDIA H100 ...", or a CPU with its threads."""
+    if "thread" in hardware:
+        return f"a CPU ({hardware}{' each' if each else ''})"
+    return f"one {hardware}"
 
 
 def export(run: Path, folder: Path, note: str) -> None:
@@ -53,27 +63,43 @@ def export(run: Path, folder: Path, note: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("device_out", type=Path, help="the folder $OUT came back in")
+    parser.add_argument(
+        "device_out", type=Path, nargs="?", help="the folder $OUT came back in (or --sweep)"
+    )
+    parser.add_argument(
+        "--sweep", type=Path, default=None, help="a finished sweep folder on this machine instead"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=Path,
+        default=None,
+        help="seed models trained at other contexts, context=N/ (default: RELEASE/seeds)",
+    )
     parser.add_argument("--models", type=Path, default=ROOT / "models")
     parser.add_argument("--release", type=Path, default=ROOT / "gpu" / "sweep-release")
     parser.add_argument("--benchmarks", type=Path, default=ROOT / "benchmarks")
     args = parser.parse_args()
+    if (args.device_out is None) == (args.sweep is None):
+        parser.error("give either DEVICE_OUT or --sweep")
     py = sys.executable
 
     args.benchmarks.mkdir(parents=True, exist_ok=True)
     cuda_check = args.benchmarks / "ort-cuda.json"
-    if (args.device_out / "ort-cuda.json").is_file():  # the provider check stands on its own
-        shutil.copyfile(args.device_out / "ort-cuda.json", cuda_check)
-        print(f"copied the CUDA provider check to {cuda_check}")
-
-    shutil.rmtree(args.release, ignore_errors=True)
-    if sorted(args.device_out.glob("release.tar.z.*")):
-        unpack = ROOT / "scripts" / "release_pack.py"
-        subprocess.run(
-            [py, str(unpack), "unpack", str(args.device_out), "--out", str(args.release)],
-            check=True,
-        )
-    sweep_dir = args.release / "sweep"
+    if args.sweep is not None:
+        sweep_dir = args.sweep
+    else:
+        if (args.device_out / "ort-cuda.json").is_file():  # the provider check stands alone
+            shutil.copyfile(args.device_out / "ort-cuda.json", cuda_check)
+            print(f"copied the CUDA provider check to {cuda_check}")
+        shutil.rmtree(args.release, ignore_errors=True)
+        if sorted(args.device_out.glob("release.tar.z.*")):
+            unpack = ROOT / "scripts" / "release_pack.py"
+            subprocess.run(
+                [py, str(unpack), "unpack", str(args.device_out), "--out", str(args.release)],
+                check=True,
+            )
+        sweep_dir = args.release / "sweep"
+    args.seeds = args.seeds or args.release / "seeds"
     replaced = False
     if (sweep_dir / "sweep.json").is_file():
         replaced = ship_bengio(args, sweep_dir)
@@ -115,12 +141,18 @@ def ship_bengio(args: argparse.Namespace, sweep_dir: Path) -> bool:
         seed_folder = args.models / "attention-seed"
         seed_context = json.loads((seed_folder / "card.json").read_text())["context"]
         if context != seed_context:
-            seed_run = args.release / "seeds" / f"context={context}"
+            seed_run = args.seeds / f"context={context}"
             if not (seed_run / "best").is_dir():
                 raise SystemExit(f"no seed model trained at context {context}: nothing replaced")
-            export(seed_run, seed_folder, SEED_NOTE.format(hardware=hardware))
+            seed_summary = seed_run / "summary.json"
+            seed_hardware = (
+                json.loads(seed_summary.read_text())["hardware"]
+                if seed_summary.is_file()
+                else hardware
+            )
+            export(seed_run, seed_folder, SEED_NOTE.format(hardware=where(seed_hardware)))
             print(f"models/attention-seed replaced by the seed model at context {context}")
-        export(chosen, folder, NOTE.format(hardware=hardware))
+        export(chosen, folder, NOTE.format(hardware=where(hardware, each=True)))
         print(f"models/bengio replaced by {sweep['chosen']}")
     else:
         print("models/bengio kept: the sweep found nothing better on validation")

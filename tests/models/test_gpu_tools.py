@@ -171,3 +171,15 @@ def test_gpu_finish_status_runs_without_carried_files(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "sweep: done base" in done.stdout and "finished with exit code 0" in done.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["gpu/out", "--sweep", "runs/sweep-bengio-cpu"]])
+def test_ship_sweep_takes_a_device_folder_or_a_local_sweep(args):
+    """One source of sweep results: what came back from the GPU, or a sweep run here."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ship_sweep.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "either DEVICE_OUT or --sweep" in done.stderr

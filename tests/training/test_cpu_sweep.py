@@ -11,10 +11,10 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cpu_sweep.sh"
 
 
-def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+def _run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, **(env or {})}
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600
     )
 
 
@@ -47,3 +47,29 @@ def test_pause_and_stop_without_a_sweep_say_so_and_bad_commands_fail(tmp_path):
         assert result.returncode == 0 and "not running" in result.stdout, command
     result = _run(out, "begin")
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_tiny_run_sweeps_then_trains_the_seed_model_at_the_chosen_context(prepared, tmp_path):
+    """TINY=1 rehearses the whole run: the sweep, then (the tiny Bengio's context is not the
+    shipped seed model's 8) the seed model at the chosen context; run again, it trains nothing."""
+    out = tmp_path / "sweep"
+    env = {"TINY": "1", "DATA": str(prepared), "OMP_NUM_THREADS": "1"}
+    first = _run(out, "run", env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = json.loads((out / "sweep.json").read_text())
+    assert set(report["trials"]) >= {"base", "context=2", "dropout=0.0"}
+    chosen = out / report["chosen"] / "best" / "config.json"
+    context = json.loads(chosen.read_text())["config"]["context"]
+    seed = tmp_path / "sweep-seeds" / f"context={context}"
+    for split in ("validation-float32", "test-float32", "test-float16"):
+        name = f"eval-{split}.json"
+        assert (seed / name).is_file(), name
+    assert json.loads((seed / "summary.json").read_text())["precision"] == "bf16"
+    assert f"--sweep {out} --seeds {out}-seeds" in first.stdout
+
+    again = _run(out, "run", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: start" not in again.stdout and "finished before" in again.stdout
+    assert json.loads((out / "sweep.json").read_text())["chosen"] == report["chosen"]
+    status = _run(out, "status", env=env)
+    assert f"finished: {report['chosen']} chosen" in status.stdout
