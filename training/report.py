@@ -128,17 +128,7 @@ def build_report(
     if cuda_check is not None and cuda_check.is_file():
         cuda = json.loads(cuda_check.read_text())
         cuda["file"] = str(cuda_check)
-    context = None
-    if context_bench is not None and context_bench.is_file():
-        context = json.loads(context_bench.read_text())
-        context["file"] = str(context_bench)
-        context["stale"] = sorted(
-            name
-            for name, curve in context["models"].items()
-            if curve.get("weights_sha256") != weights_sha256(models_dir / name)
-        )
-        if not context["stale"]:
-            plot_context(context, models_dir / "context.png")
+    context = load_context(context_bench, models_dir)
     int8 = None
     if quantize_bench is not None and quantize_bench.is_file():
         int8 = json.loads(quantize_bench.read_text())
@@ -330,6 +320,28 @@ def _cuda_section(cuda: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def load_context(context_bench: Path | None, models_dir: Path) -> dict[str, Any] | None:
+    """The `training context` result, with the models measured on weights since replaced.
+
+    Current: its plot is drawn to models/context.png. Stale: a plot left from before is removed,
+    so models/ never shows curves of weights it no longer holds.
+    """
+    if context_bench is None or not context_bench.is_file():
+        return None
+    context = json.loads(context_bench.read_text())
+    context["file"] = str(context_bench)
+    context["stale"] = sorted(
+        name
+        for name, curve in context["models"].items()
+        if curve.get("weights_sha256") != weights_sha256(models_dir / name)
+    )
+    if context["stale"]:
+        (models_dir / "context.png").unlink(missing_ok=True)
+    else:
+        plot_context(context, models_dir / "context.png")
+    return context
 
 
 def _context_section(context: dict[str, Any]) -> list[str]:

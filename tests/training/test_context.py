@@ -23,7 +23,7 @@ from training.context import (
     weights_sha256,
 )
 from training.onnx_model import OnnxModel
-from training.report import render
+from training.report import load_context, render
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TEXT = (
@@ -250,6 +250,25 @@ def test_a_stale_context_measurement_is_not_reported_as_current():
     text = report_with(context)
     assert "Measured on weights since replaced (attention): rerun" in text
     assert "Where the lead comes from" not in text and "| `attention` | 1.000" not in text
+
+
+def test_loading_the_measurement_draws_its_plot_or_removes_a_stale_one(tmp_path):
+    """Current: models/context.png is drawn. Once a model is replaced: the old plot goes."""
+    models_dir = tmp_path / "models"
+    (models_dir / "attention").mkdir(parents=True)
+    (models_dir / "attention" / "weights.bin").write_bytes(b"first weights")
+    bits = 2 * math.log(2)
+    context = result_of({"attention": curve(256, [bits] * 256, [100] * 256)})
+    context["models"]["attention"]["weights_sha256"] = weights_sha256(models_dir / "attention")
+    bench = tmp_path / "context-test.json"
+    bench.write_text(json.dumps(context))
+    loaded = load_context(bench, models_dir)
+    assert loaded["stale"] == [] and loaded["file"] == str(bench)
+    assert (models_dir / "context.png").read_bytes()[:4] == b"\x89PNG"
+    (models_dir / "attention" / "weights.bin").write_bytes(b"retrained weights")
+    assert load_context(bench, models_dir)["stale"] == ["attention"]
+    assert not (models_dir / "context.png").exists()
+    assert load_context(tmp_path / "none.json", models_dir) is None
 
 
 def test_weights_hash_of_a_folder(tmp_path):
