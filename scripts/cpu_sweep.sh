@@ -115,7 +115,9 @@ for trial in sorted(p for p in out.glob("*") if p.is_dir()):
     step = records[-1]["step"] if records else 0
     rate = records[-1]["tokens_per_s"] if records else 0
     val = f"validation loss {evals[-1]['val_loss']:.4f} at step {evals[-1]['step']}" if evals else ""
-    print(f"{trial.name:16} {step:>6}/{steps} {rate:>7,.0f} tokens/s  {val}")
+    per_step = records[-1].get("tokens", 0) / step if step else 0
+    left = f"{(steps - step) * per_step / rate / 3600:4.1f} h left" if rate and per_step else ""
+    print(f"{trial.name:16} {step:>6}/{steps} {rate:>7,.0f} tokens/s {left}  {val}")
 if (out / "sweep.json").is_file():
     print("finished:", json.loads((out / "sweep.json").read_text())["chosen"], "chosen")
 EOF

@@ -26,7 +26,7 @@ def test_status_shows_finished_and_running_trials(tmp_path):
     records = [
         {"step": 700, "tokens_per_s": 3200.0},
         {"step": 750, "tokens_per_s": 3180.0, "val_loss": 5.4321},
-        {"step": 800, "tokens_per_s": 3150.0},
+        {"step": 800, "tokens": 800 * 2048, "tokens_per_s": 3150.0},
     ]
     (out / "context=4" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (out / "d_hidden=512").mkdir()  # started, nothing logged yet
@@ -36,6 +36,7 @@ def test_status_shows_finished_and_running_trials(tmp_path):
     assert lines[0] == "not running"
     assert "base" in lines[1] and "done" in lines[1] and "4.6719" in lines[1]
     assert "800/17500" in lines[2] and "3,150 tokens/s" in lines[2]
+    assert "3.0 h left" in lines[2]  # 16,700 steps of 2,048 tokens at 3,150 tokens/s
     assert "validation loss 5.4321 at step 750" in lines[2]
     assert "0/17500" in lines[3]
 
