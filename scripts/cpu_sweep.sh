@@ -3,7 +3,7 @@
 # the same step budget as the GPU plan (scripts/gpu_finish.sh), one thread per trial, two trials
 # at a time, bf16 autocast. Every sitting goes on where the last one stopped
 # (`python -m training sweep --resume`): finished trials are kept, unfinished ones resume from
-# their last checkpoint (saved every 750 steps).
+# their last checkpoint (saved every 750 steps, and at the step under way on SIGTERM).
 #
 #   bash scripts/cpu_sweep.sh start     start or go on, in the background (nothing if it runs)
 #   bash scripts/cpu_sweep.sh run       the same in the foreground: the sweep, then the seed model
@@ -11,7 +11,8 @@
 #   bash scripts/cpu_sweep.sh status    each trial's step and validation loss, and whether it runs
 #   bash scripts/cpu_sweep.sh pause     stop it using the CPU for a while (SIGSTOP) ...
 #   bash scripts/cpu_sweep.sh resume    ... and let it go on (SIGCONT)
-#   bash scripts/cpu_sweep.sh stop      end it (the next start goes on from the checkpoints)
+#   bash scripts/cpu_sweep.sh stop      end it, each trial saving its step (the next start goes
+#                                       on from there)
 #
 # When it is done, OUT/sweep.json holds every trial and the chosen one, evaluated on validation
 # and test; then `python scripts/ship_sweep.py --sweep OUT --seeds OUT-seeds` ships it if it beats
@@ -125,7 +126,19 @@ EOF
   pause) group_signal STOP ;;
   resume) group_signal CONT ;;
   stop)
-    group_signal TERM
+    # Each training saves its step under way on SIGTERM; wait for them to have done so.
+    if running; then
+      group=$(cat "$PID_FILE")
+      kill -CONT -- "-$group" 2>/dev/null || true  # a paused sweep cannot save
+      kill -TERM -- "-$group"
+      for _ in $(seq 120); do
+        pgrep -g "$group" > /dev/null || break
+        sleep 1
+      done
+      echo "stopped; the next start goes on from the steps saved now"
+    else
+      echo "the sweep is not running"
+    fi
     rm -f "$PID_FILE"
     ;;
   *)

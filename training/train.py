@@ -17,8 +17,10 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,6 +307,31 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
         return nll / count
 
+    def save_last(summary_meta: dict[str, Any]) -> None:
+        """The checkpoint a resumed run starts from: weights, optimizer, random states."""
+        save_checkpoint(
+            last_dir,
+            model,
+            summary_meta,
+            {
+                "optimizer": optimizer.state_dict(),
+                "generators": _gather_generators(batches.generator, world),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "elapsed": elapsed,
+                "best_val": best_val,
+                "stale": stale,
+            },
+        )
+
+    # SIGTERM (`kill`, a container or a session stopping) ends the run at the end of the current
+    # step with its last checkpoint saved there, without validating, so that nothing is lost.
+    terminated = threading.Event()
+    previous_handler = None
+    if world == 1 and threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+
     total_steps = cfg.max_steps
     bar = tqdm(
         total=total_steps,
@@ -328,6 +355,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         tokens_seen += tokens_per_step
         window_tokens += tokens_per_step
+        if terminated.is_set():
+            elapsed = time.perf_counter() - started
+            save_last({**run_info, "step": step, "tokens_seen": tokens_seen})
+            bar.close()
+            signal.signal(signal.SIGTERM, previous_handler)
+            log(f"\nterminated: {cfg.out / 'last'} holds step {step}; --resume goes on from there")
+            raise SystemExit(128 + signal.SIGTERM)
         leaving = cfg.stop_at is not None and step >= cfg.stop_at
         at_eval = step % cfg.eval_interval == 0 or step == total_steps or leaving
         if step % cfg.log_interval and not at_eval:
@@ -377,21 +411,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 }
                 if improved:
                     save_checkpoint(best_dir, model, summary_meta)
-                save_checkpoint(
-                    last_dir,
-                    model,
-                    summary_meta,
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "generators": _gather_generators(batches.generator, world),
-                        "torch_rng": torch.get_rng_state(),
-                        "step": step,
-                        "tokens_seen": tokens_seen,
-                        "elapsed": elapsed,
-                        "best_val": best_val,
-                        "stale": stale,
-                    },
-                )
+                save_last(summary_meta)
                 stop = leaving or (cfg.patience is not None and stale >= cfg.patience)
                 if stop and not leaving:
                     log(f"\nearly stop at step {step}: no improvement in {stale} evaluations")
@@ -408,6 +428,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
     bar.close()
+    if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
     summary: dict[str, Any] = {}
     if main:
         plot_curves(history, cfg.out / "curves.png", f"{cfg.kind}/{cfg.preset}")

@@ -107,6 +107,39 @@ def test_train_resume_after_a_kill_drops_the_records_it_trains_again(prepared, t
     assert [t for _, t, _ in resumed] == pytest.approx([t for _, t, _ in straight], rel=1e-5)
 
 
+def test_sigterm_saves_the_current_step_and_resume_goes_on_from_it(prepared, tmp_path, monkeypatch):
+    """SIGTERM ends the run after the step under way, its state saved there (not at the last
+    validation), and the resumed run validates as if never stopped."""
+    import os
+    import signal
+
+    train(_config(prepared, tmp_path / "straight"))
+    steps = 0
+    real_step = train_module.training_step
+
+    def step_then_signal(*args):
+        nonlocal steps
+        steps += 1
+        if steps == 30:  # between validations (every 20)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_module, "training_step", step_then_signal)
+    run = tmp_path / "terminated"
+    with pytest.raises(SystemExit) as ended:
+        train(_config(prepared, run))
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == handler
+    assert torch.load(run / "last" / "train_state.pt", weights_only=False)["step"] == 30
+    monkeypatch.undo()
+    train(_config(prepared, run, resume=True))
+    validated = {s: v for s, _, v in _losses(tmp_path / "straight") if v is not None}
+    resumed = {s: v for s, _, v in _losses(run) if v is not None}
+    assert resumed.keys() == validated.keys() == {20, 40}
+    assert resumed == pytest.approx(validated, rel=1e-5)
+
+
 def test_checkpoint_killed_while_saving_keeps_the_previous_one(tmp_path, monkeypatch):
     """A save that dies half-way leaves the old checkpoint whole; the next save cleans up."""
     old, new = (build_model(preset("bengio", "tiny", vocab_size=50)) for _ in range(2))
