@@ -17,7 +17,8 @@
 # When it is done, OUT/sweep.json holds every trial and the chosen one, evaluated on validation
 # and test; then `python scripts/ship_sweep.py --sweep OUT --seeds OUT-seeds` ships it if it beats
 # the shipped model on validation. Settings: OUT (runs/sweep-bengio-cpu), PYTHON
-# (.venv/bin/python), PARALLEL (2), THREADS (1 per trial), DATA (data); TINY=1 rehearses the whole
+# (.venv/bin/python), PARALLEL (2), THREADS (1 per trial), DATA (data), NICE (19: whatever else
+# runs comes first, the sweep takes the idle cores); TINY=1 rehearses the whole
 # run in a minute (tiny presets, 20 steps).
 set -euo pipefail
 SELF=$(realpath "$0")
@@ -87,7 +88,7 @@ case "${1:-status}" in
     fi
     mkdir -p "$OUT"
     MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)} \
-      setsid nohup bash "$SELF" run >> "$OUT.log" 2>&1 < /dev/null &
+      setsid nohup nice -n "${NICE:-19}" bash "$SELF" run >> "$OUT.log" 2>&1 < /dev/null &
     echo $! > "$PID_FILE"
     echo "started: process group $!, log $OUT.log"
     ;;
