@@ -44,6 +44,18 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    from training.train import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
+        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.train import TrainConfig
 
@@ -105,13 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the model; MODE defaults to reduce-overhead (CUDA graphs: "
         "the step loop stops paying Python's launch overhead)",
     )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
-        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
-    )
+    _add_precision_arg(p)
     p.add_argument(
         "--stop-at",
         type=int,
@@ -282,13 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="timed steps (50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (10)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
-        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
-    )
+    _add_precision_arg(p)
     p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser
