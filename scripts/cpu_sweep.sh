@@ -23,13 +23,15 @@
 set -euo pipefail
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."
+# shellcheck source=scripts/recipes.sh
+source scripts/recipes.sh
 OUT=${OUT:-runs/sweep-bengio-cpu}
 PY=${PYTHON:-.venv/bin/python}
 PARALLEL=${PARALLEL:-2}
 THREADS=${THREADS:-1}
 DATA=${DATA:-data}
-STEPS=17500 SEED_STEPS=16285 BENGIO=base SEED=seed EXTRA=()
-VARY=(--vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4)
+STEPS=$BENGIO_STEPS BENGIO=base SEED=seed EXTRA=()
+VARY=("${BENGIO_VARY[@]}")
 if [ "${TINY:-0}" = 1 ]; then
   STEPS=20 SEED_STEPS=20 BENGIO=tiny SEED=tiny EXTRA=(--eval-windows 8)
   VARY=(--vary context=2 --vary dropout=0.0)
@@ -48,10 +50,10 @@ group_signal() {
 sweep() {
   # The trials and train arguments of scripts/gpu_finish.sh's sweep, on the CPU: no
   # torch.compile, explicit bf16.
+  bengio_train_args "$STEPS"
   OMP_NUM_THREADS=$THREADS "$PY" -m training sweep --model bengio --preset "$BENGIO" \
     --parallel "$PARALLEL" "${VARY[@]}" --out "$OUT" --data "$DATA" --resume -- \
-    --batch-size 16 --max-steps "$STEPS" --warmup-steps 200 --eval-interval 750 \
-    --log-interval 50 --device cpu --precision bf16 "${EXTRA[@]}"
+    "${TRAIN_ARGS[@]}" --device cpu --precision bf16 "${EXTRA[@]}"
 }
 
 seeds() {
@@ -67,10 +69,9 @@ print(json.loads((out / chosen / "best" / "config.json").read_text())["config"][
     return 0
   fi
   run="$OUT-seeds/context=$context"
+  seed_train_args "$context" "$SEED_STEPS"
   OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training train --model attention \
-    --preset "$SEED" --set "context=$context" --set dropout=0.1 \
-    --batch-size $((2048 / context)) --max-steps "$SEED_STEPS" --warmup-steps 200 \
-    --eval-interval 750 --log-interval 50 --no-progress --device cpu --precision bf16 \
+    --preset "$SEED" "${SEED_ARGS[@]}" --no-progress --device cpu --precision bf16 \
     "${EXTRA[@]}" --data "$DATA" --out "$run" --resume
   for split_storage in validation:float32 test:float32 test:float16; do
     OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training evaluate "$run/best" \

@@ -20,6 +20,8 @@
 # ... finish (it then checks CPU against CPU with --allow-cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/recipes.sh
+source scripts/recipes.sh
 OUT=${OUT:-gpu/out}
 WORK=${WORK:-/tmp/machado-gpu}
 PY=${PYTHON:-python3}
@@ -29,9 +31,9 @@ export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 sweep() {
-  local steps=${STEPS:-17500} parallel=${PARALLEL:-7} extra=(--compile) vary preset=base
-  local seed=seed seed_steps=16285
-  vary=(--vary context=4,12 --vary d_hidden=512,2048 --vary direct=False --vary dropout=0.4)
+  local steps=${STEPS:-$BENGIO_STEPS} parallel=${PARALLEL:-7} extra=(--compile) vary preset=base
+  local seed=seed seed_steps=$SEED_STEPS
+  vary=("${BENGIO_VARY[@]}")
   if [ "$TINY" = 1 ]; then
     steps=20 parallel=2 extra=(--device cpu --eval-windows 8) preset=tiny seed=tiny seed_steps=20
     vary=(--vary context=4 --vary dropout=0.0)
@@ -43,10 +45,9 @@ sweep() {
   for ctx in 4 12; do
     (
       out="$WORK/seeds/context=$ctx"
-      $PY -m training train --model attention --preset "$seed" --set "context=$ctx" \
-        --set dropout=0.1 --batch-size $((2048 / ctx)) --max-steps "$seed_steps" \
-        --warmup-steps 200 --eval-interval 750 --log-interval 50 --no-progress "${extra[@]}" \
-        --data data --out "$out" > "$WORK/seed-context=$ctx.log" 2>&1
+      seed_train_args "$ctx" "$seed_steps"
+      $PY -m training train --model attention --preset "$seed" "${SEED_ARGS[@]}" --no-progress \
+        "${extra[@]}" --data data --out "$out" > "$WORK/seed-context=$ctx.log" 2>&1
       rm -rf "$out/last"
       for split_storage in validation:float32 test:float32 test:float16; do
         $PY -m training evaluate "$out/best" --data data --split "${split_storage%:*}" \
@@ -56,12 +57,11 @@ sweep() {
     ) &
     seeds+=($!)
   done
-  # The step budget and schedule of the shipped bengio (17,564 steps of 16 x 128 tokens, cosine
-  # to the end), so the base trial retrains the shipped configuration under the same conditions.
+  # The base trial retrains the shipped configuration under the same conditions (recipes.sh).
   local rc=0
+  bengio_train_args "$steps"
   $PY -m training sweep --model bengio --preset "$preset" --parallel "$parallel" "${vary[@]}" \
-    --out "$WORK/sweep" --data data -- --batch-size 16 --max-steps "$steps" --warmup-steps 200 \
-    --eval-interval 750 --log-interval 50 "${extra[@]}" || rc=$?
+    --out "$WORK/sweep" --data data -- "${TRAIN_ARGS[@]}" "${extra[@]}" || rc=$?
   wait "${seeds[@]}" || rc=$?
   return $rc
 }
@@ -105,7 +105,7 @@ case "${1:-}" in
       o.get_available_providers())" 2>/dev/null || echo "image has no onnxruntime"
     rm -rf "$WORK/sweep" "$WORK/seeds" "$WORK/sweep.rc"
     # setsid: the sweep outlives this call and runs on while the next calls carry the parts.
-    setsid nohup bash -c "$(declare -f sweep); PY=$PY TINY=$TINY WORK=$WORK \
+    setsid nohup bash -c "source scripts/recipes.sh; $(declare -f sweep); PY=$PY TINY=$TINY WORK=$WORK \
       STEPS=${STEPS:-} PARALLEL=${PARALLEL:-}; sweep; \
       echo \$? > $WORK/sweep.rc" > "$WORK/sweep.log" 2>&1 < /dev/null &
     sleep "${START_WAIT:-15}"

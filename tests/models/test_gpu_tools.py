@@ -157,7 +157,8 @@ def test_gpu_finish_status_runs_without_carried_files(tmp_path):
     """`status` lists .carry; where nothing was carried (a rehearsal, a restarted machine) it
     must not end the script, which runs under set -e and packs the results after it."""
     (tmp_path / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "gpu_finish.sh", tmp_path / "scripts")
+    for script in ("gpu_finish.sh", "recipes.sh"):  # the script and the recipes it sources
+        shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts")
     work = tmp_path / "work"
     work.mkdir()
     (work / "sweep.log").write_text("sweep: done base\n")
