@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The Bengio sweep of issue 3 on this CPU, over as many sittings as it takes: the same trials and
+# The Bengio sweep of issue 3 on a CPU, over as many sittings as it takes (15 h or more on 2 cores;
+# the machine must keep OUT from one sitting to the next): the same trials and
 # the same step budget as the GPU plan (scripts/gpu_finish.sh), one thread per trial, two trials
 # at a time, bf16 autocast. Every sitting goes on where the last one stopped
 # (`python -m training sweep --resume`): finished trials are kept, unfinished ones resume from
@@ -73,11 +74,7 @@ print(json.loads((out / chosen / "best" / "config.json").read_text())["config"][
   OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training train --model attention \
     --preset "$SEED" "${SEED_ARGS[@]}" --no-progress --device cpu --precision bf16 \
     "${EXTRA[@]}" --data "$DATA" --out "$run" --resume
-  for split_storage in validation:float32 test:float32 test:float16; do
-    OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training evaluate "$run/best" \
-      --data "$DATA" --split "${split_storage%:*}" --storage "${split_storage#*:}" \
-      --json "$run/eval-${split_storage%:*}-${split_storage#*:}.json" > /dev/null
-  done
+  OMP_NUM_THREADS=$((THREADS * PARALLEL)) evaluate_seed "$PY" "$run" "$DATA"
   echo "seed model at context $context: $run"
 }
 

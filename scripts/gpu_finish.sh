@@ -49,11 +49,7 @@ sweep() {
       $PY -m training train --model attention --preset "$seed" "${SEED_ARGS[@]}" --no-progress \
         "${extra[@]}" --data data --out "$out" > "$WORK/seed-context=$ctx.log" 2>&1
       rm -rf "$out/last"
-      for split_storage in validation:float32 test:float32 test:float16; do
-        $PY -m training evaluate "$out/best" --data data --split "${split_storage%:*}" \
-          --storage "${split_storage#*:}" --json "$out/eval-${split_storage%:*}-${split_storage#*:}.json" \
-          > /dev/null
-      done
+      evaluate_seed "$PY" "$out" data
     ) &
     seeds+=($!)
   done

@@ -19,3 +19,14 @@ seed_train_args() {
   SEED_ARGS=(--set "context=$1" --set dropout=0.1 --batch-size $((2048 / $1)) --max-steps "$2"
     --warmup-steps 200 --eval-interval 750 --log-interval 50)
 }
+
+# evaluate_seed PYTHON RUN DATA: the three evaluations a shipped card needs (validation and test
+# in float32, test with float16-rounded weights), of RUN/best, into RUN/eval-SPLIT-STORAGE.json.
+evaluate_seed() {
+  local split_storage split storage
+  for split_storage in validation:float32 test:float32 test:float16; do
+    split=${split_storage%:*} storage=${split_storage#*:}
+    "$1" -m training evaluate "$2/best" --data "$3" --split "$split" --storage "$storage" \
+      --json "$2/eval-$split-$storage.json" > /dev/null
+  done
+}
