@@ -56,6 +56,27 @@ _HTTP_TYPES = {
 }
 
 
+# Where OpenAI clients go first; these models have no chat format to turn messages into a prompt.
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _routing_message(request: Request, status: int, detail: str, headers: dict | None) -> str:
+    """The router's bare "Not Found" / "Method Not Allowed", said with what there is instead."""
+    method, path = request.method, request.url.path
+    if status == 404 and detail == "Not Found":
+        if path.rstrip("/") == CHAT_PATH:
+            return (
+                f"no endpoint {method} {path}: the models served here are plain language models, "
+                "without a chat format to turn messages into a prompt; POST /v1/completions "
+                "continues a prompt (the OpenAI client's completions.create)"
+            )
+        return f"no endpoint {method} {path}; the API is listed at /docs (/openapi.json)"
+    if status == 405 and detail == "Method Not Allowed":
+        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
+        return f"{method} is not allowed on {path}" + (f"; allowed: {allowed}" if allowed else "")
+    return detail
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -78,13 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_field", message, field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
         return error_response(
             exc.status_code,
             _HTTP_TYPES.get(exc.status_code, "http_error"),
-            str(exc.detail),
+            _routing_message(request, exc.status_code, str(exc.detail), headers),
             None,
-            getattr(exc, "headers", None),
+            headers,
         )
 
     @app.exception_handler(Exception)

@@ -273,8 +273,26 @@ def test_api_prompt_over_configured_limit_422(client):
 
 
 def test_api_unknown_route_and_method(client):
-    _error(client.get("/nothing"), 404, "not_found")
-    _error(client.get("/generate"), 405, "method_not_allowed")
+    error = _error(client.get("/nothing"), 404, "not_found")
+    assert (
+        error["message"] == "no endpoint GET /nothing; the API is listed at /docs (/openapi.json)"
+    )
+    error = _error(client.get("/generate"), 405, "method_not_allowed")
+    assert error["message"] == "GET is not allowed on /generate; allowed: POST"
+
+
+def test_api_chat_completions_points_to_completions(client):
+    """OpenAI clients try chat first: the answer says why there is none and what to use."""
+    chat = {"model": "attention", "messages": [{"role": "user", "content": "Capitu"}]}
+    error = _error(client.post("/v1/chat/completions", json=chat), 404, "not_found")
+    assert "without a chat format" in error["message"], error
+    assert "POST /v1/completions" in error["message"], error
+    assert (
+        client.post(
+            "/v1/completions", json={"model": "attention", "prompt": "Capitu", "max_tokens": 2}
+        ).status_code
+        == 200
+    )
 
 
 def test_api_overloaded_429_with_retry_after(client):
