@@ -184,7 +184,10 @@ class AttentionLM(nn.Module):
             x = x + block.ffn(block.ln_ffn(x))
             keys.append(k)
             values.append(v)
-        logits = self.head(self.ln_final(x[:, -1]))  # (B, V)
+        # (B, 1, D) rather than (B, D): exported, the tied head stays a MatMul on the embedding's
+        # Transpose, not a Gemm on the embedding itself, which int8 quantization would rewrite
+        # under the embedding lookup's feet.
+        logits = self.head(self.ln_final(x[:, -1:]))[:, 0]  # (B, V)
         return logits, torch.stack(keys), torch.stack(values)
 
     def empty_cache(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

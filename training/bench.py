@@ -208,8 +208,12 @@ def torch_model_from_folder(folder) -> torch.nn.Module:
     for init in graph.initializer:
         name = init.name.removesuffix("__fp16").removeprefix("model.")
         state[name] = torch.from_numpy(numpy_helper.to_array(init).astype("float32"))
+    if card["kind"] == "attention":  # the head is tied to the embedding: either name holds it
+        tied = state.get("token_embedding.weight", state.get("head.weight"))
+        if tied is not None:
+            state["token_embedding.weight"] = state["head.weight"] = tied
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"head.weight"}:  # the head is tied to the embedding
+    if unexpected or missing:
         raise ValueError(f"{folder}: weights missing {missing}, unexpected {unexpected}")
     return model.eval()
 

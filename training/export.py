@@ -21,6 +21,10 @@ A model folder holds:
 
 Weights are stored as float16 by default and cast to float32 inside the graph, where ONNX
 Runtime folds the cast at load: half the disk, full-precision arithmetic.
+
+The graphs come from ``torch.export`` (``torch.onnx.export(..., dynamo=True)``, opset 18), its
+symbolic lengths named as above. Graphs exported before by the TorchScript exporter (opset 17,
+the models shipped so far) load and serve the same way.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ from training.bengio import BengioLM
 from training.checkpoint import load_checkpoint, parameter_count, read_config
 from training.tokenizer import file_sha256
 
-OPSET = 17
+OPSET = 18
 WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILE = "tokenizer.json"
 # Initializers smaller than this stay inside the graph (and in float32).
 EXTERNAL_MIN_BYTES = 1024
+PARAMETER_PREFIX = "model."  # ExportGraph and DecoderGraph hold the model as .model
 
 
 class ExportGraph(nn.Module):
@@ -78,7 +83,7 @@ class DecoderGraph(nn.Module):
 
 
 def _export_decoder(model: AttentionLM, path: Path) -> None:
-    # Example: 2 new tokens after 3 cached ones, so neither length is traced as a constant.
+    # Example: 2 new tokens after 3 cached ones, so neither length is taken for a constant.
     config = model.config
     steps, past = (2, 3) if config.context >= 5 else (1, 1)
     keys = torch.zeros(config.n_layer, 1, config.n_head, past, config.d_model // config.n_head)
@@ -89,26 +94,17 @@ def _export_decoder(model: AttentionLM, path: Path) -> None:
         keys.clone(),
         torch.ones(1, past + steps, dtype=torch.long),
     )
-    cache = {1: "batch", 3: "past"}
-    torch.onnx.export(
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=config.context)
+    total = torch.export.Dim("total", max=2 * config.context)
+    past = torch.export.Dim("past", max=2 * config.context)
+    cache = {1: batch, 3: past}
+    _onnx_export(
         DecoderGraph(model).eval(),
         example,
-        str(path),
-        input_names=["input_ids", "positions", "past_keys", "past_values", "attention_mask"],
-        output_names=["logits", "present_keys", "present_values"],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "positions": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "total"},
-            "past_keys": cache,
-            "past_values": cache,
-            "logits": {0: "batch"},
-            "present_keys": {1: "batch", 3: "total"},
-            "present_values": {1: "batch", 3: "total"},
-        },
-        opset_version=OPSET,
-        do_constant_folding=False,
-        dynamo=False,
+        path,
+        ["input_ids", "positions", "past_keys", "past_values", "attention_mask"],
+        ["logits", "present_keys", "present_values"],
+        ({0: batch, 1: sequence}, {0: batch, 1: sequence}, cache, cache, {0: batch, 1: total}),
     )
 
 
@@ -116,24 +112,34 @@ def _export_graph(model: AttentionLM | BengioLM, path: Path, with_attention: boo
     steps = min(8, model.context_size)
     example = (torch.zeros(1, steps, dtype=torch.long), torch.arange(steps)[None])
     outputs = ["logits", "attentions"] if with_attention else ["logits"]
-    axes = {
-        "input_ids": {0: "batch", 1: "sequence"},
-        "positions": {0: "batch", 1: "positions"},
-        "logits": {0: "batch", 1: "positions"},
-    }
-    if with_attention:
-        axes["attentions"] = {0: "batch", 3: "sequence", 4: "sequence"}
-    torch.onnx.export(
+    limit = model.context_size if isinstance(model, AttentionLM) else None
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence", max=limit) if limit else torch.export.Dim("sequence")
+    positions = torch.export.Dim("positions")
+    _onnx_export(
         ExportGraph(model, with_attention).eval(),
         example,
-        str(path),
-        input_names=["input_ids", "positions"],
-        output_names=outputs,
-        dynamic_axes=axes,
-        opset_version=OPSET,
-        do_constant_folding=False,  # a folded transpose would store the tied embedding twice
-        dynamo=False,
+        path,
+        ["input_ids", "positions"],
+        outputs,
+        ({0: batch, 1: sequence}, {0: batch, 1: positions}),
     )
+
+
+def _onnx_export(graph, example, path: Path, inputs, outputs, dynamic_shapes) -> None:
+    """torch.export-based ONNX export, dynamic where ``dynamic_shapes`` says, names as given."""
+    program = torch.onnx.export(
+        graph,
+        example,
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_shapes=dynamic_shapes,
+        opset_version=OPSET,
+        dynamo=True,
+        optimize=False,  # keeps each weight under its parameter's name, untransposed
+        external_data=False,
+    )
+    program.save(str(path))
 
 
 def _store_half(graph_model: onnx.ModelProto) -> None:
@@ -145,12 +151,13 @@ def _store_half(graph_model: onnx.ModelProto) -> None:
     graph = graph_model.graph
     kept, casts = [], []
     for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
+        # Only the model's parameters (named model.*): the exporter's own constants (GELU's
+        # 1/sqrt(2), a mask's float32 minimum) stay float32, as evaluate's rounding leaves them.
+        if init.data_type != TensorProto.FLOAT or not init.name.startswith(PARAMETER_PREFIX):
             kept.append(init)
             continue
-        half = numpy_helper.from_array(
-            numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16"
-        )
+        values = numpy_helper.to_array(init)
+        half = numpy_helper.from_array(values.astype(np.float16), init.name + "__fp16")
         kept.append(half)
         casts.append(
             helper.make_node(
@@ -263,6 +270,9 @@ def export_checkpoint(
             _export_graph(model, raw, with_attention=graph_name == "attention")
         graph_model = onnx.load(str(raw))
         raw.unlink()
+        # The exporter's record of every intermediate shape: stale once a runtime folds a weight's
+        # Transpose (the service's int8 pass does), and nothing reads it.
+        del graph_model.graph.value_info[:]
         if storage == "float16":
             _store_half(graph_model)
         path = out / f"{graph_name}.onnx"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -269,3 +270,32 @@ def test_a_decoder_exported_before_positions_and_mask_still_serves(exported, tmp
     ids = np.random.default_rng(3).integers(0, config.vocab_size, config.context + 5).tolist()
     for end in range(4, len(ids)):  # the prompt, then a token a call, past the context
         assert np.abs(old.next_logits(ids[:end]) - new.next_logits(ids[:end])).max() < 1e-4
+
+
+def test_exported_graphs_quantize_to_int8_and_still_agree(exported):
+    """The service's int8 pass takes every graph export writes: each loads, turns its weight
+    products to integer ones, and gives logits close to float's (the tied head's weight must
+    stay apart from the embedding lookup that shares it)."""
+    import onnxruntime as ort
+
+    from service.quantize import quantize_int8
+
+    folder = exported[2]["float16"]
+    rng = np.random.default_rng(2)
+    card = json.loads((folder / "card.json").read_text())
+    ids = rng.integers(0, card["config"]["vocab_size"], (2, 6))
+    for graph in card["graphs"]:
+        exact = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"])
+        blob = quantize_int8(folder / graph)
+        int8 = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        ops = {node.op_type for node in onnx.load_from_string(blob).graph.node}
+        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, (graph, ops)
+        if graph == "decoder.onnx":
+            layers, heads = card["config"]["n_layer"], card["config"]["n_head"]
+            empty = np.zeros((layers, 2, heads, 0, card["config"]["d_model"] // heads), "float32")
+            feed = decode_feed(ids, empty, empty)
+        else:
+            feed = {"input_ids": ids, "positions": np.tile(np.arange(ids.shape[1]), (2, 1))}
+        a, b = exact.run(None, feed)[0], int8.run(None, feed)[0]
+        assert a.shape == b.shape and np.isfinite(b).all(), graph
+        assert np.abs(a - b).max() < 0.1 * np.abs(a).max(), (graph, np.abs(a - b).max())
