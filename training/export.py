@@ -112,9 +112,8 @@ def _export_graph(model: AttentionLM | BengioLM, path: Path, with_attention: boo
     steps = min(8, model.context_size)
     example = (torch.zeros(1, steps, dtype=torch.long), torch.arange(steps)[None])
     outputs = ["logits", "attentions"] if with_attention else ["logits"]
-    limit = model.context_size if isinstance(model, AttentionLM) else None
-    batch = torch.export.Dim("batch")
-    sequence = torch.export.Dim("sequence", max=limit) if limit else torch.export.Dim("sequence")
+    limit = model.context_size if isinstance(model, AttentionLM) else None  # Bengio: any length
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=limit)
     positions = torch.export.Dim("positions")
     _onnx_export(
         ExportGraph(model, with_attention).eval(),
