@@ -50,7 +50,7 @@ group_signal() {
 
 sweep() {
   # The trials and train arguments of scripts/gpu_finish.sh's sweep, on the CPU: no
-  # torch.compile (on one thread it does not pay: BENCHMARKS.md), explicit bf16.
+  # torch.compile (on one thread no gain beyond noise: BENCHMARKS.md), explicit bf16.
   bengio_train_args "$STEPS"
   OMP_NUM_THREADS=$THREADS "$PY" -m training sweep --model bengio --preset "$BENGIO" \
     --parallel "$PARALLEL" "${VARY[@]}" --out "$OUT" --data "$DATA" --resume -- \
