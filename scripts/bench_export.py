@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,15 +55,8 @@ def reexport(folder: Path, out: Path, work: Path) -> Path:
 
 def optimized_ops(graph: Path, threads: int) -> dict[str, int]:
     """Nodes by operator of ``graph`` once ONNX Runtime has optimized it for the CPU."""
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        nodes = onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node
-    counts = collections.Counter(node.op_type for node in nodes)
-    return {"nodes": len(nodes), **dict(counts.most_common())}
+    ops = export.runtime_ops(graph, threads)
+    return {"nodes": len(ops), **dict(collections.Counter(ops).most_common())}
 
 
 def compare(shipped: Path, again: Path, threads: int, rounds: int, runs: int) -> dict:
@@ -76,7 +68,7 @@ def compare(shipped: Path, again: Path, threads: int, rounds: int, runs: int) ->
     for _ in range(rounds):
         for key, model in models.items():
             medians[key].append(measure_latency(model, runs=runs)["median_ms"])
-    result = {
+    return {
         "opset": {k: m.card.get("opset") for k, m in models.items()},
         "max_abs_logit_difference": float(np.abs(logits["shipped"] - logits["reexported"]).max()),
         "next_token_ms": {
@@ -95,7 +87,6 @@ def compare(shipped: Path, again: Path, threads: int, rounds: int, runs: int) ->
             "reexported": optimized_ops(again / "model.onnx", threads),
         },
     }
-    return result
 
 
 def main() -> None:

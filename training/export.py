@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,21 @@ def _io(graph_model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
         "inputs": describe(graph_model.graph.input),
         "outputs": describe(graph_model.graph.output),
     }
+
+
+def runtime_ops(graph: Path, threads: int = 1) -> list[str]:
+    """The operators of the nodes ONNX Runtime runs for ``graph`` on the CPU, once it has
+    optimized it (fusions such as ``BiasGelu`` included): what a graph really costs to run."""
+    import onnxruntime as ort  # imported here: exporting needs no runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node
+    return [node.op_type for node in nodes]
 
 
 def export_checkpoint(
