@@ -4,7 +4,8 @@
 # the same step budget as the GPU plan (scripts/gpu_finish.sh), one thread per trial, two trials
 # at a time, bf16 autocast. Every sitting goes on where the last one stopped
 # (`python -m training sweep --resume`): finished trials are kept, unfinished ones resume from
-# their last checkpoint (saved every 750 steps, and at the step under way on SIGTERM).
+# their last checkpoint (saved every 200 steps, and at the step under way on SIGTERM: a sitting
+# that ends by killing its processes outright costs each trial at most 200 steps, ~5 min).
 #
 #   bash scripts/cpu_sweep.sh start     start or go on, in the background (nothing if it runs)
 #   bash scripts/cpu_sweep.sh run       the same in the foreground: the sweep, then the seed model
@@ -18,9 +19,9 @@
 # When it is done, OUT/sweep.json holds every trial and the chosen one, evaluated on validation
 # and test; then `python scripts/ship_sweep.py --sweep OUT --seeds OUT-seeds` ships it if it beats
 # the shipped model on validation. Settings: OUT (runs/sweep-bengio-cpu), PYTHON
-# (.venv/bin/python), PARALLEL (2), THREADS (1 per trial), DATA (data), NICE (19: whatever else
-# runs comes first, the sweep takes the idle cores); TINY=1 rehearses the whole
-# run in a minute (tiny presets, 20 steps).
+# (.venv/bin/python), PARALLEL (2), THREADS (1 per trial), DATA (data), SAVE (200: steps between
+# checkpoints), NICE (19: whatever else runs comes first, the sweep takes the idle cores); TINY=1
+# rehearses the whole run in a minute (tiny presets, 20 steps).
 set -euo pipefail
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."
@@ -31,6 +32,7 @@ PY=${PYTHON:-.venv/bin/python}
 PARALLEL=${PARALLEL:-2}
 THREADS=${THREADS:-1}
 DATA=${DATA:-data}
+SAVE=${SAVE:-200}
 STEPS=$BENGIO_STEPS BENGIO=base SEED=seed EXTRA=()
 VARY=("${BENGIO_VARY[@]}")
 if [ "${TINY:-0}" = 1 ]; then
@@ -54,7 +56,7 @@ sweep() {
   bengio_train_args "$STEPS"
   OMP_NUM_THREADS=$THREADS "$PY" -m training sweep --model bengio --preset "$BENGIO" \
     --parallel "$PARALLEL" "${VARY[@]}" --out "$OUT" --data "$DATA" --resume -- \
-    "${TRAIN_ARGS[@]}" --device cpu --precision bf16 "${EXTRA[@]}"
+    "${TRAIN_ARGS[@]}" --device cpu --precision bf16 --save-interval "$SAVE" "${EXTRA[@]}"
 }
 
 seeds() {
@@ -73,7 +75,7 @@ print(json.loads((out / chosen / "best" / "config.json").read_text())["config"][
   seed_train_args "$context" "$SEED_STEPS"
   OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training train --model attention \
     --preset "$SEED" "${SEED_ARGS[@]}" --no-progress --device cpu --precision bf16 \
-    "${EXTRA[@]}" --data "$DATA" --out "$run" --resume
+    --save-interval "$SAVE" "${EXTRA[@]}" --data "$DATA" --out "$run" --resume
   OMP_NUM_THREADS=$((THREADS * PARALLEL)) evaluate_seed "$PY" "$run" "$DATA"
   echo "seed model at context $context: $run"
 }
@@ -117,7 +119,9 @@ for trial in sorted(p for p in out.glob("*") if p.is_dir()):
     val = f"validation loss {evals[-1]['val_loss']:.4f} at step {evals[-1]['step']}" if evals else ""
     per_step = records[-1].get("tokens", 0) / step if step else 0
     left = f"{(steps - step) * per_step / rate / 3600:4.1f} h left" if rate and per_step else ""
-    print(f"{trial.name:16} {step:>6}/{steps} {rate:>7,.0f} tokens/s {left}  {val}")
+    saved = trial / "last" / "config.json"
+    saved = f"saved at {json.loads(saved.read_text())['step']}" if saved.is_file() else ""
+    print(f"{trial.name:16} {step:>6}/{steps} {rate:>7,.0f} tokens/s {left}  {saved:15} {val}")
 if (out / "sweep.json").is_file():
     print("finished:", json.loads((out / "sweep.json").read_text())["chosen"], "chosen")
 EOF

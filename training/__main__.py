@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("beta2", float, "AdamW beta2"),
         ("grad-clip", float, "gradient norm clip"),
         ("eval-interval", int, "steps between validations"),
+        (
+            "save-interval",
+            int,
+            "steps between saves of OUT/last without validating, so that a run killed outright "
+            "(SIGKILL) loses fewer steps; None: at validations and on SIGTERM only",
+        ),
         ("eval-windows", int, "validation windows per evaluation (default: whole split)"),
         ("patience", int, "evaluations without improvement before early stopping"),
         ("log-interval", int, "steps between progress updates"),
@@ -340,6 +346,7 @@ def _run(args: argparse.Namespace) -> int:
             beta2=args.beta2,
             grad_clip=args.grad_clip,
             eval_interval=args.eval_interval,
+            save_interval=args.save_interval,
             eval_windows=args.eval_windows,
             patience=args.patience,
             log_interval=args.log_interval,

@@ -11,7 +11,8 @@ evaluated on validation and test; the test split plays no part in the choice.
 A sweep can stop and go on (``--resume``): a finished trial leaves ``OUT/TRIAL/trial.json`` and is
 not trained again, an unfinished one resumes from its last checkpoint (``train --resume``), and
 the sweep refuses to go on with other factors or train arguments than it started with
-(``OUT/plan.json``). That is how a CPU sweep of many hours spans several sittings.
+(``OUT/plan.json``; how often trials save may change). That is how a CPU sweep of many hours
+spans several sittings.
 
     python -m training sweep --model bengio --preset base --parallel 9 \\
         --vary context=4,12 --vary d_hidden=512,2048 --vary direct=False \\
@@ -145,12 +146,29 @@ def run_trials(
     return results
 
 
+# Train arguments that change when a trial saves, not what it learns: a sweep may go on with
+# another value (the resumed trials train the same steps either way).
+UNLEARNED_ARGS = ("--save-interval",)
+
+
+def _learned(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan without its UNLEARNED_ARGS (and their values)."""
+    args, kept = iter(plan.get("train_args", [])), []
+    for arg in args:
+        if arg in UNLEARNED_ARGS:
+            next(args, None)
+        elif not arg.startswith(tuple(f"{name}=" for name in UNLEARNED_ARGS)):
+            kept.append(arg)
+    return {**plan, "train_args": kept}
+
+
 def check_plan(out: Path, this: dict[str, Any], resume: bool) -> None:
-    """Record the sweep's plan in ``out``; going on, insist it is the one the sweep began with."""
+    """Record the sweep's plan in ``out``; going on, insist it is the one the sweep began with
+    (but for UNLEARNED_ARGS)."""
     path = out / PLAN_FILE
-    this = json.loads(json.dumps(this))  # as it reads back: tuples as lists
+    this = _learned(json.loads(json.dumps(this)))  # as it reads back: tuples as lists
     if resume and path.is_file():
-        before = json.loads(path.read_text())
+        before = _learned(json.loads(path.read_text()))
         if before != this:
             changed = sorted(key for key in this if before.get(key) != this[key])
             raise ValueError(

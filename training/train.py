@@ -62,6 +62,7 @@ class TrainConfig:
     beta2: float = 0.95  # AdamW second-moment decay
     grad_clip: float = 1.0  # max gradient norm
     eval_interval: int = 200  # steps between validations
+    save_interval: int | None = None  # steps between saves of out/last (None: at validations)
     eval_windows: int | None = None  # validation windows per evaluation (None: the whole split)
     patience: int | None = None  # evaluations without improvement before stopping
     log_interval: int = 20  # steps between progress updates
@@ -364,6 +365,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise SystemExit(128 + signal.SIGTERM)
         leaving = cfg.stop_at is not None and step >= cfg.stop_at
         at_eval = step % cfg.eval_interval == 0 or step == total_steps or leaving
+        if cfg.save_interval and step % cfg.save_interval == 0 and not at_eval:
+            # Between validations, for runs that can be killed outright (SIGKILL, a machine or a
+            # sitting ending): the state of this step, without validating, as on SIGTERM.
+            elapsed = time.perf_counter() - started
+            if main:
+                save_last({**run_info, "step": step, "tokens_seen": tokens_seen})
+            else:
+                _gather_generators(batches.generator, world)
         if step % cfg.log_interval and not at_eval:
             continue
         # Host synchronisation points: progress, time budget, validation.

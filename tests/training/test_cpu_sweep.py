@@ -29,6 +29,8 @@ def test_status_shows_finished_and_running_trials(tmp_path):
         {"step": 800, "tokens": 800 * 2048, "tokens_per_s": 3150.0},
     ]
     (out / "context=4" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "context=4" / "last").mkdir()  # what a resume starts from: step 750, not 800
+    (out / "context=4" / "last" / "config.json").write_text(json.dumps({"step": 750}))
     (out / "d_hidden=512").mkdir()  # started, nothing logged yet
     result = _run(out, "status")
     assert result.returncode == 0, result.stderr
@@ -37,8 +39,8 @@ def test_status_shows_finished_and_running_trials(tmp_path):
     assert "base" in lines[1] and "done" in lines[1] and "4.6719" in lines[1]
     assert "800/17500" in lines[2] and "3,150 tokens/s" in lines[2]
     assert "3.0 h left" in lines[2]  # 16,700 steps of 2,048 tokens at 3,150 tokens/s
-    assert "validation loss 5.4321 at step 750" in lines[2]
-    assert "0/17500" in lines[3]
+    assert "validation loss 5.4321 at step 750" in lines[2] and "saved at 750" in lines[2]
+    assert "0/17500" in lines[3] and "saved" not in lines[3]
 
 
 def test_pause_and_stop_without_a_sweep_say_so_and_bad_commands_fail(tmp_path):

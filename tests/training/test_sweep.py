@@ -151,3 +151,6 @@ def test_sweep_resume_keeps_finished_trials_and_continues_cut_ones(prepared, tmp
         main([*sweep[:-3], "--vary", "context=3", "--resume", "--", *train_args])
     with pytest.raises(SystemExit, match="another train_args"):
         main([*sweep, "--", *train_args[:3], "9", *train_args[4:]])
+    # How often trials save changes nothing they learn: the sweep goes on with another interval.
+    for save in (["--save-interval", "2"], ["--save-interval=2"]):
+        assert main([*sweep, "--", *train_args, *save]) == 0

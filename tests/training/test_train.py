@@ -140,6 +140,36 @@ def test_sigterm_saves_the_current_step_and_resume_goes_on_from_it(prepared, tmp
     assert resumed == pytest.approx(validated, rel=1e-5)
 
 
+def test_save_interval_bounds_what_a_kill_loses_and_resume_goes_on_from_it(
+    prepared, tmp_path, monkeypatch
+):
+    """A run killed outright (SIGKILL: no handler runs) loses only the steps since its last save,
+    every --save-interval steps between validations, and the resumed run validates as if never
+    stopped."""
+    train(_config(prepared, tmp_path / "straight"))
+    steps = 0
+    real_step = train_module.training_step
+
+    def step_then_die(*args):
+        nonlocal steps
+        steps += 1
+        if steps == 34:  # steps 1 to 33 done: saved at 20 (validation), 25 and 30, not at 33
+            raise MemoryError("killed")
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "training_step", step_then_die)
+    run = tmp_path / "killed"
+    with pytest.raises(MemoryError):
+        train(_config(prepared, run, save_interval=5))
+    assert torch.load(run / "last" / "train_state.pt", weights_only=False)["step"] == 30
+    monkeypatch.undo()
+    train(_config(prepared, run, save_interval=5, resume=True))
+    straight, resumed = _losses(tmp_path / "straight"), _losses(run)
+    assert [s for s, *_ in resumed] == [s for s, *_ in straight]
+    validated = {s: v for s, _, v in straight if v is not None}
+    assert {s: v for s, _, v in resumed if v is not None} == pytest.approx(validated, rel=1e-5)
+
+
 def test_checkpoint_killed_while_saving_keeps_the_previous_one(tmp_path, monkeypatch):
     """A save that dies half-way leaves the old checkpoint whole; the next save cleans up."""
     old, new = (build_model(preset("bengio", "tiny", vocab_size=50)) for _ in range(2))
