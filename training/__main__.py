@@ -19,6 +19,17 @@ def _value(text: str):
         return text
 
 
+def _count(text: str) -> int:
+    """A number of steps, sequences or evaluations: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -85,25 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run folder (runs/MODEL-PRESET)")
     _add_data_args(p)
     for name, kind, text in (
-        ("batch-size", int, "sequences per step and process"),
+        ("batch-size", _count, "sequences per step and process"),
         ("lr", float, "peak learning rate"),
         ("min-lr-ratio", float, "final learning rate as a fraction of the peak"),
         ("warmup-steps", int, "linear warm-up steps"),
-        ("max-steps", int, "step budget"),
+        ("max-steps", _count, "step budget"),
         ("time-budget", float, "seconds; the cosine schedule is stretched to end there"),
         ("weight-decay", float, "AdamW weight decay on matrices"),
         ("beta2", float, "AdamW beta2"),
         ("grad-clip", float, "gradient norm clip"),
-        ("eval-interval", int, "steps between validations"),
+        ("eval-interval", _count, "steps between validations"),
         (
             "save-interval",
-            int,
+            _count,
             "steps between saves of OUT/last without validating, so that a run killed outright "
             "(SIGKILL) loses fewer steps; None: at validations and on SIGTERM only",
         ),
-        ("eval-windows", int, "validation windows per evaluation (default: whole split)"),
-        ("patience", int, "evaluations without improvement before early stopping"),
-        ("log-interval", int, "steps between progress updates"),
+        ("eval-windows", _count, "validation windows per evaluation (default: whole split)"),
+        ("patience", _count, "evaluations without improvement before early stopping"),
+        ("log-interval", _count, "steps between progress updates"),
         ("seed", int, "random seed"),
     ):
         field = name.replace("-", "_")
@@ -150,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a config field and the values to try besides the preset's (repeatable)",
     )
     p.add_argument("--out", type=Path, required=True, help="sweep folder")
-    p.add_argument("--parallel", type=int, default=1, help="trials trained at once (1)")
+    p.add_argument("--parallel", type=_count, default=1, help="trials trained at once (1)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the chosen trial")
     p.add_argument(
         "--resume",

@@ -24,6 +24,23 @@ def test_cli_bad_override_is_rejected(prepared, tmp_path):
         main(["train", "--data", str(prepared), "--set", "dropout", "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["train", "--save-interval", "0"], "--save-interval: must be at least 1, got 0"),
+        (["train", "--eval-interval", "-5"], "--eval-interval: must be at least 1, got -5"),
+        (["train", "--batch-size", "8.5"], "--batch-size: expected a whole number, got '8.5'"),
+        (["sweep", "--parallel", "0"], "--parallel: must be at least 1, got 0"),
+    ],
+)
+def test_cli_counts_below_one_are_usage_errors(args, said, capsys):
+    """A step count or interval below 1 would train nothing or divide by zero mid-run: argparse
+    refuses it before anything starts."""
+    with pytest.raises(SystemExit) as ended:
+        main(args)
+    assert ended.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_cli_evaluate_writes_bpc_json(prepared, tmp_path, capsys):
     """evaluate scores the whole split and reports perplexity and bits per character."""
     run = tmp_path / "run"
