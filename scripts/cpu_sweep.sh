@@ -72,6 +72,10 @@ print(json.loads((out / chosen / "best" / "config.json").read_text())["config"][
     return 0
   fi
   run="$OUT-seeds/context=$context"
+  if [ -f "$run/eval-test-float16.json" ]; then  # evaluate_seed's last file: all three are there
+    echo "seed model at context $context: $run (trained and evaluated before)"
+    return 0
+  fi
   seed_train_args "$context" "$SEED_STEPS"
   OMP_NUM_THREADS=$((THREADS * PARALLEL)) "$PY" -m training train --model attention \
     --preset "$SEED" "${SEED_ARGS[@]}" --no-progress --device cpu --precision bf16 \

@@ -73,6 +73,7 @@ def test_tiny_run_sweeps_then_trains_the_seed_model_at_the_chosen_context(prepar
     again = _run(out, "run", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep: start" not in again.stdout and "finished before" in again.stdout
+    assert f"{seed} (trained and evaluated before)" in again.stdout
     assert json.loads((out / "sweep.json").read_text())["chosen"] == report["chosen"]
     status = _run(out, "status", env=env)
     assert f"finished: {report['chosen']} chosen" in status.stdout
