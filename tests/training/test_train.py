@@ -298,6 +298,8 @@ def test_train_distributed_two_cpu_processes(prepared, tmp_path):
         "20",
         "--eval-interval",
         "10",
+        "--save-interval",  # between validations too: every rank joins the checkpoint's gather
+        "3",
         "--batch-size",
         "4",
         "--device",
