@@ -107,6 +107,21 @@ def test_train_resume_after_a_kill_drops_the_records_it_trains_again(prepared, t
     assert [t for _, t, _ in resumed] == pytest.approx([t for _, t, _ in straight], rel=1e-5)
 
 
+def _before_step(monkeypatch, number: int, action) -> None:
+    """Make the training loop call ``action`` (a signal, a crash) as its step ``number`` starts."""
+    steps = 0
+    real_step = train_module.training_step
+
+    def step(*args):
+        nonlocal steps
+        steps += 1
+        if steps == number:
+            action()
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "training_step", step)
+
+
 def test_sigterm_saves_the_current_step_and_resume_goes_on_from_it(prepared, tmp_path, monkeypatch):
     """SIGTERM ends the run after the step under way, its state saved there (not at the last
     validation), and the resumed run validates as if never stopped."""
@@ -114,18 +129,9 @@ def test_sigterm_saves_the_current_step_and_resume_goes_on_from_it(prepared, tmp
     import signal
 
     train(_config(prepared, tmp_path / "straight"))
-    steps = 0
-    real_step = train_module.training_step
-
-    def step_then_signal(*args):
-        nonlocal steps
-        steps += 1
-        if steps == 30:  # between validations (every 20)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(*args)
-
     handler = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(train_module, "training_step", step_then_signal)
+    # Between validations (every 20).
+    _before_step(monkeypatch, 30, lambda: os.kill(os.getpid(), signal.SIGTERM))
     run = tmp_path / "terminated"
     with pytest.raises(SystemExit) as ended:
         train(_config(prepared, run))
@@ -147,17 +153,11 @@ def test_save_interval_bounds_what_a_kill_loses_and_resume_goes_on_from_it(
     every --save-interval steps between validations, and the resumed run validates as if never
     stopped."""
     train(_config(prepared, tmp_path / "straight"))
-    steps = 0
-    real_step = train_module.training_step
 
-    def step_then_die(*args):
-        nonlocal steps
-        steps += 1
-        if steps == 34:  # steps 1 to 33 done: saved at 20 (validation), 25 and 30, not at 33
-            raise MemoryError("killed")
-        return real_step(*args)
+    def die():
+        raise MemoryError("killed")
 
-    monkeypatch.setattr(train_module, "training_step", step_then_die)
+    _before_step(monkeypatch, 34, die)  # steps 1 to 33 done: saved at 20 (validation), 25, 30
     run = tmp_path / "killed"
     with pytest.raises(MemoryError):
         train(_config(prepared, run, save_interval=5))
