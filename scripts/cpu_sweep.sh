@@ -106,9 +106,10 @@ case "${1:-status}" in
   status)
     if running; then echo "running (process group $(cat "$PID_FILE"))"; else echo "not running"; fi
     "$PY" - "$OUT" "$STEPS" <<'EOF'
-import json, sys
+import json, signal, sys
 from pathlib import Path
 
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `status | head` ends quietly
 out, steps = Path(sys.argv[1]), int(sys.argv[2])
 for trial in sorted(p for p in out.glob("*") if p.is_dir()):
     done = trial / "trial.json"
