@@ -6,11 +6,14 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
 from fastapi import Request
+from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from service.ab import AB_MODEL, pick_arm
 from service.engine import Engine
@@ -137,6 +140,41 @@ def once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]
             await release()
 
     return run
+
+
+@dataclass
+class StreamTally:
+    """What a stream has sent: tokens, and whether it ended without an error event."""
+
+    tokens: int = 0
+    ok: bool = True
+
+
+def event_stream(
+    request: Request,
+    engine: Engine,
+    arm: str | None,
+    started: float,
+    slot: AbstractAsyncContextManager,
+    tally: StreamTally,
+    events: Callable[[Callable[[], Awaitable[None]]], AsyncIterator[dict]],
+) -> EventSourceResponse:
+    """Server-sent ``events(release)``, holding the inference slot (entered by the caller)
+    until the stream ends, or never starts; then the tokens in ``tally`` go to /metrics and
+    the A/B figures."""
+
+    @once
+    async def release() -> None:
+        count_tokens(request, engine, tally.tokens, time.perf_counter() - started)
+        record_ab(request, arm, started, tally.ok, tally.tokens)
+        await slot.__aexit__(None, None, None)
+
+    return EventSourceResponse(
+        events(release),
+        headers={"X-Model": engine.name},
+        ping=15,
+        background=BackgroundTask(release),
+    )
 
 
 def count_tokens(request: Request, engine: Engine, tokens: int, seconds: float) -> None:

@@ -5,21 +5,20 @@
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
-from sse_starlette.sse import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import (
+    StreamTally,
     check_token_ids,
     count_tokens,
     engine_for,
+    event_stream,
     inference_slot,
-    once,
     record_ab,
     require_api_key,
     resolve,
@@ -121,10 +120,10 @@ def build_router(requests: Requests) -> APIRouter:
             body.prompt, body.max_new_tokens, params, body.seed, body.stop, body.logprobs, deadline
         )
         if body.stream:
-            produced = {"tokens": 0, "ok": True}
+            tally = StreamTally()
 
             def on_step(step: Step) -> dict:
-                produced["tokens"] += 1
+                tally.tokens += 1
                 return {
                     "event": "token",
                     "data": json.dumps(
@@ -156,22 +155,13 @@ def build_router(requests: Requests) -> APIRouter:
                 }
 
             def on_error(error: dict) -> dict:
-                produced["ok"] = False
+                tally.ok = False
                 return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
 
-            @once
-            async def release() -> None:
-                seconds = time.perf_counter() - started
-                count_tokens(request, engine, produced["tokens"], seconds)
-                record_ab(request, arm, started, produced["ok"], produced["tokens"])
-                await slot.__aexit__(None, None, None)
+            def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
+                return stream_steps(request, steps, on_step, on_done, on_error, release)
 
-            return EventSourceResponse(
-                stream_steps(request, steps, on_step, on_done, on_error, release),
-                headers={"X-Model": engine.name},
-                ping=15,
-                background=BackgroundTask(release),
-            )
+            return event_stream(request, engine, arm, started, slot, tally, events)
         try:
             result = await run_blocking(request, lambda: _last(steps))
         except APIError:

@@ -20,16 +20,15 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from sse_starlette.sse import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.routes.common import (
+    StreamTally,
     check_token_ids,
     count_tokens,
+    event_stream,
     inference_slot,
-    once,
     record_ab,
     require_api_key,
     resolve,
@@ -321,21 +320,13 @@ def build_router(settings: Settings) -> APIRouter:
         slot = inference_slot(request)
         deadline = await slot.__aenter__()
         if body.stream:
-            produced = {"tokens": 0, "ok": True}
-
-            @once
-            async def release() -> None:
-                count_tokens(request, engine, produced["tokens"], time.perf_counter() - started)
-                record_ab(request, arm, started, produced["ok"], produced["tokens"])
-                await slot.__aexit__(None, None, None)
-
+            tally = StreamTally()
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventSourceResponse(
-                _stream(job, prompts, deadline, usage, produced, release),
-                headers={"X-Model": engine.name},
-                ping=15,
-                background=BackgroundTask(release),
-            )
+
+            def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
+                return _stream(job, prompts, deadline, usage, tally, release)
+
+            return event_stream(request, engine, arm, started, slot, tally, events)
         try:
             choices, prompt_tokens, completion_tokens = [], 0, 0
             for i, prompt in enumerate(prompts):
@@ -459,12 +450,12 @@ async def _stream(
     prompts: list[_Prompt],
     deadline: float,
     usage: bool,
-    produced: dict,
+    tally: StreamTally,
     release: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[dict]:
     """OpenAI's stream: per choice its echoed prompt (with echo), one chunk per token (a
     prompt's choices interleaved, as they are generated together), a chunk with its
-    finish_reason; with include_usage a chunk of usage; then [DONE]. ``produced`` counts the
+    finish_reason; with include_usage a chunk of usage; then [DONE]. ``tally`` counts the
     tokens sent and whether the stream ended well."""
 
     def event(chunk: dict) -> dict:
@@ -497,7 +488,7 @@ async def _stream(
                         continue
                     yield event(job.chunk(first + k, item.text, logprobs([item], offsets[k])))
                     offsets[k] += len(item.text)
-                    produced["tokens"] += 1
+                    tally.tokens += 1
         if usage:
             total = {
                 "prompt_tokens": prompt_tokens,
@@ -507,7 +498,7 @@ async def _stream(
             yield {"data": json.dumps({**job.chunk(0, ""), "choices": [], "usage": total})}
         yield {"data": "[DONE]"}
     except APIError as exc:
-        produced["ok"] = False
+        tally.ok = False
         yield {"data": json.dumps(error_body(exc.type, exc.message, exc.field))}
     finally:
         await release()
