@@ -180,6 +180,14 @@ class TokenizeResponse(BaseModel):
     offsets: list[list[int]] = Field(description="[start, end) character offsets, a pair a token")
 
 
+class DetokenizeResponse(BaseModel):
+    text: str = Field(
+        description="the ids decoded together; bytes that do not complete a character (a "
+        "character split across ids, cut at an end) become U+FFFD"
+    )
+    tokens: list[str] = Field(description="each id decoded alone")
+
+
 class ModelInfo(BaseModel):
     name: str
     status: Literal["ready", "failed"]
@@ -322,6 +330,7 @@ class Requests:
     attention: type[BaseModel]
     score: type[BaseModel]
     tokenize: type[BaseModel]
+    detokenize: type[BaseModel]
 
 
 def build_requests(settings: Settings) -> Requests:
@@ -463,6 +472,14 @@ def build_requests(settings: Settings) -> Requests:
 
         _text_is_text = field_validator("text")(_valid_text)
 
+    class DetokenizeRequest(Strict):
+        ids: list[TokenIdItem] = Field(
+            min_length=1,
+            max_length=settings.max_score_chars,
+            description="token ids (as /tokenize, /next-token and logprobs give them)",
+        )
+        model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")
+
     return Requests(
         GenerateRequest,
         CompareRequest,
@@ -470,6 +487,7 @@ def build_requests(settings: Settings) -> Requests:
         AttentionRequest,
         ScoreRequest,
         TokenizeRequest,
+        DetokenizeRequest,
     )
 
 

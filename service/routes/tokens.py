@@ -1,12 +1,24 @@
-"""POST /tokenize: what the models' tokenizer makes of a text."""
+"""POST /tokenize and /detokenize: what the models' tokenizer makes of a text, and of ids."""
 
 # No `from __future__ import annotations`: see inference.py.
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 
+from service.engine import Engine
 from service.errors import APIError
-from service.routes.common import engine_for, require_api_key
-from service.schemas import Requests, TokenizeResponse, error_responses
+from service.routes.common import check_token_ids, engine_for, require_api_key
+from service.schemas import DetokenizeResponse, Requests, TokenizeResponse, error_responses
+
+
+def _engine(request: Request, model: str | None) -> Engine:
+    """The named model's engine, else the first loaded (they share one tokenizer)."""
+    engines = request.app.state.engines
+    if model is not None:
+        return engine_for(request, model)
+    if engines:
+        return engines[sorted(engines)[0]]
+    raise APIError(503, "not_ready", "no model is loaded, so no tokenizer either")
 
 
 def build_router(requests: Requests) -> APIRouter:
@@ -19,18 +31,32 @@ def build_router(requests: Requests) -> APIRouter:
     )
     async def tokenize(body: requests.tokenize, request: Request) -> TokenizeResponse:
         """Token ids, token strings and [start, end) character offsets of a text."""
-        engines = request.app.state.engines
-        if body.model is not None:
-            engine = engine_for(request, body.model)
-        elif engines:
-            engine = engines[sorted(engines)[0]]
-        else:
-            raise APIError(503, "not_ready", "no model is loaded, so no tokenizer either")
-        encoding = engine.tokenizer.encode(body.text, add_special_tokens=False)
-        return TokenizeResponse(
-            ids=encoding.ids,
-            tokens=engine.token_texts(encoding.ids),
-            offsets=[list(o) for o in encoding.offsets],
+        engine = _engine(request, body.model)
+
+        def run() -> TokenizeResponse:  # a long text takes a while: off the event loop
+            encoding = engine.tokenizer.encode(body.text, add_special_tokens=False)
+            return TokenizeResponse(
+                ids=encoding.ids,
+                tokens=engine.token_texts(encoding.ids),
+                offsets=[list(o) for o in encoding.offsets],
+            )
+
+        return await anyio.to_thread.run_sync(run)
+
+    @router.post(
+        "/detokenize",
+        response_model=DetokenizeResponse,
+        responses=error_responses(400, 401, 404, 413, 415, 422, 503),
+    )
+    async def detokenize(body: requests.detokenize, request: Request) -> DetokenizeResponse:
+        """The text of token ids, together and one by one (404 for an id outside the
+        vocabulary)."""
+        engine = _engine(request, body.model)
+        check_token_ids(engine, body.ids, "ids")
+        return await anyio.to_thread.run_sync(
+            lambda: DetokenizeResponse(
+                text=engine.decode(body.ids), tokens=engine.token_texts(body.ids)
+            )
         )
 
     return router

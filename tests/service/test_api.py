@@ -179,6 +179,26 @@ def test_api_tokenize(client):
     assert len(result["ids"]) == len(result["tokens"]) == len(result["offsets"])
 
 
+def test_api_detokenize_inverts_tokenize(client):
+    text = "Não há coração, disse Capitu 𝔄!"
+    ids = client.post("/tokenize", json={"text": text}).json()["ids"]
+    result = client.post("/detokenize", json={"ids": ids, "model": "bengio"})
+    assert result.status_code == 200
+    assert result.json()["text"] == text
+    assert result.json()["tokens"] == client.post("/tokenize", json={"text": text}).json()["tokens"]
+    # The 4-byte character is four byte-level tokens: cut after its first, no character.
+    cut = ids[:-4]  # without "!" and the character's last three bytes
+    assert client.post("/detokenize", json={"ids": cut}).json()["text"].endswith(" \ufffd")
+
+
+def test_api_detokenize_bad_ids(client):
+    _error(client.post("/detokenize", json={"ids": [1, 8192]}), 404, "token_not_found", "ids")
+    _error(client.post("/detokenize", json={"ids": []}), 422, "invalid_field", "ids")
+    _error(client.post("/detokenize", json={"ids": [-1]}), 422, "invalid_field", "ids.0")
+    _error(client.post("/detokenize", json={"ids": ["a"]}), 422, "invalid_field", "ids.0")
+    _error(client.post("/detokenize", json={"ids": [1], "model": "gpt"}), 404, "model_not_found")
+
+
 def test_api_unknown_model_404(client):
     _error(
         client.post("/generate", json={"model": "gpt", "prompt": "a"}),

@@ -83,6 +83,7 @@ def test_api_key_protects_model_endpoints_only():
         for method, path, body in [
             ("post", "/generate", BODY),
             ("post", "/tokenize", {"text": "a"}),
+            ("post", "/detokenize", {"ids": [1]}),
             ("get", "/models", None),
             ("get", "/ab", None),
             ("post", "/v1/completions", {"model": "attention", "prompt": "a"}),
