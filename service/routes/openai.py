@@ -1,4 +1,4 @@
-"""OpenAI-compatible completions: POST /v1/completions and GET /v1/models.
+"""OpenAI-compatible completions: POST /v1/completions, GET /v1/models and /v1/models/{model}.
 
 The legacy completions API as the official `openai` client and the tools built on it send it:
 prompt (text, texts, token ids or lists of them), max_tokens, temperature, top_p, n, best_of,
@@ -27,6 +27,7 @@ from service.routes.common import (
     StreamTally,
     check_token_ids,
     count_tokens,
+    engine_for,
     event_stream,
     inference_slot,
     record_ab,
@@ -43,6 +44,7 @@ from service.schemas import (
     TokenIdItem,
     _valid_text,
     build_penalties,
+    error_responses,
     sse_doc,
 )
 from service.settings import Settings
@@ -277,6 +279,13 @@ def build_router(settings: Settings) -> APIRouter:
         return ModelPage(
             data=[ModelCard(id=name, created=created) for name in sorted(request.app.state.engines)]
         )
+
+    @router.get(
+        "/models/{model}", response_model=ModelCard, responses=error_responses(401, 404, 503)
+    )
+    async def model(model: str, request: Request) -> ModelCard:
+        """One served model, as OpenAI's model object (404 for a model not served)."""
+        return ModelCard(id=engine_for(request, model).name, created=int(request.app.state.started))
 
     @router.post(
         "/completions",

@@ -9,7 +9,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 
 from tests.service.conftest import start_server
 
@@ -217,6 +217,18 @@ def test_openai_token_ids_outside_the_vocabulary_are_404(client, path, changes, 
     assert "0..8191" in error["message"]
 
 
+def test_openai_models_list_and_one_model(client):
+    listed = client.get("/v1/models").json()
+    assert [m["id"] for m in listed["data"]] == ["attention", "attention-seed", "bengio"]
+    one = client.get("/v1/models/attention-seed")
+    assert one.status_code == 200
+    assert one.json() == next(m for m in listed["data"] if m["id"] == "attention-seed")
+    missing = client.get("/v1/models/gpt-4")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "model_not_found"
+    assert "attention, attention-seed, bengio" in missing.json()["error"]["message"]
+
+
 def test_openai_stream_with_echo_logprobs_and_usage(client):
     """The stream carries what the plain answer does: echoed prompt, the completion, each
     token's logprobs at its offset, and with include_usage a last chunk of usage."""
@@ -264,6 +276,9 @@ def test_openai_client_sends_every_parameter(server):
     """The official client with every parameter of the legacy completions API that these
     models can honour, as tools such as LangChain's OpenAI LLM send them."""
     client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("bengio").id == "bengio"
+    with pytest.raises(NotFoundError, match="no model named 'gpt-4'"):
+        client.models.retrieve("gpt-4")
     completion = client.completions.create(
         model="attention",
         prompt=PROMPT,
