@@ -89,7 +89,11 @@ class Settings(BaseSettings):
     max_logit_bias: int = Field(
         300, ge=0, description="most tokens one request's logit_bias may list"
     )
-    max_score_chars: int = Field(200_000, ge=1, description="longest text /score accepts")
+    max_score_chars: int = Field(
+        200_000,
+        ge=1,
+        description="longest text /score and /tokenize accept; most ids /detokenize takes",
+    )
     max_attention_tokens: int = Field(64, ge=1, description="tokens /attention returns weights for")
     max_compare_models: int = Field(8, ge=1, description="models one /compare may run")
     max_completions: int = Field(4, ge=1, description="most choices (n) of /v1/completions")
