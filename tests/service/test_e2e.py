@@ -49,6 +49,9 @@ def test_e2e_every_endpoint(server):
         assert score["bits_per_character"] > 0
         tok = http.post("/tokenize", json={"text": "Capitu"}).json()
         assert tok["ids"]
+        text = http.post("/detokenize", json={"ids": tok["ids"]}).json()["text"]
+        assert text == "Capitu"
+        assert http.get("/v1/models/bengio").json()["id"] == "bengio"
         bad = http.post("/generate", json={"model": "nope", "prompt": "a"})
         assert bad.status_code == 404 and bad.json()["error"]["type"] == "model_not_found"
 
