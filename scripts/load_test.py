@@ -1,11 +1,12 @@
-"""Load run (bounded in count and time, loopback only): many clients mixing every endpoint.
+"""Load run (bounded in count and time, loopback only): many clients mixing the endpoints.
 
 Starts `python -m service` on a free 127.0.0.1 port with an A/B experiment, then runs CLIENTS
 concurrent clients for SECONDS, each picking endpoints at random (/generate plain and streamed,
 /next-token, /score, /attention, /tokenize, /compare, /v1/completions, the A/B arm through
-'ab' with a client id). Records every status, latency, and the server's resident memory over
-time; passes when there is no 5xx and every rejection is a 429. Memory is recorded, not judged
-(BENCHMARKS.md reads the series).
+'ab' with a client id: the mix of every load run in BENCHMARKS.md, kept so that they compare;
+/detokenize and /v1/models/{model} came after it and are not in it). Records every status,
+latency, and the server's resident memory over time; passes when there is no 5xx and every
+rejection is a 429. Memory is recorded, not judged (BENCHMARKS.md reads the series).
 
     python scripts/load_test.py --clients 32 --seconds 60 --json benchmarks/load-cpu.json
 """
