@@ -48,6 +48,21 @@ def git_commit(path: Path) -> str:
     return done.stdout.strip() or "unknown"
 
 
+def parse_setups(
+    specs: list[str], threads: int
+) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """``LABEL=CHECKOUT[,KEY=VALUE...]`` -> each label's checkout and its service environment."""
+    checkouts: dict[str, Path] = {}
+    envs: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        label, _, rest = spec.partition("=")
+        path, *pairs = rest.split(",")
+        checkouts[label] = Path(path).resolve()
+        envs[label] = {"MACHADO_THREADS": str(threads), "MACHADO_LOG_LEVEL": "warning"}
+        envs[label].update(pair.split("=", 1) for pair in pairs)
+    return checkouts, envs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -62,14 +77,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    checkouts: dict[str, Path] = {}
-    envs: dict[str, dict[str, str]] = {}
-    for spec in args.setup:
-        label, _, rest = spec.partition("=")
-        path, *pairs = rest.split(",")
-        checkouts[label] = Path(path).resolve()
-        envs[label] = {"MACHADO_THREADS": str(args.threads), "MACHADO_LOG_LEVEL": "warning"}
-        envs[label].update(pair.split("=", 1) for pair in pairs)
+    checkouts, envs = parse_setups(args.setup, args.threads)
     servers = {name: start_server(envs[name], cwd=path) for name, path in checkouts.items()}
     try:
         figures: dict[str, dict] = {}

@@ -62,19 +62,30 @@ def likeliest(logp: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
     return rows
 
 
-def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
-    """(start, first scored index) of half-overlapping windows predicting tokens 1..n-1."""
+def window_plan(n_tokens: int, length: int, reads: int | None = None) -> list[tuple[int, int]]:
+    """(start, first scored index) of windows predicting tokens 1..n-1, overlapping by half a
+    window, or by ``reads - 1`` tokens where that is less: a model that reads only its last
+    ``reads`` tokens (Bengio's n) then still reads all of them at every scored index, and
+    scores the same with fewer windows."""
     last = n_tokens - 1
     if last < 1:
         return []
     length = min(length, last)
-    stride = max(1, length // 2)
+    stride = stride_of(length, reads)
     plan, covered = [(0, 0)], length
     while covered < last:
         start = min(covered + stride - length, last - length)
         plan.append((start, covered - start))
         covered = start + length
     return plan
+
+
+def stride_of(length: int, reads: int | None = None) -> int:
+    """Tokens between the starts of two scoring windows of ``length`` (see window_plan)."""
+    overlap = length - max(1, length // 2)
+    if reads is not None:
+        overlap = min(overlap, reads - 1)
+    return length - overlap
 
 
 def scoring_window(card: dict) -> int:
@@ -433,7 +444,7 @@ class Engine:
         positions."""
         window = window or self.score_window
         stream = np.asarray(ids, dtype=np.int64)
-        plan = window_plan(len(ids), window)
+        plan = window_plan(len(ids), window, self.context)
         length = min(window, len(ids) - 1)
         offsets = np.arange(length)
         picked_all = np.zeros(len(ids) - 1, dtype=np.float64)
@@ -445,13 +456,14 @@ class Engine:
             starts = np.asarray([s for s, _ in chunk])[:, None]
             x = stream[starts + offsets]  # (B, L)
             positions = np.broadcast_to(offsets, x.shape)
-            logp = log_softmax(self._logits(x, positions))  # (B, L, V)
-            targets = stream[starts + offsets + 1]  # (B, L)
-            picked = np.take_along_axis(logp, targets[..., None], -1)[..., 0]  # (B, L)
+            logits = self._logits(x, positions)  # (B, L, V)
             for row, (start, first) in enumerate(chunk):
-                picked_all[start + first : start + length] = picked[row, first:]
+                # Only the positions this window scores: the rest belong to its neighbours.
+                logp = log_softmax(logits[row, first:])  # (L - first, V)
+                targets = stream[start + first + 1 : start + length + 1]  # (L - first,)
+                picked_all[start + first : start + length] = logp[np.arange(len(targets)), targets]
                 if top:
-                    for t, pairs in enumerate(likeliest(logp[row, first:], top), start + first):
+                    for t, pairs in enumerate(likeliest(logp, top), start + first):
                         best[t] = pairs
         return picked_all, best
 
@@ -483,7 +495,7 @@ class Engine:
             "perplexity": math.exp(nll / (len(ids) - 1)),
             "bits_per_character": nll / math.log(2) / chars,
             "window": length,
-            "stride": max(1, length // 2),
+            "stride": stride_of(length, self.context),
         }
         if per_token:
             targets = ids[1:]

@@ -169,8 +169,8 @@ class ScoreResponse(BaseModel):
     nll_bits: float
     perplexity: float
     bits_per_character: float
-    window: int
-    stride: int
+    window: int = Field(description="tokens per scoring window, as used")
+    stride: int = Field(description="tokens between the starts of two windows")
     token_logprobs: list[TokenLogprob] | None = None
 
 
@@ -461,7 +461,9 @@ def build_requests(settings: Settings) -> Requests:
             "from ceil(w/2) + 1 to w tokens before it (the text's first tokens: all there "
             "are). Smaller windows show what the model does with less context. A Bengio model "
             "reads its n tokens whenever the window has 2n - 3 or more (13 for n = 8); it pads "
-            "fewer with end-of-text, as at a document's start",
+            "fewer with end-of-text, as at a document's start. Its windows overlap by n - 1 "
+            "tokens where that is less than half: every token still reads its n, and the same "
+            "scores take fewer windows",
         )
 
         _text_is_text = field_validator("text")(_valid_text)
