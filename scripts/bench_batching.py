@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_service import cpu_name, percentiles, write_figures  # noqa: E402
 
 from service.batching import decode_feed  # noqa: E402
-from service.engine import CachedContext, Engine  # noqa: E402
+from service.engine import Engine  # noqa: E402
+from service.kv_cache import CachedContext  # noqa: E402
 from service.registry import load_models  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402

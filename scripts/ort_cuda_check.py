@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 
-from service.engine import CachedContext, Engine, uses_kv_cache  # noqa: E402
+from service.engine import Engine  # noqa: E402
+from service.kv_cache import CachedContext, uses_kv_cache  # noqa: E402
 from service.registry import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402

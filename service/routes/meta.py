@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.engine import scoring_window, uses_kv_cache
+from service.engine import scoring_window
+from service.kv_cache import uses_kv_cache
 from service.routes.common import require_api_key
 from service.schemas import Health, ModelInfo, ModelList, Readiness, error_responses
 

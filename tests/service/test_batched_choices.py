@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from service.engine import CachedContext, Engine, Generation, Step
+from service.engine import Engine, Generation, Step
+from service.kv_cache import CachedContext
 from service.registry import load_models
 from service.sampling import SamplingParams
 from tests.service.conftest import make_settings

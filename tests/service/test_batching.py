@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.batching import DecodeBatcher, StepBatcher, _Call
-from service.engine import CachedContext, Engine
+from service.engine import Engine
+from service.kv_cache import CachedContext
 from service.registry import load_models
 from service.sampling import SamplingParams
 from tests.service.conftest import make_settings

@@ -1,4 +1,4 @@
-"""The README documents every setting, with its default."""
+"""The README documents every setting, with its default, and lays out every file."""
 
 from __future__ import annotations
 
@@ -16,3 +16,15 @@ def test_readme_lists_every_setting():
         assert f"`MACHADO_{name.upper()}`" in readme, name
         if name not in ("host", "port"):
             assert f"MACHADO_{name.upper()}" in example, name
+
+
+def test_readme_layout_names_every_module_and_script():
+    """A module or script added without its place in the README's Layout is missed here."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    files = [*(ROOT / "training").glob("*.py"), *(ROOT / "service").glob("*.py")]
+    files += [f for f in (ROOT / "scripts").iterdir() if f.is_file()]
+    missing = [
+        str(f.relative_to(ROOT)) for f in files if f.name != "__init__.py" and f.name not in layout
+    ]
+    assert not missing, missing

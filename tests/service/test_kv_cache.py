@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.engine import CachedContext, Engine
+from service.engine import Engine
+from service.kv_cache import CachedContext
 from service.registry import load_models
 from service.sampling import SamplingParams
 from tests.service.conftest import MODELS, make_settings

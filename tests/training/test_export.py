@@ -229,7 +229,7 @@ def test_a_decoder_exported_before_positions_and_mask_still_serves(exported, tmp
         pytest.skip("the Bengio model has no key/value cache")
     import onnxruntime as ort
 
-    from service.engine import CachedContext
+    from service.kv_cache import CachedContext
 
     class OldDecoder(torch.nn.Module):
         def __init__(self, model) -> None:
