@@ -21,6 +21,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,21 @@ def git_commit(path: Path) -> str:
     return done.stdout.strip() or "unknown"
 
 
+def add_setup_arguments(parser: argparse.ArgumentParser, rounds: int, block: int, per: str) -> None:
+    """The flags of a benchmark whose setups take turns: --setup, --rounds, --block, --threads,
+    --json."""
+    parser.add_argument(
+        "--setup",
+        action="append",
+        required=True,
+        help="LABEL=CHECKOUT[,KEY=VALUE...]: a checkout to serve from, and its environment",
+    )
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"blocks per setup and {per}")
+    parser.add_argument("--block", type=int, default=block, help="requests per block")
+    parser.add_argument("--threads", type=int, default=2, help="MACHADO_THREADS of every setup")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+
+
 def parse_setups(
     specs: list[str], threads: int
 ) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
@@ -63,23 +80,33 @@ def parse_setups(
     return checkouts, envs
 
 
+@contextmanager
+def served(checkouts: dict[str, Path], envs: dict[str, dict[str, str]]) -> Iterator[dict]:
+    """Each setup's service at once: label -> (base URL, process); all stopped at the end."""
+    servers = {name: start_server(envs[name], cwd=path) for name, path in checkouts.items()}
+    try:
+        yield servers
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def describe_setups(checkouts: dict[str, Path], envs: dict[str, dict[str, str]]) -> dict:
+    """What the figures file says of each setup: its checkout's commit and its environment."""
+    return {
+        name: {"commit": git_commit(path), "environment": envs[name]}
+        for name, path in checkouts.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--setup",
-        action="append",
-        required=True,
-        help="LABEL=CHECKOUT[,KEY=VALUE...]: a checkout to serve from, and its environment",
-    )
-    parser.add_argument("--rounds", type=int, default=8, help="blocks per setup and shape")
-    parser.add_argument("--block", type=int, default=5, help="requests per block")
-    parser.add_argument("--threads", type=int, default=2, help="MACHADO_THREADS of every setup")
-    parser.add_argument("--json", type=Path, default=None)
+    add_setup_arguments(parser, rounds=8, block=5, per="shape")
     args = parser.parse_args()
 
     checkouts, envs = parse_setups(args.setup, args.threads)
-    servers = {name: start_server(envs[name], cwd=path) for name, path in checkouts.items()}
-    try:
+    with served(checkouts, envs) as servers:
         figures: dict[str, dict] = {}
         with httpx.Client(timeout=120) as client:
             for shape, spec in SHAPES.items():
@@ -115,19 +142,12 @@ def main() -> None:
                     }
                     for name in servers
                 }
-    finally:
-        for _, proc in servers.values():
-            proc.terminate()
-            proc.wait(timeout=30)
 
     result = {
         "benchmark": "POST /compare, several setups taking turns",
         "cpu": cpu_name(),
         "threads": args.threads,
-        "setups": {
-            name: {"commit": git_commit(path), "environment": envs[name]}
-            for name, path in checkouts.items()
-        },
+        "setups": describe_setups(checkouts, envs),
         "shapes": SHAPES,
         "figures": figures,
     }

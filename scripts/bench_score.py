@@ -26,27 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_compare import git_commit, parse_setups  # noqa: E402
+from bench_compare import add_setup_arguments, describe_setups, parse_setups, served  # noqa: E402
 from bench_service import TEXT, cpu_name, percentiles, write_figures  # noqa: E402
-
-from tests.service.conftest import start_server  # noqa: E402
 
 MODELS = ("attention", "attention-seed", "bengio")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--setup",
-        action="append",
-        required=True,
-        help="LABEL=CHECKOUT[,KEY=VALUE...]: a checkout to serve from, and its environment",
-    )
+    add_setup_arguments(parser, rounds=5, block=2, per="model")
     parser.add_argument("--chars", type=int, default=20_000, help="characters of the text")
-    parser.add_argument("--rounds", type=int, default=5, help="blocks per setup and model")
-    parser.add_argument("--block", type=int, default=2, help="requests per block")
-    parser.add_argument("--threads", type=int, default=2, help="MACHADO_THREADS of every setup")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     text = (TEXT * (args.chars // len(TEXT) + 1))[: args.chars]
@@ -54,8 +43,7 @@ def main() -> None:
     for env in envs.values():
         env.setdefault("MACHADO_MAX_SCORE_CHARS", str(max(args.chars, 200_000)))
         env.setdefault("MACHADO_REQUEST_TIMEOUT_S", "600")
-    servers = {name: start_server(envs[name], cwd=path) for name, path in checkouts.items()}
-    try:
+    with served(checkouts, envs) as servers:
         figures: dict[str, dict[str, dict]] = {name: {} for name in servers}
         with httpx.Client(timeout=600) as client:
             for model in MODELS:
@@ -83,20 +71,13 @@ def main() -> None:
                         "window": answer["window"],
                         "stride": answer["stride"],
                     }
-    finally:
-        for _, proc in servers.values():
-            proc.terminate()
-            proc.wait(timeout=30)
 
     result = {
         "benchmark": "POST /score of one long text, several setups taking turns",
         "cpu": cpu_name(),
         "threads": args.threads,
         "characters": args.chars,
-        "setups": {
-            name: {"commit": git_commit(path), "environment": envs[name]}
-            for name, path in checkouts.items()
-        },
+        "setups": describe_setups(checkouts, envs),
         "figures": figures,
     }
     write_figures(result, args.json)
