@@ -356,10 +356,10 @@ class Engine:
         deadline: float | None = None,
         window: int | None = None,
     ) -> tuple[np.ndarray, list[list[tuple[int, float]]]]:
-        """Log-probability of each of ``ids[1:]`` after the tokens before it, with
-        half-overlapping windows of ``window`` tokens (default: the scoring length; every token
-        sees at least half a window), and the ``top`` likeliest tokens at each of those
-        positions."""
+        """Log-probability of each of ``ids[1:]`` after the tokens before it, with windows of
+        ``window`` tokens (default: the scoring length) laid as window_plan lays them for this
+        model's context (every token sees at least half a window, or the whole context where
+        that is less), and the ``top`` likeliest tokens at each of those positions."""
         window = window or self.score_window
         stream = np.asarray(ids, dtype=np.int64)
         plan = window_plan(len(ids), window, self.context)
@@ -393,7 +393,7 @@ class Engine:
         deadline: float | None = None,
         window: int | None = None,
     ) -> dict:
-        """NLL of ``text`` after an end-of-text token, with half-overlapping windows of
+        """NLL of ``text`` after an end-of-text token, with the windows of token_logprobs of
         ``window`` tokens (default, and at most: the scoring length; the result says which)."""
         window = min(window or self.score_window, self.score_window)
         ids = self.prompt_ids(text)
