@@ -171,6 +171,8 @@ class ScoreResponse(BaseModel):
     bits_per_character: float
     window: int = Field(description="tokens per scoring window, as used")
     stride: int = Field(description="tokens between the starts of two windows")
+    seconds: float = Field(description="time the model spent scoring (not waiting for a slot)")
+    tokens_per_second: float = Field(description="tokens scored per second of that time")
     token_logprobs: list[TokenLogprob] | None = None
 
 

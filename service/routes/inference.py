@@ -219,6 +219,7 @@ def build_router(requests: Requests) -> APIRouter:
         engine, arm = resolve(request, body.model)
         started = time.perf_counter()
         async with inference_slot(request) as deadline:
+            scoring = time.perf_counter()
             try:
                 result = await run_blocking(
                     request,
@@ -229,9 +230,15 @@ def build_router(requests: Requests) -> APIRouter:
             except APIError:
                 record_ab(request, arm, started, False)
                 raise
+            seconds = time.perf_counter() - scoring
         record_ab(request, arm, started, True, bpc=result["bits_per_character"])
         response.headers["X-Model"] = engine.name
-        return ScoreResponse(model=engine.name, **result)
+        return ScoreResponse(
+            model=engine.name,
+            seconds=seconds,
+            tokens_per_second=result["tokens"] / seconds if seconds > 0 else 0.0,
+            **result,
+        )
 
     return router
 
