@@ -38,6 +38,8 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
+        # A rejection here comes before routing: the access log and metrics still name the path.
+        scope.setdefault("state", {})["path"] = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
@@ -98,7 +100,8 @@ class BodyGuard:
 
 
 async def _reject(send: Send, status: int, type_: str, message: str) -> None:
-    payload = json.dumps(error_body(type_, message)).encode()
+    # Spaced as JSONResponse writes every other error.
+    payload = json.dumps(error_body(type_, message), separators=(",", ":")).encode()
     await send(
         {
             "type": "http.response.start",

@@ -77,6 +77,17 @@ def _routing_message(request: Request, status: int, detail: str, headers: dict |
     return detail
 
 
+# What FastAPI says when the JSON parser fails with something other than a JSONDecodeError.
+_UNPARSED = "There was an error parsing the body"
+
+
+def _unparsed_message(cause: BaseException | None) -> str:
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON here: it nests arrays or objects too deeply to parse"
+    reason = f" ({type(cause).__name__})" if cause is not None else ""
+    return f"the body could not be parsed as JSON{reason}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -101,6 +112,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = getattr(exc, "headers", None)
+        if exc.status_code == 400 and exc.detail == _UNPARSED:
+            return error_response(400, "invalid_json", _unparsed_message(exc.__cause__))
         return error_response(
             exc.status_code,
             _HTTP_TYPES.get(exc.status_code, "http_error"),

@@ -141,7 +141,7 @@ class RequestContext:
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path", None) or state.get("path") or "unmatched"
             model = state.get("model", "")
             self.metrics.requests.labels(path, model, str(status)).inc()
             self.metrics.latency.labels(path).observe(seconds)

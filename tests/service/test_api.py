@@ -440,3 +440,11 @@ def test_api_score_window_past_the_models_is_cut_to_it(client):
         "invalid_field",
         "window",
     )
+
+
+def test_api_json_nested_too_deeply_400(client):
+    """A body the JSON parser gives up on (recursion) is a 400 saying why, not a bare 'error'."""
+    raw = b"[" * 20_000 + b"]" * 20_000  # under the tests' body limit, past the parser's depth
+    response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
+    body = _error(response, 400, "invalid_json")
+    assert "too deeply" in body["message"], body

@@ -110,3 +110,19 @@ def test_cors_off_by_default_and_configurable(client):
         assert response.headers["access-control-allow-origin"] == "https://example.org"
         other = c.options("/generate", headers={**preflight, "Origin": "https://evil.test"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_rejected_bodies_logged_and_counted_under_their_path(client, caplog):
+    """A 413 or 415 comes before routing, yet its log line and metrics name the endpoint."""
+    caplog.set_level(logging.INFO, logger="service.access")
+    client.post(
+        "/generate",
+        content=b"prompt",
+        headers={"content-type": "text/plain", "X-Request-Id": "guard-415"},
+    )
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == "guard-415"]
+    assert [(r.route, r.status) for r in records] == [("/generate", 415)]
+    metrics = client.get("/metrics").text
+    assert re.search(r'machado_requests_total\{[^}]*route="/generate"[^}]*status="415"', metrics), [
+        line for line in metrics.splitlines() if "415" in line
+    ]
