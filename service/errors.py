@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.schemas import PATTERN_MEANINGS
+
 
 class APIError(Exception):
     """An error with its HTTP status, a machine-readable type and the field it concerns."""
@@ -43,6 +45,15 @@ def error_response(
 def _location(loc: tuple | list) -> str | None:
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or None
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """pydantic's message, or for a pattern of ours what the pattern asks for in words."""
+    if error.get("type") == "string_pattern_mismatch":
+        meaning = PATTERN_MEANINGS.get(error.get("ctx", {}).get("pattern", ""))
+        if meaning is not None:
+            return meaning
+    return error["msg"]
 
 
 _HTTP_TYPES = {
@@ -105,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         field = _location(first.get("loc", ()))
         message = "; ".join(
-            f"{_location(e.get('loc', ())) or 'body'}: {e['msg']}" for e in errors[:5]
+            f"{_location(e.get('loc', ())) or 'body'}: {_problem(e)}" for e in errors[:5]
         )
         return error_response(422, "invalid_field", message, field)
 

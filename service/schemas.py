@@ -3,6 +3,7 @@ shows the limits this server enforces."""
 
 import typing
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -27,6 +28,17 @@ WHITESPACE = (
 )
 NOT_BLANK = f"[^{WHITESPACE}]"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# JSON object keys are strings: a token id in decimal, without leading zeros.
+TOKEN_KEY = r"^(0|[1-9][0-9]{0,9})$"
+# What each pattern asks for, in words: a 422 says this rather than the regex.
+PATTERN_MEANINGS = MappingProxyType(
+    {
+        NOT_BLANK: "should hold something other than whitespace",
+        MODEL_NAME: "should be a model name from GET /models: 1 to 64 letters, digits, '.', "
+        "'_' or '-', starting with a letter or digit",
+        TOKEN_KEY: "should be a token id in decimal, without sign or leading zeros",
+    }
+)
 ModelName = Annotated[
     str,
     Field(
@@ -277,8 +289,7 @@ INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)
 def build_penalties(settings: Settings) -> type[Strict]:
     """OpenAI's frequency and presence penalties and logit bias, shared by /generate,
     /compare and /v1/completions."""
-    # JSON object keys are strings: a token id in decimal, without leading zeros.
-    TokenKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,9})$")]
+    TokenKey = Annotated[str, Field(pattern=TOKEN_KEY)]
 
     class Penalties(Strict):
         frequency_penalty: float = Field(

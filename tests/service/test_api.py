@@ -448,3 +448,24 @@ def test_api_json_nested_too_deeply_400(client):
     response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
     body = _error(response, 400, "invalid_json")
     assert "too deeply" in body["message"], body
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "words"),
+    [
+        ("/next-token", {"model": "bengio", "prompt": " \n\t"}, "prompt", "other than whitespace"),
+        ("/score", {"model": "bengio", "text": "\u3000"}, "text", "other than whitespace"),
+        ("/next-token", {"model": "no such/model", "prompt": "a"}, "model", "a model name"),
+        (
+            "/generate",
+            {"model": "bengio", "prompt": "a", "logit_bias": {"007": 1}},
+            "logit_bias.007.[key]",
+            "a token id in decimal",
+        ),
+    ],
+)
+def test_api_pattern_mismatch_says_what_is_asked_in_words(client, path, body, field, words):
+    """A 422 for a field that fails one of our patterns says what the pattern asks for, not the
+    regex."""
+    error = _error(client.post(path, json=body), 422, "invalid_field", field)
+    assert words in error["message"] and "pattern" not in error["message"], error
