@@ -414,7 +414,8 @@ def build_requests(settings: Settings) -> Requests:
             None,
             min_length=1,
             max_length=settings.max_compare_models,
-            description="models to compare (default: every loaded model)",
+            json_schema_extra={"uniqueItems": True},
+            description="models to compare, each named once (default: every loaded model)",
         )
         top_n: int = Field(
             min(5, settings.max_top_k),
@@ -431,6 +432,14 @@ def build_requests(settings: Settings) -> Requests:
             "compared reading the same few tokens (default, and at most: each model's own "
             "score_window). The completion and next tokens always read the whole context",
         )
+
+        @field_validator("models")
+        @classmethod
+        def _each_model_once(cls, models: list[str] | None) -> list[str] | None:
+            twice = sorted({m for m in models or () if models.count(m) > 1})
+            if twice:
+                raise ValueError(f"names {', '.join(twice)} more than once; name each model once")
+            return models
 
     class NextTokenRequest(Strict):
         model: ModelName

@@ -198,6 +198,15 @@ def test_compare_answers_with_the_error_of_a_failing_model(client, monkeypatch):
     assert fine.status_code == 200
 
 
+def test_compare_model_named_twice_422(client):
+    """Each model is compared once: a list naming one twice is a 422 saying which."""
+    body = {"prompt": "A vida é", "models": ["bengio", "attention", "bengio"]}
+    response = client.post("/compare", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "models" and "bengio more than once" in error["message"], error
+
+
 def test_openai_client_completions(server):
     client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
     assert {m.id for m in client.models.list()} == {"attention", "attention-seed", "bengio"}
