@@ -10,18 +10,18 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from service.engine import Engine
+from service.responses import (
+    INFERENCE_ERRORS,
+    CompareModelResult,
+    CompareResponse,
+    NextTokenCandidate,
+)
 from service.routes.common import (
     check_token_ids,
     engine_for,
     inference_slot,
     require_api_key,
     run_blocking,
-)
-from service.schemas import (
-    INFERENCE_ERRORS,
-    CompareModelResult,
-    CompareResponse,
-    NextTokenCandidate,
 )
 
 

@@ -12,6 +12,17 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
+from service.responses import (
+    INFERENCE_ERRORS,
+    AttentionResponse,
+    GeneratedToken,
+    GenerateResponse,
+    NextTokenResponse,
+    ScoreResponse,
+    TokenAlternative,
+    Usage,
+    sse_doc,
+)
 from service.routes.common import (
     StreamTally,
     check_token_ids,
@@ -25,18 +36,7 @@ from service.routes.common import (
     run_blocking,
     settings_of,
 )
-from service.schemas import (
-    INFERENCE_ERRORS,
-    AttentionResponse,
-    GeneratedToken,
-    GenerateResponse,
-    NextTokenResponse,
-    Requests,
-    ScoreResponse,
-    TokenAlternative,
-    Usage,
-    sse_doc,
-)
+from service.schemas import Requests
 
 SSE_DOC = sse_doc(
     "with stream: true, events 'token' (id, text, logprob), then 'done' "

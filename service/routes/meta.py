@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.engine import scoring_window
 from service.kv_cache import uses_kv_cache
+from service.responses import Health, ModelInfo, ModelList, Readiness, error_responses
 from service.routes.common import require_api_key
-from service.schemas import Health, ModelInfo, ModelList, Readiness, error_responses
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 

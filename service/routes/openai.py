@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
+from service.responses import INFERENCE_ERRORS, error_responses, sse_doc
 from service.routes.common import (
     StreamTally,
     check_token_ids,
@@ -37,15 +38,12 @@ from service.routes.common import (
 )
 from service.sampling import SamplingParams
 from service.schemas import (
-    INFERENCE_ERRORS,
     NOT_BLANK,
     ModelName,
     Strict,
     TokenIdItem,
     _valid_text,
     build_penalties,
-    error_responses,
-    sse_doc,
 )
 from service.settings import Settings
 

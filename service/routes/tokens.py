@@ -7,8 +7,9 @@ from fastapi import APIRouter, Depends, Request
 
 from service.engine import Engine
 from service.errors import APIError
+from service.responses import DetokenizeResponse, TokenizeResponse, error_responses
 from service.routes.common import check_token_ids, engine_for, require_api_key
-from service.schemas import DetokenizeResponse, Requests, TokenizeResponse, error_responses
+from service.schemas import Requests
 
 
 def _engine(request: Request, model: str | None) -> Engine:
