@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -87,16 +89,46 @@ class BodyGuard:
                 f"the body is not valid UTF-8 (byte {exc.start}): JSON must be UTF-8",
             )
             return
-        replayed = False
+        await _serve_watching_hang_up(self.app, scope, body, receive, send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+async def _serve_watching_hang_up(
+    app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send
+) -> None:
+    """Hands ``body`` to ``app`` and, while it answers, watches the connection: once the body is
+    read the server's next message is the client hanging up (or the answer having been sent).
+    That sets ``scope["state"]["hung_up"]``, which the request's Deadline reads between graph
+    calls, and is what ``app`` hears if it listens (a stream) after the body."""
+    hung_up = threading.Event()
+    scope.setdefault("state", {})["hung_up"] = hung_up
+    gone = anyio.Event()
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # nothing else comes after the body; a stray empty chunk is not a hang-up
+        hung_up.set()
+        gone.set()
+
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch)
+        try:
+            await app(scope, replay, send)
+        except BaseException as exc:  # raised below as it came, not wrapped in a group
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def _reject(send: Send, status: int, type_: str, message: str) -> None:

@@ -7,13 +7,13 @@ Every prompt starts after an end-of-text token, as every document did in trainin
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
+from service.deadline import Deadline
 from service.errors import APIError
 from service.kv_cache import CachedContext, uses_kv_cache
 from service.registry import CUDA, LoadedModel
@@ -223,7 +223,7 @@ class Engine:
         seed: int | None,
         stop: list[str],
         logprobs: int,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
     ) -> Iterator[Step | Generation]:
         """Yields each new token as it comes, then the finished Generation."""
         for _, item in self.generate_many(
@@ -239,7 +239,7 @@ class Engine:
         params: SamplingParams,
         stop: list[str],
         logprobs: int,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
     ) -> Iterator[tuple[int, Step | Generation]]:
         """One completion of ``prompt`` per seed, computed as one batch: yields (choice, Step)
         for each new token and (choice, Generation) when a choice ends. Each choice draws
@@ -284,12 +284,12 @@ class Engine:
         params: SamplingParams,
         stop: list[str],
         logprobs: int,
-        deadline: float | None,
+        deadline: Deadline | None,
     ) -> Iterator[tuple[int, Step | Generation]]:
         active = list(range(len(choices)))
         for _ in range(max_new_tokens):
-            if deadline is not None and time.monotonic() > deadline:
-                raise APIError(504, "timeout", "the request ran past its time limit")
+            if deadline is not None:
+                deadline.check()
             rows = [choices[c].ids for c in active]
             logits = (
                 self.next_logits_rows(rows, key) if cache is None else cache.next_logits_rows(rows)
@@ -353,7 +353,7 @@ class Engine:
         ids: list[int],
         top: int = 0,
         batch: int = 8,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
         window: int | None = None,
     ) -> tuple[np.ndarray, list[list[tuple[int, float]]]]:
         """Log-probability of each of ``ids[1:]`` after the tokens before it, with windows of
@@ -368,8 +368,8 @@ class Engine:
         picked_all = np.zeros(len(ids) - 1, dtype=np.float64)
         best: list[list[tuple[int, float]]] = [[] for _ in range(len(ids) - 1)]
         for i in range(0, len(plan), batch):
-            if deadline is not None and time.monotonic() > deadline:
-                raise APIError(504, "timeout", "the request ran past its time limit")
+            if deadline is not None:
+                deadline.check()
             chunk = plan[i : i + batch]
             starts = np.asarray([s for s, _ in chunk])[:, None]
             x = stream[starts + offsets]  # (B, L)
@@ -390,7 +390,7 @@ class Engine:
         text: str,
         per_token: bool,
         batch: int = 8,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
         window: int | None = None,
     ) -> dict:
         """NLL of ``text`` after an end-of-text token, with the windows of token_logprobs of

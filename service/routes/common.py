@@ -16,6 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from service.ab import AB_MODEL, pick_arm
+from service.deadline import Deadline
 from service.engine import Engine
 from service.errors import APIError
 from service.settings import Settings
@@ -96,8 +97,9 @@ def resolve(request: Request, name: str, client_id: str | None = None) -> tuple[
 
 
 @asynccontextmanager
-async def inference_slot(request: Request) -> AsyncIterator[float]:
-    """Holds one of the max_concurrency slots (429 when none is free); yields the deadline."""
+async def inference_slot(request: Request) -> AsyncIterator[Deadline]:
+    """Holds one of the max_concurrency slots (429 when none is free); yields the request's
+    Deadline: its time limit, and whether its client has hung up."""
     state, settings = request.app.state, settings_of(request)
     if state.in_flight >= settings.max_concurrency:
         state.metrics.rejected.labels("overloaded").inc()
@@ -112,7 +114,7 @@ async def inference_slot(request: Request) -> AsyncIterator[float]:
     state.in_flight += 1
     state.metrics.in_flight.set(state.in_flight)
     try:
-        yield time.monotonic() + settings.request_timeout_s
+        yield Deadline(settings.request_timeout_s, getattr(request.state, "hung_up", None))
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.set(state.in_flight)

@@ -9,6 +9,7 @@ import time
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from service.deadline import Deadline
 from service.engine import Engine
 from service.responses import (
     INFERENCE_ERRORS,
@@ -41,7 +42,7 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
         request.state.prompt = body.prompt
         params = body.params()
 
-        def run(engine: Engine, deadline: float) -> tuple[CompareModelResult, list[int]]:
+        def run(engine: Engine, deadline: Deadline) -> tuple[CompareModelResult, list[int]]:
             started = time.perf_counter()
             *_, generation = engine.generate(
                 body.prompt, body.max_new_tokens, params, body.seed, body.stop, 0, deadline

@@ -19,6 +19,7 @@ from itertools import accumulate
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
+from service.deadline import Deadline
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.openai_schemas import (
@@ -77,7 +78,7 @@ def _prompt(engine: Engine, prompt: str | list[int]) -> _Prompt:
     return _Prompt(list(encoding.ids), prompt, pieces, starts)
 
 
-def _score_prompt(engine: Engine, prompt: _Prompt, top: int, deadline: float) -> None:
+def _score_prompt(engine: Engine, prompt: _Prompt, top: int, deadline: Deadline) -> None:
     """Each prompt token's log-probability after the end-of-text token and the tokens before
     it, as /score computes them, and the ``top`` likeliest tokens at each position."""
     logprobs, best = engine.token_logprobs([engine.eot, *prompt.ids], top, deadline=deadline)
@@ -228,7 +229,7 @@ class _Job:
     ident: str
     created: int
 
-    def steps(self, prompt: _Prompt, deadline: float) -> Iterator[tuple[int, Step | Generation]]:
+    def steps(self, prompt: _Prompt, deadline: Deadline) -> Iterator[tuple[int, Step | Generation]]:
         """The prompt's completions as one batch: (choice, Step or Generation) events."""
         return self.engine.generate_many(
             prompt.ids,
@@ -240,17 +241,17 @@ class _Job:
             deadline,
         )
 
-    def score(self, prompt: _Prompt, deadline: float) -> None:
+    def score(self, prompt: _Prompt, deadline: Deadline) -> None:
         """Blocking: the prompt's own log-probabilities, where echo shows them."""
         if self.echo and self.logprobs is not None:
             _score_prompt(self.engine, prompt, self.logprobs, deadline)
 
-    def complete(self, prompt: _Prompt, deadline: float) -> list[Generation]:
+    def complete(self, prompt: _Prompt, deadline: Deadline) -> list[Generation]:
         """Blocking: the prompt's n best completions."""
         finished = {c: g for c, g in self.steps(prompt, deadline) if isinstance(g, Generation)}
         return _best(finished, self.n)
 
-    def answer(self, prompt: _Prompt, deadline: float) -> list[Generation]:
+    def answer(self, prompt: _Prompt, deadline: Deadline) -> list[Generation]:
         """Blocking: what a plain (not streamed) answer needs of the prompt."""
         self.score(prompt, deadline)
         return self.complete(prompt, deadline)
@@ -281,7 +282,7 @@ class _Job:
 
 
 async def _choices(
-    job: _Job, prompt: _Prompt, deadline: float
+    job: _Job, prompt: _Prompt, deadline: Deadline
 ) -> AsyncIterator[tuple[int, Step | Generation]]:
     """(choice, Step or Generation) events of a prompt's completions: as they are generated,
     or with best_of above n the best ones, once all are generated."""
@@ -303,7 +304,7 @@ async def _choices(
 async def _stream(
     job: _Job,
     prompts: list[_Prompt],
-    deadline: float,
+    deadline: Deadline,
     usage: bool,
     tally: StreamTally,
     release: Callable[[], Awaitable[None]],

@@ -117,6 +117,28 @@ def test_stream_disconnect_stops_generation(server):
     assert float(slots.group(1)) == 0.0
 
 
+def _server_cpu_seconds(base: str) -> float:
+    metrics = httpx.get(f"{base}/metrics").text
+    return float(re.search(r"^process_cpu_seconds_total (\S+)", metrics, re.M).group(1))
+
+
+def test_client_that_hangs_up_on_a_long_answer_stops_its_work(server):
+    """Not a stream: a client that gives up after 1 s on a /score of about a minute's work frees
+    the CPU within a graph call (the request ends as 499), instead of computing on to its time
+    limit."""
+    text = ("Capitu olhou para mim, e disse que a vida era um sonho. " * 3000)[:150_000]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server}/score", json={"model": "attention", "text": text}, timeout=1.0)
+    time.sleep(1.5)
+    before = _server_cpu_seconds(server)
+    time.sleep(2.0)
+    busy = _server_cpu_seconds(server) - before
+    assert busy < 0.5, f"the server spent {busy:.2f} CPU seconds of 2 after the client left"
+    metrics = httpx.get(f"{server}/metrics").text
+    assert re.search(r'machado_requests_total\{[^}]*route="/score"[^}]*status="499"', metrics)
+    assert re.search(r"machado_in_flight_requests 0\.0", metrics)
+
+
 def test_compare_side_by_side(client):
     body = {
         "prompt": "Não tive filhos, não transmiti",
