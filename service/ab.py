@@ -65,6 +65,7 @@ def pick_arm(weights: dict[str, float], client_id: str | None) -> str:
 class ArmStats:
     requests: int = 0
     errors: int = 0
+    abandoned: int = 0  # the client left before its answer: neither a success nor an error
     tokens: int = 0
     bpc_sum: float = 0.0
     bpc_count: int = 0
@@ -79,13 +80,24 @@ class ABStats:
         self._lock = threading.Lock()
 
     def record(
-        self, arm: str, seconds: float, ok: bool, tokens: int = 0, bpc: float | None = None
+        self,
+        arm: str,
+        seconds: float,
+        ok: bool,
+        tokens: int = 0,
+        bpc: float | None = None,
+        abandoned: bool = False,
     ) -> None:
+        """One request; an abandoned one counts apart, and its time (to the hang-up) stays out
+        of the latencies."""
         with self._lock:
             stats = self._arms.setdefault(arm, ArmStats())
             stats.requests += 1
-            stats.errors += 0 if ok else 1
             stats.tokens += tokens
+            if abandoned:
+                stats.abandoned += 1
+                return
+            stats.errors += 0 if ok else 1
             stats.latencies.append(seconds)
             if bpc is not None:
                 stats.bpc_sum += bpc
@@ -99,6 +111,7 @@ class ABStats:
                 out[arm] = {
                     "requests": s.requests,
                     "errors": s.errors,
+                    "abandoned": s.abandoned,
                     "tokens_generated": s.tokens,
                     "latency_ms": {
                         q: float(np.percentile(lat, p)) if lat.size else None

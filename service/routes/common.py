@@ -146,10 +146,12 @@ def once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]
 
 @dataclass
 class StreamTally:
-    """What a stream has sent: tokens, and whether it ended without an error event."""
+    """What a stream has sent: tokens, whether it sent its last event (done or error: a stream
+    that did not was left by its client), and whether that was not an error."""
 
     tokens: int = 0
     ok: bool = True
+    ended: bool = False
 
 
 def event_stream(
@@ -168,7 +170,7 @@ def event_stream(
     @once
     async def release() -> None:
         count_tokens(request, engine, tally.tokens, time.perf_counter() - started)
-        record_ab(request, arm, started, tally.ok, tally.tokens)
+        record_ab(request, arm, started, tally.ok, tally.tokens, abandoned=not tally.ended)
         await slot.__aexit__(None, None, None)
 
     return EventSourceResponse(
@@ -194,16 +196,25 @@ def record_ab(
     ok: bool,
     tokens: int = 0,
     bpc: float | None = None,
+    abandoned: bool | None = None,
 ) -> None:
-    """A/B figures for GET /ab and Prometheus, when the request went through an arm."""
+    """A/B figures for GET /ab and Prometheus, when the request went through an arm. A request
+    whose client hung up before its answer is abandoned (default: a failure after the hang-up),
+    not an error of the arm; its time stays out of the latencies."""
     if arm is None:
         return
+    if abandoned is None:
+        hung_up = getattr(request.state, "hung_up", None)
+        abandoned = not ok and hung_up is not None and hung_up.is_set()
     seconds = time.perf_counter() - started
     state = request.app.state
-    state.ab_stats.record(arm, seconds, ok, tokens, bpc)
-    state.metrics.ab_requests.labels(arm, "ok" if ok else "error").inc()
-    state.metrics.ab_latency.labels(arm).observe(seconds)
+    state.ab_stats.record(arm, seconds, ok, tokens, bpc, abandoned)
+    outcome = "abandoned" if abandoned else "ok" if ok else "error"
+    state.metrics.ab_requests.labels(arm, outcome).inc()
     if tokens:
         state.metrics.ab_tokens.labels(arm).inc(tokens)
+    if abandoned:
+        return
+    state.metrics.ab_latency.labels(arm).observe(seconds)
     if bpc is not None:
         state.metrics.ab_bpc.labels(arm).observe(bpc)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
+from service.deadline import CLIENT_CLOSED
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.responses import (
@@ -92,6 +93,8 @@ async def stream_steps(
                 yield on_done(item)
                 break
     except APIError as exc:
+        if exc.status == CLIENT_CLOSED:
+            return  # nobody is there to read an error event: the stream was abandoned
         yield on_error(error_body(exc.type, exc.message, exc.field))
     except Exception as exc:  # the stream has started: report, never crash the connection
         yield on_error(error_body("internal_error", f"generation failed: {type(exc).__name__}"))
@@ -138,6 +141,7 @@ def build_router(requests: Requests) -> APIRouter:
                 }
 
             def on_done(result: Generation) -> dict:
+                tally.ended = True
                 final = generation_response(engine, result, time.perf_counter() - started)
                 return {
                     "event": "done",
@@ -155,7 +159,7 @@ def build_router(requests: Requests) -> APIRouter:
                 }
 
             def on_error(error: dict) -> dict:
-                tally.ok = False
+                tally.ok, tally.ended = False, True
                 return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
 
             def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:

@@ -19,7 +19,7 @@ from itertools import accumulate
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.deadline import Deadline
+from service.deadline import CLIENT_CLOSED, Deadline
 from service.engine import Engine, Generation, Step
 from service.errors import APIError, error_body
 from service.openai_schemas import (
@@ -352,9 +352,12 @@ async def _stream(
                 "total_tokens": prompt_tokens + completion_tokens,
             }
             yield {"data": json.dumps({**job.chunk(0, ""), "choices": [], "usage": total})}
+        tally.ended = True
         yield {"data": "[DONE]"}
     except APIError as exc:
-        tally.ok = False
+        if exc.status == CLIENT_CLOSED:
+            return  # nobody is there to read an error chunk: the stream was abandoned
+        tally.ok, tally.ended = False, True
         yield {"data": json.dumps(error_body(exc.type, exc.message, exc.field))}
     finally:
         await release()

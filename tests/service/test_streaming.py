@@ -13,6 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from service.ab import pick_arm
 from service.errors import APIError
 from tests.service.conftest import start_server
 
@@ -137,6 +138,46 @@ def test_client_that_hangs_up_on_a_long_answer_stops_its_work(server):
     metrics = httpx.get(f"{server}/metrics").text
     assert re.search(r'machado_requests_total\{[^}]*route="/score"[^}]*status="499"', metrics)
     assert re.search(r"machado_in_flight_requests 0\.0", metrics)
+
+
+def _client_id_for(arm: str) -> str:
+    """An X-Client-Id that the server's A/B experiment (every model, equal weights) sends to
+    ``arm``."""
+    weights = {name: 1 / 3 for name in ("attention", "attention-seed", "bengio")}
+    return next(f"reader-{i}" for i in range(1000) if pick_arm(weights, f"reader-{i}") == arm)
+
+
+def _arm(base: str, name: str) -> dict:
+    return httpx.get(f"{base}/ab").json()["arms"].get(name, {"requests": 0, "abandoned": 0})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_that_hangs_up_is_abandoned_not_an_error_of_its_arm(server, stream):
+    """Through the A/B experiment, a request left by its client counts as abandoned: not an
+    error of the arm, and its time (to the hang-up) not among the arm's latencies."""
+    headers = {"X-Client-Id": _client_id_for("attention")}
+    before = _arm(server, "attention")
+    if stream:
+        body = {"model": "ab", "prompt": "Capitu " * 30, "max_new_tokens": 512, "stream": True}
+        with httpx.stream(
+            "POST", f"{server}/generate", json=body, headers=headers, timeout=30
+        ) as response:
+            assert response.headers["x-model"] == "attention"
+            next(line for line in response.iter_lines() if line.startswith("event: token"))
+    else:
+        text = ("Capitu olhou para mim, e disse que a vida era um sonho. " * 3000)[:150_000]
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{server}/score", json={"model": "ab", "text": text}, headers=headers, timeout=1.0
+            )
+    for _ in range(50):  # the server hears the hang-up within a graph call
+        after = _arm(server, "attention")
+        if after["requests"] > before["requests"]:
+            break
+        time.sleep(0.1)
+    assert after["requests"] == before["requests"] + 1, (before, after)
+    assert after["abandoned"] == before["abandoned"] + 1, (before, after)
+    assert after["errors"] == before.get("errors", 0), (before, after)
 
 
 def test_compare_side_by_side(client):
