@@ -18,6 +18,11 @@ from service.errors import APIError
 CLIENT_CLOSED = 499
 
 
+def timed_out(seconds: float) -> APIError:
+    """The 504 of a request that ran past its time limit of ``seconds``."""
+    return APIError(504, "timeout", f"the request ran past its time limit of {seconds:g} s")
+
+
 class Deadline:
     """A request's time limit and its hang-up flag (set by service.app.BodyGuard)."""
 
@@ -35,6 +40,4 @@ class Deadline:
                 "the client closed the connection before the answer; its work was stopped",
             )
         if time.monotonic() > self.at:
-            raise APIError(
-                504, "timeout", f"the request ran past its time limit of {self.seconds:g} s"
-            )
+            raise timed_out(self.seconds)

@@ -16,7 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from service.ab import AB_MODEL, pick_arm
-from service.deadline import Deadline
+from service.deadline import Deadline, timed_out
 from service.engine import Engine
 from service.errors import APIError
 from service.settings import Settings
@@ -126,7 +126,7 @@ async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
     with anyio.move_on_after(timeout) as scope:
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        raise APIError(504, "timeout", f"the request ran past its time limit of {timeout:g} s")
+        raise timed_out(timeout)
     raise AssertionError("unreachable")
 
 
