@@ -4,9 +4,10 @@ Each setup is a checkout (its own `service/`) with environment variables of its 
 scripts/bench_compare.py; all of them run at once on free loopback ports with the same models,
 and take turns, one request at a time, so that every setup sees the machine in the same state.
 The text is `--chars` characters of a fixed Portuguese passage, repeated (scoring time depends on
-its tokens, not on what they say). For each setup and model: the request's wall time (p50, p99),
-tokens scored per second at the median, and the bits per character it answered (which a change
-of speed must leave as it was).
+its tokens, not on what they say), or of a file (`--text`: a work of the corpus has more tokens
+per character than the repeated passage). For each setup and model: the request's wall time
+(p50, p99), tokens scored per second at the median, and the bits per character it answered (which
+a change of speed must leave as it was).
 
     git worktree add /tmp/score-before COMMIT
     python scripts/bench_score.py --setup before=/tmp/score-before --setup now=. \
@@ -36,9 +37,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_arguments(parser, rounds=5, block=2, per="model")
     parser.add_argument("--chars", type=int, default=20_000, help="characters of the text")
+    parser.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="take the text from this file (its first --chars characters; e.g. a work of the "
+        "corpus) instead of repeating a fixed passage",
+    )
     args = parser.parse_args()
 
-    text = (TEXT * (args.chars // len(TEXT) + 1))[: args.chars]
+    source = args.text.read_text() if args.text else TEXT * (args.chars // len(TEXT) + 1)
+    text = source[: args.chars]
     checkouts, envs = parse_setups(args.setup, args.threads)
     for env in envs.values():
         env.setdefault("MACHADO_MAX_SCORE_CHARS", str(max(args.chars, 200_000)))
@@ -76,7 +85,8 @@ def main() -> None:
         "benchmark": "POST /score of one long text, several setups taking turns",
         "cpu": cpu_name(),
         "threads": args.threads,
-        "characters": args.chars,
+        "characters": len(text),
+        "text": str(args.text) if args.text else "a fixed passage, repeated",
         "setups": describe_setups(checkouts, envs),
         "figures": figures,
     }
@@ -92,7 +102,7 @@ def main() -> None:
                 f"{entry['request']['p99_ms']:.0f} ms | {entry['tokens_per_s']:,.0f} | "
                 f"{entry['bits_per_character']:.6f} |"
             )
-    print(f"{args.chars:,} characters, {args.threads} threads, {cpu_name()}")
+    print(f"{len(text):,} characters, {args.threads} threads, {cpu_name()}")
 
 
 if __name__ == "__main__":

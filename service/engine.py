@@ -373,11 +373,13 @@ class Engine:
             chunk = plan[i : i + batch]
             starts = np.asarray([s for s, _ in chunk])[:, None]
             x = stream[starts + offsets]  # (B, L)
-            positions = np.broadcast_to(offsets, x.shape)
-            logits = self._logits(x, positions)  # (B, L, V)
+            # Logits only from the first position any window of the chunk scores: the rest
+            # belong to its neighbours, and skipping them skips their output layer.
+            skip = min(first for _, first in chunk)
+            positions = np.broadcast_to(offsets[skip:], (len(chunk), length - skip))
+            logits = self._logits(x, positions)  # (B, L - skip, V)
             for row, (start, first) in enumerate(chunk):
-                # Only the positions this window scores: the rest belong to its neighbours.
-                logp = log_softmax(logits[row, first:])  # (L - first, V)
+                logp = log_softmax(logits[row, first - skip :])  # (L - first, V)
                 targets = stream[start + first + 1 : start + length + 1]  # (L - first,)
                 picked_all[start + first : start + length] = logp[np.arange(len(targets)), targets]
                 if top:

@@ -76,7 +76,13 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         8, ge=1, le=1024, description="inference requests at once; more get 429"
     )
-    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request time limit")
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="per-request time limit (504 past it): the largest /score the other "
+        "limits accept takes about 31 s on the attention model on 2 CPU cores",
+    )
     drain_timeout_s: float = Field(
         10.0, ge=0, le=600, description="on shutdown, wait this long for in-flight requests"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from service.settings import Settings
@@ -16,6 +17,19 @@ def test_readme_lists_every_setting():
         assert f"`MACHADO_{name.upper()}`" in readme, name
         if name not in ("host", "port"):
             assert f"MACHADO_{name.upper()}" in example, name
+
+
+def test_readme_gives_each_setting_its_default():
+    """The settings table's default column is the default the service runs with."""
+    readme = (ROOT / "README.md").read_text()
+    wrong = {}
+    for name, field in Settings.model_fields.items():
+        row = re.search(rf"^\| `MACHADO_{name.upper()}` [^|]*\| (.*?) \|", readme, re.M)
+        written = row.group(1) if row else None
+        expected = "(empty)" if field.default in (None, "") else f"`{field.default}`"
+        if written != expected:
+            wrong[name] = (written, expected)
+    assert not wrong, wrong
 
 
 def test_readme_layout_names_every_module_and_script():
