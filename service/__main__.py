@@ -37,6 +37,20 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def describe(problem: dict) -> str:
+    """One settings error: the variable and flag, what was wrong and what is allowed; never the
+    value given, which may be a secret (the API key)."""
+    name = str(problem["loc"][0]) if problem["loc"] else ""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return problem["msg"]
+    where = f"MACHADO_{name.upper()} (--{name.replace('_', '-')})"
+    message = problem["msg"]
+    if problem["type"] == "string_pattern_mismatch":
+        message = "has characters it may not hold"  # the regex would say less than the help
+    return f"{where}: {message}; {field.description}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
@@ -48,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(defaults).parse_args(argv)
         settings = Settings(**vars(args))
     except ValidationError as error:
-        print(f"error: invalid setting: {error}", file=sys.stderr)
+        for problem in error.errors():
+            print(f"error: invalid setting {describe(problem)}", file=sys.stderr)
         return 2
     uvicorn.run(
         create_app(settings),

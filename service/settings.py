@@ -110,8 +110,11 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(
         None,
+        # RFC 6750's token syntax: what every HTTP client can send in a header as it is.
+        pattern=r"^([A-Za-z0-9._~+/-]+=*)?$",
         description="if set, model endpoints need 'Authorization: "
-        "Bearer <key>'; /health, /ready, /metrics stay open",
+        "Bearer <key>'; /health, /ready, /metrics stay open. Letters, digits and -._~+/ "
+        "(then any '=' padding), as RFC 6750 has bearer tokens",
     )
     cors_origins: str = Field(
         "", description="comma-separated origins allowed by CORS (empty: CORS off)"

@@ -34,7 +34,11 @@ async def require_api_key(request: Request) -> None:
     if not key:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), key):
+    # As bytes: compare_digest refuses str outside ASCII, and a header may carry any byte
+    # (decoded as latin-1, one character per byte); the key is ASCII (Settings).
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode("latin-1"), key.encode("ascii")
+    ):
         raise APIError(
             401,
             "unauthorized",

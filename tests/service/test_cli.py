@@ -48,15 +48,28 @@ def test_flags_win_over_the_environment(monkeypatch, served):
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--port", "70000"], "port"),
-        (["--threads", "0"], "threads"),
-        (["--kv-cache", "sometimes"], "kv_cache"),
+        (["--port", "70000"], "MACHADO_PORT (--port): Input should be less than or equal to 65535"),
+        (["--threads", "0"], "MACHADO_THREADS (--threads): Input should be greater than or equal"),
+        (["--kv-cache", "sometimes"], "MACHADO_KV_CACHE (--kv-cache): Input should be a valid"),
     ],
 )
 def test_an_out_of_range_setting_exits_2_naming_it(served, capsys, argv, says):
+    """The error names the variable and its flag, says what was wrong, and what the setting
+    is (its help)."""
     assert cli.main(argv) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: invalid setting") and says in error
+    name = argv[0][2:].replace("-", "_")
+    assert error.startswith(f"error: invalid setting {says}"), error
+    assert Settings.model_fields[name].description in error, error
+    assert served == []
+
+
+def test_a_bad_api_key_is_refused_naming_its_rule_not_echoing_it(served, capsys):
+    """The error names the variable and what a key may hold, and keeps the key to itself."""
+    assert cli.main(["--api-key", "minha chave"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: invalid setting MACHADO_API_KEY (--api-key)"), error
+    assert "Letters, digits and -._~+/" in error and "minha chave" not in error, error
     assert served == []
 
 

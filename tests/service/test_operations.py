@@ -6,7 +6,9 @@ import json
 import logging
 import re
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.logs import JsonFormatter
@@ -98,6 +100,24 @@ def test_api_key_protects_model_endpoints_only():
         assert ok.status_code == 200
         for path in ("/health", "/ready", "/metrics"):
             assert c.get(path).status_code == 200, path
+
+
+def test_api_key_header_outside_ascii_is_401_not_a_500():
+    """A header with bytes outside ASCII (Latin-1, UTF-8, neither) is a wrong key like any
+    other: 401."""
+    with TestClient(create_app(make_settings(api_key="s3cret"))) as c:
+        for header in ("Bearer sécret".encode("latin-1"), "Bearer sécret".encode(), b"Bearer \xff"):
+            wrong = c.post("/generate", json=BODY, headers={"Authorization": header})
+            assert wrong.status_code == 401, (header, wrong.text)
+
+
+@pytest.mark.parametrize("key", ["chave-ção", "two words", "tab\tkey", "=start"])
+def test_api_key_outside_rfc_6750_token_syntax_is_refused_at_start(key):
+    """A key that clients could not send as it is (RFC 6750's token characters) is a settings
+    error at start, not a server where no key ever matches."""
+    with pytest.raises(ValidationError, match="api_key"):
+        make_settings(api_key=key)
+    assert make_settings(api_key="Abc-1.2_3~4+5/6==").api_key == "Abc-1.2_3~4+5/6=="
 
 
 def test_cors_off_by_default_and_configurable(client):
