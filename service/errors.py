@@ -47,12 +47,18 @@ def _location(loc: tuple | list) -> str | None:
     return ".".join(parts) or None
 
 
-def _problem(error: dict[str, Any]) -> str:
+def problem(error: dict[str, Any]) -> str:
     """pydantic's message, or for a pattern of ours what the pattern asks for in words."""
     if error.get("type") == "string_pattern_mismatch":
         meaning = PATTERN_MEANINGS.get(error.get("ctx", {}).get("pattern", ""))
         if meaning is not None:
             return meaning
+    if error.get("type") == "string_unicode":
+        # JSON can escape half of a UTF-16 surrogate pair alone: no character, no UTF-8.
+        return (
+            "should be a valid string: it holds a lone surrogate escape (\\ud800 to \\udfff "
+            "without its pair), which is no Unicode character"
+        )
     return error["msg"]
 
 
@@ -116,7 +122,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         field = _location(first.get("loc", ()))
         message = "; ".join(
-            f"{_location(e.get('loc', ())) or 'body'}: {_problem(e)}" for e in errors[:5]
+            f"{_location(e.get('loc', ())) or 'body'}: {problem(e)}" for e in errors[:5]
         )
         return error_response(422, "invalid_field", message, field)
 

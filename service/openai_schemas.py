@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from service.errors import problem
 from service.schemas import (
     NOT_BLANK,
     ModelName,
@@ -140,7 +141,7 @@ def build_request(settings: Settings) -> type[BaseModel]:
                     if not isinstance(value, str)
                     else "is only whitespace"
                     if first["type"] == "string_pattern_mismatch"
-                    else first["msg"]
+                    else problem(first)
                 )
                 raise ValueError(
                     (f"{detail}; " if detail else "")

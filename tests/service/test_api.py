@@ -268,6 +268,25 @@ def test_api_malformed_json_400(client):
     _error(response, 400, "invalid_json")
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/generate", '{"model": "attention", "prompt": "a \\ud800 b"}', "prompt"),
+        ("/score", '{"model": "bengio", "text": "\\udfff"}', "text"),
+        ("/tokenize", '{"text": "Capitu \\udc80"}', "text"),
+        ("/generate", '{"model": "attention", "prompt": "a", "stop": ["\\ud83d"]}', "stop.0"),
+        ("/v1/completions", '{"model": "ab", "prompt": "a", "user": "\\ud800"}', "user"),
+        ("/v1/completions", '{"model": "ab", "prompt": "\\ud800"}', "prompt"),
+    ],
+)
+def test_api_lone_surrogate_escape_is_422_saying_so(client, path, body, field):
+    """JSON may escape half a surrogate pair alone (\\ud800): no character; the error says that
+    rather than pydantic's "unable to parse raw data"."""
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    error = _error(response, 422, "invalid_field", field)
+    assert "lone surrogate" in error["message"], error
+
+
 def test_api_invalid_utf8_400(client):
     raw = b'{"model": "attention", "prompt": "\xff\xfe"}'
     response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
