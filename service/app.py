@@ -89,6 +89,14 @@ class BodyGuard:
                 f"the body is not valid UTF-8 (byte {exc.start}): JSON must be UTF-8",
             )
             return
+        if not body.strip():  # FastAPI would call it a missing field of nothing in particular
+            await _reject(
+                send,
+                400,
+                "invalid_json",
+                "the body is empty: send a JSON object (each endpoint's fields are in /docs)",
+            )
+            return
         await _serve_watching_hang_up(self.app, scope, body, receive, send)
 
 

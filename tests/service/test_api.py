@@ -287,6 +287,14 @@ def test_api_lone_surrogate_escape_is_422_saying_so(client, path, body, field):
     assert "lone surrogate" in error["message"], error
 
 
+@pytest.mark.parametrize("raw", [b"", b"  \r\n\t"])
+@pytest.mark.parametrize("path", ["/generate", "/tokenize", "/v1/completions"])
+def test_api_empty_body_is_400_saying_so(client, path, raw):
+    response = client.post(path, content=raw, headers={"content-type": "application/json"})
+    error = _error(response, 400, "invalid_json")
+    assert "the body is empty" in error["message"], error
+
+
 def test_api_invalid_utf8_400(client):
     raw = b'{"model": "attention", "prompt": "\xff\xfe"}'
     response = client.post("/generate", content=raw, headers={"content-type": "application/json"})
