@@ -22,7 +22,8 @@ version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
 closure=$($PY - <<'PYTHON'
 import importlib.metadata as metadata
 from packaging.requirements import Requirement
-seen, todo = set(), ["fastapi", "uvicorn", "pydantic-settings", "prometheus-client", "sse-starlette"]
+seen, todo = set(), ["fastapi", "fastapi-offline", "uvicorn", "pydantic-settings",
+                     "prometheus-client", "sse-starlette"]
 while todo:
     name = todo.pop()
     key = name.lower().replace("_", "-")

@@ -13,6 +13,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.ab import ABStats, parse_weights
@@ -192,7 +193,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
 
-    app = FastAPI(
+    # The docs pages (/docs, /redoc) with their scripts and styles served from here: FastAPI's
+    # own load them from a CDN, which a machine without internet cannot reach.
+    app = FastAPIOffline(
         title="machado-lm",
         version="0.1.0",
         summary="Language models of Machado de Assis, with attention and without, side by side.",

@@ -178,6 +178,53 @@ def test_playground_phone_width(browser, server):
     page.close()
 
 
+def _requests_seen(page, base: str, allowed: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(requests that left the server, responses that failed) of ``page`` from now on; ``allowed``
+    URLs may leave."""
+
+    def seen(request) -> None:
+        url = request.url
+        if not url.startswith((base, f"blob:{base}", *allowed)):  # blob: made by the page itself
+            outside.append(url)
+
+    outside, failed = [], []
+    page.on("request", seen)
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return outside, failed
+
+
+def test_playground_loads_everything_from_the_server(browser, server):
+    """The page, its script, style and icon come from the service, and none of them fails."""
+    page = browser.new_page()
+    outside, failed = _requests_seen(page, server)
+    page.goto(server)
+    page.wait_for_selector("#model-choices input", timeout=20_000)
+    page.wait_for_load_state("networkidle")
+    assert not outside and not failed, (outside, failed)
+    # Headless Chromium asks for no icon; a browser would ask for the page's (or /favicon.ico).
+    icon = page.request.get(server + page.get_attribute("link[rel=icon]", "href"))
+    assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml", icon.status
+    page.close()
+
+
+# ReDoc's "API docs by Redocly" footer shows its logo from Redocly's CDN, whatever the page does:
+# a missing picture where there is no internet, the docs themselves all there.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@pytest.mark.parametrize(("path", "shows"), [("/docs", ".opblock"), ("/redoc", ".api-content")])
+def test_docs_pages_render_with_no_internet(browser, server, path, shows):
+    """Swagger UI and ReDoc render the API from scripts the service serves: FastAPI's own pages
+    load them from a CDN, and stay blank on a machine without internet (as this one)."""
+    page = browser.new_page()
+    outside, failed = _requests_seen(page, server, (REDOC_LOGO,))
+    page.goto(f"{server}{path}")
+    page.wait_for_selector(shows, timeout=30_000)
+    assert page.get_by_text("/v1/completions").count() > 0
+    assert not outside and not failed, (outside, failed)
+    page.close()
+
+
 def test_playground_with_api_key(browser):
     base, proc = start_server({"MACHADO_API_KEY": "s3cret"})
     try:
