@@ -64,10 +64,21 @@ async def ab(request: Request) -> dict:
     return {"weights": state.ab_weights, "error": state.ab_error, "arms": state.ab_stats.summary()}
 
 
+# The playground runs only its own script and style, talks only to this server and is framed by
+# no other site: a text that somehow reached the page as markup could run nothing.
+PLAYGROUND_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 @router.get("/", include_in_schema=False)
 async def playground() -> FileResponse:
     """The playground page: compare the models and look at attention in a browser."""
-    return FileResponse(STATIC / "index.html")
+    return FileResponse(STATIC / "index.html", headers=PLAYGROUND_HEADERS)
 
 
 @router.get("/health", response_model=Health)

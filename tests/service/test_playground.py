@@ -193,6 +193,32 @@ def _requests_seen(page, base: str, allowed: tuple[str, ...] = ()) -> tuple[list
     return outside, failed
 
 
+def test_playground_works_under_its_content_security_policy(browser, server):
+    """The page's policy lets it do all it does (compare, the attention view and thumbnails, the
+    cards) and it refuses nothing: no violation reported."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    refused = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    page.goto(server)
+    page.wait_for_selector("#model-choices input", timeout=20_000)
+    response = page.request.get(server)
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    page.evaluate(
+        "document.addEventListener('securitypolicyviolation', e => "
+        "(window.violations = window.violations || []).push(e.violatedDirective))"
+    )
+    page.fill("#prompt", "Capitu olhou para mim")
+    page.fill("#max-new-tokens", "8")
+    page.click("#compare")
+    page.locator("#col-attention .status", has_text="tokens").wait_for(timeout=60_000)
+    page.click("#show-attention")
+    page.locator("#thumbs canvas").first.wait_for(timeout=30_000)
+    page.locator("#cards table").first.wait_for(timeout=10_000)
+    assert page.evaluate("window.violations || []") == [] and not refused, refused
+    page.close()
+
+
 def test_playground_loads_everything_from_the_server(browser, server):
     """The page, its script, style and icon come from the service, and none of them fails."""
     page = browser.new_page()
