@@ -60,10 +60,12 @@ def engine_for(request: Request, name: str) -> Engine:
             503, "not_ready", f"model {name!r} failed to load: {models[name].error}", "model"
         )
     known = ", ".join(sorted(engines)) or "none"
+    # A path segment has no length limit of its own: an error quotes at most the start of it.
+    shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}… ({len(name)} characters)"
     raise APIError(
         404,
         "model_not_found",
-        f"no model named {name!r}; served models: {known} (or 'ab' for the A/B "
+        f"no model named {shown}; served models: {known} (or 'ab' for the A/B "
         "experiment where the endpoint offers it)",
         "model",
     )

@@ -229,6 +229,14 @@ def test_openai_models_list_and_one_model(client):
     assert "attention, attention-seed, bengio" in missing.json()["error"]["message"]
 
 
+def test_openai_unknown_model_name_is_quoted_only_in_part(client):
+    """A path segment is as long as the client likes; the 404 quotes its start and its length."""
+    missing = client.get("/v1/models/" + "x" * 5000)
+    message = missing.json()["error"]["message"]
+    assert missing.status_code == 404 and len(message) < 300, len(message)
+    assert "(5000 characters)" in message, message
+
+
 def test_openai_stream_with_echo_logprobs_and_usage(client):
     """The stream carries what the plain answer does: echoed prompt, the completion, each
     token's logprobs at its offset, and with include_usage a last chunk of usage."""
