@@ -38,17 +38,16 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
 
 
 def describe(problem: dict) -> str:
-    """One settings error: the variable and flag, what was wrong and what is allowed; never the
-    value given, which may be a secret (the API key)."""
+    """One settings error: the variable and flag, what was wrong (in words, as a 422 says it)
+    and what the setting is; never the value given, which may be a secret (the API key)."""
+    from service.errors import problem as in_words
+
     name = str(problem["loc"][0]) if problem["loc"] else ""
     field = Settings.model_fields.get(name)
     if field is None:
-        return problem["msg"]
+        return in_words(problem)
     where = f"MACHADO_{name.upper()} (--{name.replace('_', '-')})"
-    message = problem["msg"]
-    if problem["type"] == "string_pattern_mismatch":
-        message = "has characters it may not hold"  # the regex would say less than the help
-    return f"{where}: {message}; {field.description}"
+    return f"{where}: {in_words(problem)}; {field.description}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from service.sampling import SamplingParams
-from service.settings import Settings
+from service.settings import API_KEY, Settings
 
 # Something other than whitespace. Spelled out rather than \S: the OpenAPI schema's regex
 # dialect (ECMAScript) and the validator's (Rust's regex, in pydantic-core) disagree on what \s
@@ -37,6 +37,8 @@ PATTERN_MEANINGS = MappingProxyType(
         MODEL_NAME: "should be a model name from GET /models: 1 to 64 letters, digits, '.', "
         "'_' or '-', starting with a letter or digit",
         TOKEN_KEY: "should be a token id in decimal, without sign or leading zeros",
+        API_KEY: "should hold only letters, digits and -._~+/, then any '=' padding (an RFC "
+        "6750 bearer token)",
     }
 )
 ModelName = Annotated[

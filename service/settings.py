@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# RFC 6750's bearer token syntax: what every HTTP client can send in a header as it is.
+API_KEY = r"^([A-Za-z0-9._~+/-]+=*)?$"
+
 
 class Settings(BaseSettings):
     """Every knob of the service; each also reads MACHADO_<NAME> from the environment."""
@@ -110,8 +113,7 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(
         None,
-        # RFC 6750's token syntax: what every HTTP client can send in a header as it is.
-        pattern=r"^([A-Za-z0-9._~+/-]+=*)?$",
+        pattern=API_KEY,
         description="if set, model endpoints need 'Authorization: "
         "Bearer <key>'; /health, /ready, /metrics stay open. Letters, digits and -._~+/ "
         "(then any '=' padding), as RFC 6750 has bearer tokens",
