@@ -2,7 +2,10 @@
 
 Every token of the split after the first is predicted exactly once. Windows of the model's block
 size overlap by half: the first window scores all its tokens, each later one only its second half,
-so every scored token (but those of the first window) sees at least half a window before it.
+so every scored token (but those of the first window) sees at least half a window before it. A
+model that reads only its last n tokens (Bengio's) needs less: its windows overlap by n - 1 tokens,
+so every scored token still has all n, and the split takes about half as many windows. The
+service's /score lays its windows the same way.
 
 BPC = total negative log-likelihood in bits / characters (code points) of the cleaned split;
 per-token perplexity = exp(mean NLL in nats). Both count the end-of-text tokens between documents.
@@ -23,16 +26,17 @@ from training import data
 from training.checkpoint import load_checkpoint, read_config
 
 
-def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
+def window_plan(n_tokens: int, length: int, reads: int | None = None) -> list[tuple[int, int]]:
     """(start, first scored position within the window) for windows over a stream.
 
     A window starting at ``s`` reads tokens ``s .. s+length-1`` and predicts ``s+1 .. s+length``.
+    Windows overlap by half, or by ``reads - 1`` tokens where that is less (see the docstring).
     """
     last_target = n_tokens - 1
     if last_target < 1:
         return []
     length = min(length, last_target)
-    stride = max(1, length // 2)
+    stride = stride_of(length, reads)
     plan = [(0, 0)]
     covered = length  # targets 1..covered are scored
     while covered < last_target:
@@ -40,6 +44,14 @@ def window_plan(n_tokens: int, length: int) -> list[tuple[int, int]]:
         plan.append((start, covered - start))
         covered = start + length
     return plan
+
+
+def stride_of(length: int, reads: int | None = None) -> int:
+    """Tokens between the starts of two windows of ``length`` (see window_plan)."""
+    overlap = length - max(1, length // 2)
+    if reads is not None:
+        overlap = min(overlap, reads - 1)
+    return length - overlap
 
 
 @torch.no_grad()
@@ -51,8 +63,11 @@ def stream_nll(
     max_windows: int | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[float, int]:
-    """Total NLL in nats of a token stream and the number of tokens it scored."""
-    plan = window_plan(len(tokens), length)
+    """Total NLL in nats of a token stream and the number of tokens it scored.
+
+    The windows are laid out for what the model reads (its ``context_size``; see window_plan).
+    """
+    plan = window_plan(len(tokens), length, model.context_size)
     if max_windows is not None:
         plan = plan[:max_windows]
     stream = torch.as_tensor(tokens, dtype=torch.long, device=device)
@@ -124,7 +139,7 @@ def evaluate_checkpoint(
         "kind": info["kind"],
         "split": split,
         "window": model.block_size,
-        "stride": max(1, min(model.block_size, len(tokens) - 1) // 2),
+        "stride": stride_of(min(model.block_size, len(tokens) - 1), model.context_size),
         "device": str(device),
         "storage": storage,
         "seconds": round(time.perf_counter() - started, 3),

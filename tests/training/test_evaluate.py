@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from training.attention_lm import AttentionConfig, AttentionLM
+from training.bengio import BengioConfig, BengioLM
 from training.evaluate import metrics, stream_nll, window_plan
 
 
@@ -26,6 +27,40 @@ def test_window_plan_scores_every_target_once_with_half_a_window(n_tokens, lengt
             if start > 0:
                 assert local + 1 >= window // 2, f"target {target} sees only {local + 1} tokens"
     assert sorted(scored) == list(range(1, n_tokens))
+
+
+@pytest.mark.parametrize(
+    ("n_tokens", "length", "reads"),
+    [(2, 8, 4), (9, 8, 4), (57, 8, 3), (100, 16, 1), (1000, 64, 8), (1000, 64, 64), (33, 5, 9)],
+)
+def test_window_plan_scores_every_target_once_reading_what_the_model_reads(n_tokens, length, reads):
+    """A model that reads its last ``reads`` tokens gets all of them at every scored target
+    (past the first window), from windows that overlap by no more than that."""
+    scored = []
+    window = min(length, n_tokens - 1)
+    for start, first in window_plan(n_tokens, length, reads):
+        assert start >= 0 and start + window <= n_tokens - 1
+        for local in range(first, window):
+            scored.append(start + local + 1)
+            if start > 0:
+                needed = min(reads, window // 2)
+                assert local + 1 >= needed, f"target {start + local + 1} sees {local + 1} tokens"
+    assert sorted(scored) == list(range(1, n_tokens))
+
+
+def test_window_plan_of_a_short_reader_takes_fewer_windows():
+    assert len(window_plan(10_000, 128, 8)) < 0.55 * len(window_plan(10_000, 128))
+
+
+def test_stream_nll_of_bengio_gives_every_token_its_full_context():
+    """Bengio's windows overlap by n - 1 tokens only, and score as one window over the stream."""
+    torch.manual_seed(0)
+    model = BengioLM(BengioConfig(vocab_size=30, context=4, d_embedding=4, d_hidden=8, block=16))
+    tokens = np.random.default_rng(2).integers(1, 30, 300)
+    windowed = stream_nll(model.eval(), tokens, model.block_size, batch_size=5)
+    whole = stream_nll(model, tokens, len(tokens) - 1)
+    assert windowed[1] == whole[1] == 299
+    assert math.isclose(windowed[0], whole[0], rel_tol=1e-6), (windowed, whole)
 
 
 def test_window_plan_empty_stream():
