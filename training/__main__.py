@@ -56,7 +56,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
-    from training.train import PRECISIONS
+    from training.device import PRECISIONS
 
     parser.add_argument(
         "--precision",

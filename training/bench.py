@@ -42,7 +42,7 @@ def bench_attention(
     seed: int = 0,
 ) -> dict:
     """ms per batch of each implementation, speed-ups over the loops, max absolute differences."""
-    from training.train import hardware
+    from training.device import hardware
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
@@ -106,15 +106,8 @@ def bench_train(
     None (eager) or a ``torch.compile`` mode ("default", "max-autotune-no-cudagraphs", ...).
     """
     from training.checkpoint import build_model, parameter_count, preset
-    from training.train import (
-        TrainConfig,
-        autocast_for,
-        enable_tf32,
-        hardware,
-        make_optimizer,
-        resolve_precision,
-        training_step,
-    )
+    from training.device import autocast_for, enable_tf32, hardware, resolve_precision
+    from training.train import TrainConfig, make_optimizer, training_step
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     enable_tf32(dev)

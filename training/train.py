@@ -16,7 +16,6 @@ import gc
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -39,6 +38,14 @@ from training.checkpoint import (
     read_config,
     recover,
     save_checkpoint,
+)
+from training.device import (
+    autocast_for,
+    distributed,
+    enable_tf32,
+    hardware,
+    pick_device,
+    resolve_precision,
 )
 from training.evaluate import stream_nll
 from training.plot import plot_curves
@@ -86,44 +93,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def _cpu_info() -> tuple[str, set[str]]:
-    """The CPU's model name and instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    name, flags = "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return name, flags
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
-    return bool(_cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA and on CPUs with bf16 instructions, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = _cpu_info()[0] or f"{platform.processor() or platform.machine()} CPU"
-    threads = torch.get_num_threads()
-    return f"{name}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def learning_rate(step: int, total: int, cfg: TrainConfig) -> float:
@@ -180,38 +149,6 @@ def training_step(
     return loss.detach()
 
 
-def autocast_for(
-    device: torch.device, precision: str = "auto"
-) -> contextlib.AbstractContextManager:
-    """bf16 autocast where ``precision`` resolves to bf16 (see resolve_precision); else none."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def enable_tf32(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), joining the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _pick_device(cfg: TrainConfig, rank: int, world: int) -> torch.device:
-    if cfg.device:
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) if world > 1 else 0)
-    return torch.device("cpu")
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
     """AdamW with weight decay on matrices only, its fused kernel (CUDA and CPU)."""
     params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
@@ -226,9 +163,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one model; returns the run's summary (also written to out/summary.json)."""
-    rank, world = _distributed()
+    rank, world = distributed()
     main = rank == 0
-    device = _pick_device(cfg, rank, world)
+    device = pick_device(cfg.device, rank, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     enable_tf32(device)

@@ -12,15 +12,11 @@ import pytest
 import torch
 
 import training.checkpoint as checkpoint
+import training.device as device_module
 import training.train as train_module
 from training.checkpoint import build_model, load_checkpoint, preset, read_config, save_checkpoint
-from training.train import (
-    TrainConfig,
-    autocast_for,
-    learning_rate,
-    resolve_precision,
-    train,
-)
+from training.device import autocast_for, resolve_precision
+from training.train import TrainConfig, learning_rate, train
 
 SMALL = {"d_model": 32, "n_layer": 1, "n_head": 2, "context": 32}
 
@@ -208,11 +204,11 @@ def test_checkpoint_swap_cut_between_renames_is_recovered(prepared, tmp_path):
 
 def test_precision_auto_is_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(train_module, "_cpu_info", lambda: ("x", {"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(device_module, "cpu_info", lambda: ("x", {"avx2", "avx512_bf16"}))
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(train_module, "_cpu_info", lambda: ("x", {"avx2", "amx_bf16"}))
+    monkeypatch.setattr(device_module, "cpu_info", lambda: ("x", {"avx2", "amx_bf16"}))
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(train_module, "_cpu_info", lambda: ("x", {"avx2", "avx512f"}))
+    monkeypatch.setattr(device_module, "cpu_info", lambda: ("x", {"avx2", "avx512f"}))
     assert resolve_precision("auto", cpu) == "fp32"  # emulated bf16 would be slower
     assert resolve_precision("auto", cuda) == "bf16"
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cuda) == "fp32"
