@@ -1,0 +1,299 @@
+"""The flags of ``python -m training``: one subcommand per step of the pipeline, each with help."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+from training import corpus, data
+
+
+def parse_value(text: str):
+    """A --set value as a Python literal where it is one (numbers, booleans), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _count(text: str) -> int:
+    """A number of steps, sequences or evaluations: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help=f"corpus folder (env {corpus.CORPUS_ENV}; default {corpus.DEFAULT_CORPUS})",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"prepared data folder, made from the corpus where missing "
+        f"(env {data.DATA_ENV}; default {data.DEFAULT_DATA})",
+    )
+
+
+def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    from training.device import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
+        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.train import TrainConfig
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="clean the corpus, train the tokenizer, tokenize the splits")
+    _add_data_args(p)
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (8192)")
+
+    p = sub.add_parser("train", help="train a model (CPU or CUDA; torchrun for several processes)")
+    p.add_argument(
+        "--model", choices=("attention", "bengio"), default="attention", help="model kind"
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="attention: tiny, seed, small, base; bengio: tiny, base"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a model config field, e.g. --set dropout=0.1 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="run folder (runs/MODEL-PRESET)")
+    _add_data_args(p)
+    for name, kind, text in (
+        ("batch-size", _count, "sequences per step and process"),
+        ("lr", float, "peak learning rate"),
+        ("min-lr-ratio", float, "final learning rate as a fraction of the peak"),
+        ("warmup-steps", int, "linear warm-up steps"),
+        ("max-steps", _count, "step budget"),
+        ("time-budget", float, "seconds; the cosine schedule is stretched to end there"),
+        ("weight-decay", float, "AdamW weight decay on matrices"),
+        ("beta2", float, "AdamW beta2"),
+        ("grad-clip", float, "gradient norm clip"),
+        ("eval-interval", _count, "steps between validations"),
+        (
+            "save-interval",
+            _count,
+            "steps between saves of OUT/last without validating, so that a run killed outright "
+            "(SIGKILL) loses fewer steps; None: at validations and on SIGTERM only",
+        ),
+        ("eval-windows", _count, "validation windows per evaluation (default: whole split)"),
+        ("patience", _count, "evaluations without improvement before early stopping"),
+        ("log-interval", _count, "steps between progress updates"),
+        ("seed", int, "random seed"),
+    ):
+        field = name.replace("-", "_")
+        p.add_argument(
+            f"--{name}",
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"{text} (default {getattr(defaults, field)})",
+        )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument(
+        "--compile",
+        default=None,
+        nargs="?",
+        const="reduce-overhead",
+        metavar="MODE",
+        help="torch.compile the model; MODE defaults to reduce-overhead (CUDA graphs: "
+        "the step loop stops paying Python's launch overhead)",
+    )
+    _add_precision_arg(p)
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="leave off at this step with the schedule unchanged (then --resume)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "sweep",
+        help="tune on validation: one factor at a time around a preset, then the best together",
+        description="Trains the base trial, one trial per --vary value, then the best value of "
+        "every factor together, all with the same train arguments (given after --); chooses the "
+        "lowest validation loss and evaluates it on validation and test.",
+    )
+    p.add_argument("--model", choices=("attention", "bengio"), default="bengio")
+    p.add_argument("--preset", default="base", help="the base configuration (base)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="a config field and the values to try besides the preset's (repeatable)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="sweep folder")
+    p.add_argument("--parallel", type=_count, default=1, help="trials trained at once (1)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluating the chosen trial")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the sweep in OUT: finished trials are kept, unfinished ones resume "
+        "from their last checkpoints (same --vary and train arguments required)",
+    )
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder")
+    p.add_argument(
+        "train_args", nargs=argparse.REMAINDER, help="-- then arguments for every `train`"
+    )
+
+    p = sub.add_parser("evaluate", help="perplexity and bits per character of a checkpoint")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split (test)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument(
+        "--storage",
+        choices=("float32", "float16"),
+        default="float32",
+        help="round the weights to this precision first (what fp16 shipping costs)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _add_data_args(p)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX model folder with its card")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/attention")
+    p.add_argument("--name", default=None, help="model name (default: the folder's name)")
+    p.add_argument(
+        "--storage",
+        choices=("float16", "float32"),
+        default="float16",
+        help="precision the weights are stored in (float16)",
+    )
+    p.add_argument(
+        "--eval",
+        dest="evaluations",
+        type=Path,
+        action="append",
+        default=[],
+        help="an `evaluate --json` result to record in the card (repeatable)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer.json the model was trained with (default: DATA/tokenizer.json)",
+    )
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder")
+    p.add_argument("--note", default=None, help="a sentence on how it was trained, for the card")
+
+    p = sub.add_parser("report", help="regenerate models/README.md from the model cards")
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for latency")
+    p.add_argument(
+        "--cuda-check",
+        type=Path,
+        default=Path("benchmarks/ort-cuda.json"),
+        help="scripts/ort_cuda_check.py result to include, if the file exists "
+        "(benchmarks/ort-cuda.json)",
+    )
+    p.add_argument(
+        "--quantize-bench",
+        type=Path,
+        default=Path("benchmarks/quantize-cpu.json"),
+        help="scripts/bench_quantize.py result to include, if the file exists "
+        "(benchmarks/quantize-cpu.json)",
+    )
+
+    p.add_argument(
+        "--context-bench",
+        type=Path,
+        default=Path("benchmarks/context-test.json"),
+        help="`python -m training context` result to include, if the file exists "
+        "(benchmarks/context-test.json)",
+    )
+
+    p = sub.add_parser(
+        "context", help="loss against context length: how much of its context each model uses"
+    )
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument("--names", nargs="+", default=None, help="only these model folders")
+    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to score (test)")
+    p.add_argument(
+        "--coverage",
+        type=int,
+        default=4,
+        help="windows per window length of stream: each token is scored this many times (4)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _add_data_args(p)
+
+    p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
+    p.add_argument("--batch", type=int, default=32, help="B (32)")
+    p.add_argument("--steps", type=int, default=32, help="T (32)")
+    p.add_argument("--d-model", type=int, default=128, help="d (128)")
+    p.add_argument("--heads", type=int, default=1, help="heads (1)")
+    p.add_argument("--repeats", type=int, default=100, help="timed runs of matrix and fused")
+    p.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the loops")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+
+    p = sub.add_parser(
+        "bench-inference", help="ONNX Runtime vs PyTorch eager on the shipped models (CPU)"
+    )
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument(
+        "--model",
+        dest="names",
+        action="append",
+        default=None,
+        help="model to measure (repeatable; default: attention, bengio)",
+    )
+    p.add_argument(
+        "--tokens",
+        dest="lengths",
+        type=int,
+        action="append",
+        default=None,
+        help="sequence length (repeatable; default: 16, 128, 256)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="threads for both (2)")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per figure (50)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+
+    p = sub.add_parser("bench-train", help="training throughput of a preset (tokens/s)")
+    p.add_argument("--model", choices=("attention", "bengio"), default="attention")
+    p.add_argument("--preset", default="base", help="preset (base)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per step (64)")
+    p.add_argument(
+        "--compile",
+        dest="compile_mode",
+        default=None,
+        nargs="?",
+        const="default",
+        help="torch.compile, optionally with a mode (max-autotune-no-cudagraphs, ...)",
+    )
+    p.add_argument("--steps", type=int, default=50, help="timed steps (50)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (10)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    _add_precision_arg(p)
+    p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    return parser
