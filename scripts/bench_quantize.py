@@ -6,7 +6,10 @@ For each shipped model, loaded through the service's own registry and engine:
 - one next-token call at 64 tokens of context (the graph call alone) and 64 greedy new tokens
   (the engine, with the key/value cache where the model has one): what it gains;
 and, for all models together, the seconds to load them and the process's resident memory after.
-Writes JSON and prints a Markdown table.
+Writes JSON and prints a Markdown table. The int8 weights take the bits the service gives them on
+this CPU (7 on x86 without VNNI, else 8: service/quantize.py), or ``--int8-bits``;
+``--uint8-weights`` tries ONNX Runtime's other remedy for saturation, 8-bit unsigned weights
+(U8U8 products), which the service does not use.
 
     python scripts/bench_quantize.py --json benchmarks/quantize-cpu.json
 """
@@ -14,6 +17,7 @@ Writes JSON and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -30,7 +34,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
 
+import service.registry  # noqa: E402
 from service.engine import Engine  # noqa: E402
+from service.quantize import int8_weight_bits, quantize_int8  # noqa: E402
 from service.registry import load_models  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -122,8 +128,32 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="next-token calls timed")
     parser.add_argument("--generations", type=int, default=10, help="generations timed")
     parser.add_argument("--no-bpc", action="store_true", help="skip the test-split scoring")
+    parser.add_argument(
+        "--int8-bits",
+        type=int,
+        choices=(7, 8),
+        default=None,
+        help="bits of the int8 weights (default: the service's choice on this CPU)",
+    )
+    parser.add_argument(
+        "--uint8-weights",
+        action="store_true",
+        help="8-bit unsigned weights instead (U8U8 products: no saturation; not the service's)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
+    bits = 8 if args.uint8_weights else args.int8_bits or int8_weight_bits()
+    if args.int8_bits is not None or args.uint8_weights:  # the registry's quantizer, changed
+        service.registry.quantize_int8 = functools.partial(quantize_int8, weight_bits=bits)
+    if args.uint8_weights:
+        import onnxruntime.quantization as quantization
+
+        signed = quantization.quantize_dynamic
+
+        def unsigned(*args, **kwargs):
+            return signed(*args, **{**kwargs, "weight_type": quantization.QuantType.QUInt8})
+
+        quantization.quantize_dynamic = unsigned
 
     documents: list[str] = []
     split = None
@@ -148,6 +178,8 @@ def main() -> None:
     result = {
         "cpu": cpu_name(),
         "threads": args.threads,
+        "int8_weight_bits": bits,
+        "int8_weights": "uint8" if args.uint8_weights else "int8",
         "scored": split,
         "models": results,
         "all_models_loaded": {p: footprint(args.models_dir, p, args.threads) for p in PRECISIONS},

@@ -22,7 +22,8 @@
 # the shipped model on validation. Settings: OUT (runs/sweep-bengio-cpu), PYTHON
 # (.venv/bin/python), PARALLEL (2), THREADS (1 per trial), DATA (data), SAVE (200: steps between
 # checkpoints), NICE (19: whatever else runs comes first, the sweep takes the idle cores); TINY=1
-# rehearses the whole run in a minute (tiny presets, 20 steps).
+# rehearses the whole run in a minute (tiny presets, 20 steps). On a CPU without bf16
+# instructions it refuses to start (FORCE=1: start anyway; HAS_BF16=0/1 skips the probe).
 set -euo pipefail
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."
@@ -85,12 +86,29 @@ print(json.loads((out / chosen / "best" / "config.json").read_text())["config"][
   echo "seed model at context $context: $run"
 }
 
+native_bf16_or_refuse() {
+  # The trials train in bf16, as on the GPU; a CPU without bf16 instructions emulates it, far
+  # slower than even fp32 (BENCHMARKS.md), and fp32 trials would not match the GPU plan's.
+  [ "${TINY:-0}" = 1 ] || [ "${FORCE:-0}" = 1 ] && return 0
+  local has=${HAS_BF16:-}
+  if [ -z "$has" ]; then
+    has=$("$PY" -c 'from training.device import cpu_has_bf16; print(int(cpu_has_bf16()))')
+  fi
+  if [ "$has" != 1 ]; then
+    echo "this CPU has no bf16 instructions (AVX512-BF16 or AMX): the trials train in bf16, as" \
+      "on the GPU, and would run emulated, slower than fp32 (BENCHMARKS.md). Run the sweep on a" \
+      "CPU that has them or on a GPU (scripts/gpu_finish.sh); FORCE=1 runs it here anyway." >&2
+    exit 1
+  fi
+}
+
 case "${1:-status}" in
   start)
     if running; then
       echo "the sweep runs already (process group $(cat "$PID_FILE")); see: $0 status"
       exit 0
     fi
+    native_bf16_or_refuse
     mkdir -p "$OUT"
     MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)} \
       setsid nohup nice -n "${NICE:-19}" bash "$SELF" run >> "$OUT.log" 2>&1 < /dev/null &
@@ -98,6 +116,7 @@ case "${1:-status}" in
     echo "started: process group $!, log $OUT.log"
     ;;
   run)
+    native_bf16_or_refuse
     export MACHADO_GIT_COMMIT=${MACHADO_GIT_COMMIT:-$(git rev-parse HEAD)}
     sweep
     seeds

@@ -9,13 +9,23 @@ optimisations (constant folding) applied, which turns the ``Transpose`` of each 
 constant that the quantizer can see. Everything happens in a temporary directory; the models
 directory is only read.
 
+On an x86 CPU without VNNI the weights get 7 bits instead of 8 (the quantizer's
+``reduce_range``): there ONNX Runtime multiplies uint8 activations by int8 weights with an
+instruction (vpmaddubsw) that adds each pair of products in 16 bits and saturates, since
+255 x 127 x 2 is more than 32,767; with 7-bit weights every pair fits. VNNI adds in 32 bits, and
+ARM CPUs widen first, so they keep 8 bits. On an AVX2 EPYC 8-bit weights moved a small trained
+model's logits by up to 21 % of the largest (tests/training/test_export.py); on the shipped models
+the two cost about the same (BENCHMARKS.md).
+
 What it costs and gains, per model, is measured by ``scripts/bench_quantize.py``
 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +38,27 @@ if TYPE_CHECKING:
     import onnx
 
 log = logging.getLogger("service.quantize")
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo's names
+X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return set(value.split())
+    return set()
+
+
+def int8_weight_bits(machine: str | None = None, flags: set[str] | None = None) -> int:
+    """Bits of the int8 weights on this CPU: 7 on x86 without VNNI (or where its flags cannot
+    be read), else 8 (see the module docstring)."""
+    if (machine or platform.machine()).lower() not in X86:
+        return 8
+    return 8 if (cpu_flags() if flags is None else flags) & VNNI_FLAGS else 7
 
 
 def float32_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -52,8 +83,12 @@ def float32_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def quantize_int8(path: Path) -> bytes:
-    """The serialized int8 version of the graph at ``path`` (weights read beside it)."""
+def quantize_int8(path: Path, weight_bits: int | None = None) -> bytes:
+    """The serialized int8 version of the graph at ``path`` (weights read beside it), its weights
+    in ``weight_bits`` bits (7 or 8; default: int8_weight_bits() of this CPU)."""
+    bits = int8_weight_bits() if weight_bits is None else weight_bits
+    if bits not in (7, 8):
+        raise ValueError(f"weight_bits is {bits}, expected 7 or 8")
     import onnx  # imported here: a service that does not quantize runs without it
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -70,9 +105,15 @@ def quantize_int8(path: Path) -> bytes:
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # the quantizer logs every tensor to the root logger
         try:
-            quantize_dynamic(folded, quantized, weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(
+                folded,
+                quantized,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=bits == 7,
+            )
         finally:
             logging.disable(previous)
         blob = quantized.read_bytes()
-    log.debug(f"{path} quantized to int8 in {time.perf_counter() - started:.1f} s")
+    log.debug(f"{path} quantized to {bits}-bit int8 in {time.perf_counter() - started:.1f} s")
     return blob

@@ -17,7 +17,7 @@ from typing import Any
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from service.quantize import quantize_int8
+from service.quantize import int8_weight_bits, quantize_int8
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
@@ -196,9 +196,11 @@ def load_model(
         model.session = model.attention_session = model.decoder_session = None
         log.error("model failed to load", extra={"model": model.name, "error": model.error})
         return model
+    precision = model.precision
+    if precision == "int8" and int8_weight_bits() == 7:
+        precision += ", 7-bit weights: this x86 CPU has no VNNI, 8 bits could saturate"
     log.info(
-        f"model {model.name} loaded on {model.provider} ({model.precision}): "
-        f"{model.provider_reason}",
+        f"model {model.name} loaded on {model.provider} ({precision}): {model.provider_reason}",
         extra={"model": model.name, "provider": model.provider, "precision": model.precision},
     )
     return model

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
         description="int8: on the CPU provider, quantize each graph's matrix-product weights to "
         "int8 at load (ONNX Runtime dynamic quantization): the attention and Bengio models "
         "generate 3-5x faster for about 0.001 more bits per character (BENCHMARKS.md); "
-        "/attention's maps stay float32; ignored on CUDA. none: the shipped weights as they are",
+        "7-bit weights on x86 CPUs without VNNI, where 8 bits could saturate; /attention's maps "
+        "stay float32; ignored on CUDA. none: the shipped weights as they are",
     )
     malloc_arenas: int = Field(
         2,

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 import service.registry
 from service.app import create_app
 from service.engine import Engine
-from service.quantize import float32_constants, quantize_int8
+from service.quantize import float32_constants, int8_weight_bits, quantize_int8
 from service.registry import CPU, CUDA, ProviderChoice, load_model, load_models
 from tests.service.conftest import MODELS, make_settings
 
@@ -76,6 +76,40 @@ def test_every_weight_product_becomes_integer(graph):
     int8 = onnx.TensorProto.INT8
     weights = [i for i in quantized.graph.initializer if i.data_type == int8 and len(i.dims) == 2]
     assert len(weights) == expected  # and the zero points beside them are int8 vectors
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "bits"),
+    [
+        ("x86_64", {"avx2", "fma"}, 7),  # vpmaddubsw adds u8 x s8 pairs in 16 bits
+        ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, 8),
+        ("x86_64", {"avx2", "avx_vnni"}, 8),
+        ("AMD64", {"amx_int8"}, 8),
+        ("x86_64", set(), 7),  # flags unknown: the safe choice
+        ("aarch64", set(), 8),
+    ],
+)
+def test_int8_weights_take_7_bits_on_x86_without_vnni(machine, flags, bits):
+    assert int8_weight_bits(machine, flags) == bits
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_weight_bits_bound_every_int8_weight(bits):
+    """7 bits: every weight within -64..64, so two products of a uint8 activation fit in int16."""
+    quantized = onnx.load_from_string(quantize_int8(MODELS / "bengio" / "model.onnx", bits))
+    weights = [
+        onnx.numpy_helper.to_array(i)
+        for i in quantized.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2
+    ]
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest == (64 if bits == 7 else 127), largest
+    assert (2 * 255 * largest <= 32_767) == (bits == 7)
+
+
+def test_weight_bits_other_than_7_or_8_are_refused():
+    with pytest.raises(ValueError, match="expected 7 or 8"):
+        quantize_int8(MODELS / "bengio" / "model.onnx", 6)
 
 
 def test_registry_quantizes_the_generation_graphs_on_the_cpu(int8_models):

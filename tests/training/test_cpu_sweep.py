@@ -52,6 +52,16 @@ def test_pause_and_stop_without_a_sweep_say_so_and_bad_commands_fail(tmp_path):
     assert result.returncode == 2 and "usage" in result.stderr
 
 
+def test_a_cpu_without_bf16_is_refused_before_anything_starts(tmp_path):
+    """The trials train in bf16: where the CPU would emulate it, start and run say so and stop."""
+    out = tmp_path / "sweep"
+    for command in ("start", "run"):
+        result = _run(out, command, env={"HAS_BF16": "0", "FORCE": "0", "TINY": "0"})
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "no bf16 instructions" in result.stderr and "FORCE=1" in result.stderr
+        assert not out.exists() and not Path(f"{out}.pid").exists(), command
+
+
 def test_tiny_run_sweeps_then_trains_the_seed_model_at_the_chosen_context(prepared, tmp_path):
     """TINY=1 rehearses the whole run: the sweep, then (the tiny Bengio's context is not the
     shipped seed model's 8) the seed model at the chosen context; run again, it trains nothing."""
