@@ -41,6 +41,7 @@ from training.checkpoint import (
 )
 from training.device import (
     autocast_for,
+    cpu_has_bf16,
     distributed,
     enable_tf32,
     hardware,
@@ -219,6 +220,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             runner, device_ids=[device.index] if device.type == "cuda" else None
         )
     precision = resolve_precision(cfg.precision, device)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log(
+            "warning: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 runs "
+            "emulated, far slower than fp32 (65x on an AVX2 EPYC: BENCHMARKS.md); "
+            "--precision auto chooses fp32 here"
+        )
     autocast = autocast_for(device, precision)
     tokens_per_step = cfg.batch_size * model.block_size * world
     n_params = parameter_count(model)

@@ -221,6 +221,16 @@ def test_precision_auto_is_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
         assert layer(x).dtype == torch.float32
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(prepared, tmp_path, monkeypatch, capsys):
+    """Asked for bf16 where the CPU would emulate it, the run says so (and still trains)."""
+    monkeypatch.setattr(device_module, "cpu_info", lambda: ("x", {"avx2"}))
+    train(_config(prepared, tmp_path / "emulated", max_steps=2, eval_interval=2, precision="bf16"))
+    assert "no bf16 instructions" in capsys.readouterr().out
+    monkeypatch.setattr(device_module, "cpu_info", lambda: ("x", {"avx2", "amx_bf16"}))
+    train(_config(prepared, tmp_path / "native", max_steps=2, eval_interval=2, precision="bf16"))
+    assert "no bf16 instructions" not in capsys.readouterr().out
+
+
 def test_train_records_its_precision(prepared, tmp_path):
     summary = train(_config(prepared, tmp_path / "run", max_steps=10, precision="fp32"))
     assert summary["precision"] == "fp32"
