@@ -64,17 +64,39 @@ def load(models_dir: Path, precision: str, threads: int) -> tuple[dict, float]:
     return models, time.perf_counter() - start
 
 
-def footprint(models_dir: Path, precision: str, threads: int) -> dict:
-    """Load time and resident memory of a fresh process that loads every model."""
+def use_weights(bits: int | None, unsigned: bool) -> int:
+    """Make the registry quantize with ``bits``-bit weights (None: the service's choice), or
+    8-bit unsigned ones; returns the bits."""
+    if bits is None and not unsigned:
+        return int8_weight_bits()
+    bits = 8 if unsigned else bits
+    service.registry.quantize_int8 = functools.partial(quantize_int8, weight_bits=bits)
+    if unsigned:
+        import onnxruntime.quantization as quantization
+
+        signed = quantization.quantize_dynamic
+
+        def with_unsigned_weights(*args, **kwargs):
+            return signed(*args, **{**kwargs, "weight_type": quantization.QuantType.QUInt8})
+
+        quantization.quantize_dynamic = with_unsigned_weights
+    return bits
+
+
+def footprint(models_dir: Path, precision: str, threads: int, weights: list[str]) -> dict:
+    """Load time and resident memory of a fresh process that loads every model, its weights
+    made as ``weights`` ([bits or "", "unsigned" or ""]) says."""
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from bench_quantize import load, rss_mib; from pathlib import Path;"
+        "from bench_quantize import load, rss_mib, use_weights; from pathlib import Path;"
+        "use_weights(int(sys.argv[5]) if sys.argv[5] else None, sys.argv[6] == 'unsigned');"
         "models, seconds = load(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]));"
         "print(json.dumps({'load_s': seconds, 'rss_mib': rss_mib()}))"
     )
     scripts = str(ROOT / "scripts")
+    command = [sys.executable, "-c", code, scripts, str(models_dir), precision, str(threads)]
     out = subprocess.run(
-        [sys.executable, "-c", code, scripts, str(models_dir), precision, str(threads)],
+        command + weights,
         capture_output=True,
         text=True,
         check=True,
@@ -142,18 +164,8 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
-    bits = 8 if args.uint8_weights else args.int8_bits or int8_weight_bits()
-    if args.int8_bits is not None or args.uint8_weights:  # the registry's quantizer, changed
-        service.registry.quantize_int8 = functools.partial(quantize_int8, weight_bits=bits)
-    if args.uint8_weights:
-        import onnxruntime.quantization as quantization
-
-        signed = quantization.quantize_dynamic
-
-        def unsigned(*args, **kwargs):
-            return signed(*args, **{**kwargs, "weight_type": quantization.QuantType.QUInt8})
-
-        quantization.quantize_dynamic = unsigned
+    bits = use_weights(args.int8_bits, args.uint8_weights)
+    weights = [str(args.int8_bits or ""), "unsigned" if args.uint8_weights else ""]
 
     documents: list[str] = []
     split = None
@@ -182,7 +194,9 @@ def main() -> None:
         "int8_weights": "uint8" if args.uint8_weights else "int8",
         "scored": split,
         "models": results,
-        "all_models_loaded": {p: footprint(args.models_dir, p, args.threads) for p in PRECISIONS},
+        "all_models_loaded": {
+            p: footprint(args.models_dir, p, args.threads, weights) for p in PRECISIONS
+        },
     }
     print(
         "\n| model | test BPC float32 → int8 | next-token ms (64 tokens) float32 → int8 "

@@ -58,16 +58,11 @@ TOLD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_
 
 def cpu_name() -> str:
     """The CPU's model name, cores and the instruction sets of TOLD_FLAGS it has (Linux)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            name = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
+    from service.quantize import cpu_info
+
+    name, flags = cpu_info()
     told = " ".join(flag for flag in TOLD_FLAGS if flag in flags)
+    name = name or platform.processor() or platform.machine()
     return f"{name}, {os.cpu_count()} cores" + (f" ({told})" if told else "")
 
 

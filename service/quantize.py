@@ -24,6 +24,7 @@ What it costs and gains, per model, is measured by ``scripts/bench_quantize.py``
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import platform
 import tempfile
@@ -43,14 +44,18 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
+@functools.cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    name, flags = "", frozenset()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                return set(value.split())
-    return set()
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = frozenset(value.split())
+    return name, flags
 
 
 def int8_weight_bits(machine: str | None = None, flags: set[str] | None = None) -> int:
@@ -58,7 +63,7 @@ def int8_weight_bits(machine: str | None = None, flags: set[str] | None = None) 
     be read), else 8 (see the module docstring)."""
     if (machine or platform.machine()).lower() not in X86:
         return 8
-    return 8 if (cpu_flags() if flags is None else flags) & VNNI_FLAGS else 7
+    return 8 if (cpu_info()[1] if flags is None else flags) & VNNI_FLAGS else 7
 
 
 def float32_constants(model: onnx.ModelProto) -> onnx.ModelProto:
