@@ -89,7 +89,8 @@ def build_request(settings: Settings) -> type[BaseModel]:
         model: ModelName
         prompt: text | texts | token_ids | token_lists = Field(
             description="a prompt, a list of prompts, or either as token ids (see /tokenize); "
-            "each is read after an end-of-text token, as the start of a document"
+            "each is read after an end-of-text token, as the start of a document; <|endoftext|> "
+            "in a text is that token: a document boundary"
         )
         suffix: None = Field(
             None,

@@ -176,7 +176,8 @@ def build_requests(settings: Settings) -> Requests:
             min_length=1,
             max_length=settings.max_prompt_chars,
             pattern=NOT_BLANK,
-            description="text to continue; not empty or only whitespace",
+            description="text to continue, read as the start of a document; not empty or "
+            "only whitespace. <|endoftext|> in it is the end-of-text token: a document boundary",
             examples=["Capitu olhou para mim"],
         ),
     ]

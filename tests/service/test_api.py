@@ -188,6 +188,21 @@ def test_api_tokenize(client):
     assert len(result["ids"]) == len(result["tokens"]) == len(result["offsets"])
 
 
+def test_api_end_of_text_in_a_prompt_is_a_document_boundary(client):
+    """The text <|endoftext|> is the end-of-text token, as between the training documents: what
+    comes before it is another document, which the Bengio model does not read across."""
+    ids = client.post("/tokenize", json={"text": "fim.<|endoftext|>Capitu"}).json()["ids"]
+    assert ids.count(0) == 1
+    alone = {"model": "bengio", "prompt": "Capitu olhou", "top_k": 5}
+    after = alone | {"prompt": "Era uma vez um homem.<|endoftext|>Capitu olhou"}
+    alone, after = (client.post("/next-token", json=body).json() for body in (alone, after))
+    # The model's 8 tokens: the end of the first text, the boundary, then the prompt.
+    assert after["tokens"][-len(alone["tokens"]) :] == alone["tokens"] != after["tokens"]
+    assert [c["token"] for c in after["top"]] == [c["token"] for c in alone["top"]]
+    for a, b in zip(after["top"], alone["top"], strict=True):
+        assert math.isclose(a["logprob"], b["logprob"], abs_tol=1e-4)
+
+
 def test_api_detokenize_inverts_tokenize(client):
     text = "Não há coração, disse Capitu 𝔄!"
     ids = client.post("/tokenize", json={"text": text}).json()["ids"]
