@@ -175,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             args.device,
             args.profile,
             precision=args.precision,
+            keep_memory=args.malloc == "keep",
         )
         table = result.pop("profile", None)
         print(json.dumps(result, indent=2))

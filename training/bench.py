@@ -7,6 +7,7 @@ implementation on the same weights and input, and the largest difference between
 from __future__ import annotations
 
 import platform
+import resource
 import statistics
 import time
 
@@ -98,19 +99,29 @@ def bench_train(
     profile: bool = False,
     seed: int = 0,
     precision: str = "auto",
+    keep_memory: bool = True,
 ) -> dict:
     """Training throughput of one preset on random tokens: tokens/s and ms per step.
 
     The steps are the training loop's own (``training.train.training_step``): same optimizer,
-    autocast, clipping; the batches are random ids already on the device. ``compile_mode`` is
-    None (eager) or a ``torch.compile`` mode ("default", "max-autotune-no-cudagraphs", ...).
+    autocast, clipping, and on a CPU the same allocator setting (``keep_memory``: see
+    ``training.device.keep_freed_memory``; False leaves glibc's defaults, for comparison, and
+    only in a fresh process means them); the batches are random ids already on the device.
+    ``compile_mode`` is None (eager) or a ``torch.compile`` mode ("default", ...).
     """
     from training.checkpoint import build_model, parameter_count, preset
-    from training.device import autocast_for, enable_tf32, hardware, resolve_precision
+    from training.device import (
+        autocast_for,
+        enable_tf32,
+        hardware,
+        keep_freed_memory,
+        resolve_precision,
+    )
     from training.train import TrainConfig, make_optimizer, training_step
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     enable_tf32(dev)
+    malloc = keep_freed_memory(dev) if keep_memory else "malloc: defaults left (--malloc default)"
     torch.manual_seed(seed)
     model = build_model(preset(kind, preset_name)).to(dev)
     optimizer = make_optimizer(model, TrainConfig(), dev)
@@ -162,6 +173,8 @@ def bench_train(
         "peak_memory_gib": (
             torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         ),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "malloc": malloc,
     }
     if profile:
         from torch.profiler import ProfilerActivity

@@ -295,5 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     _add_precision_arg(p)
     p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
+    p.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="on a CPU: keep freed memory for the next step, as train does (keep), or leave "
+        "glibc's defaults (default), to compare",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser

@@ -45,6 +45,7 @@ from training.device import (
     distributed,
     enable_tf32,
     hardware,
+    keep_freed_memory,
     pick_device,
     resolve_precision,
 )
@@ -171,6 +172,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.cuda.set_device(device)
     enable_tf32(device)
     log = print if main else (lambda *_: None)
+    malloc = keep_freed_memory(device)
     meta = data.ensure_prepared(cfg.data, cfg.corpus, log=log) if main else data.load_meta(cfg.data)
     if world > 1:
         dist.barrier()  # rank 0 prepared the data
@@ -234,6 +236,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         f"{f' x{world} processes' if world > 1 else ''}, {tokens_per_step:,} tokens per step, "
         f"{precision}"
     )
+    if device.type == "cpu":
+        log(malloc)
     run_info = {
         "kind": cfg.kind,
         "preset": cfg.preset,
