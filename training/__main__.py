@@ -138,9 +138,30 @@ def _run(args: argparse.Namespace) -> int:
         from training.report import write_report
 
         written = write_report(
-            args.models, args.threads, args.cuda_check, args.quantize_bench, args.context_bench
+            args.models,
+            args.threads,
+            args.cuda_check,
+            args.quantize_bench,
+            args.context_bench,
+            args.heads_bench,
         )
         print(f"wrote {written}")
+    elif args.command == "heads":
+        from training.evaluate import write_json
+        from training.heads import format_table, measure
+
+        data_dir = data.resolve_data_dir(args.data)
+        data.ensure_prepared(data_dir, args.corpus)
+        if args.windows < 1:
+            raise SystemExit(f"error: --windows must be at least 1, not {args.windows}")
+        try:
+            result = measure(args.models, data_dir, args.split, args.windows, args.threads)
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"error: {error}") from None
+        for name in result["models"]:
+            print(f"{name} (cells: tokens back · entropy · weight on the previous token)")
+            print(format_table(result, name))
+        write_json(result, args.json)
     elif args.command == "context":
         from training.context import format_table, measure
         from training.evaluate import write_json

@@ -228,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="`python -m training context` result to include, if the file exists "
         "(benchmarks/context-test.json)",
     )
+    p.add_argument(
+        "--heads-bench",
+        type=Path,
+        default=Path("benchmarks/heads-test.json"),
+        help="`python -m training heads` result to include, if the file exists "
+        "(benchmarks/heads-test.json)",
+    )
 
     p = sub.add_parser(
         "context", help="loss against context length: how much of its context each model uses"
@@ -240,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="windows per window length of stream: each token is scored this many times (4)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _add_data_args(p)
+
+    p = sub.add_parser(
+        "heads", help="what each attention head looks at: distance, entropy, previous token"
+    )
+    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to read (test)")
+    p.add_argument(
+        "--windows", type=int, default=64, help="windows of each model's context, laid evenly (64)"
     )
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")

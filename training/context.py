@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from training.device import cpu_label
 from training.onnx_model import OnnxModel
 
 # Lengths up to SHORT come from windows of SHORT tokens (many targets each, see ``splice``); the
@@ -163,7 +163,7 @@ def measure(
         "tokens": int(split_meta["tokens"]),
         "characters": int(split_meta["characters"]),
         "coverage": coverage,
-        "cpu": f"{platform.processor() or platform.machine()}, {threads} ONNX Runtime threads",
+        "cpu": f"{cpu_label()}, {threads} ONNX Runtime threads",
         "models": {},
     }
     for folder in folders:

@@ -50,6 +50,10 @@ class OnnxModel:
 
     def attentions(self, ids: list[int]) -> np.ndarray:
         """Attention weights (layer, head, query, key) of a sequence."""
+        return self.attention_batch(np.asarray(ids[-self.context :], dtype=np.int64)[None])[0]
+
+    def attention_batch(self, ids: np.ndarray) -> np.ndarray:
+        """ids (B, T), T at most the context -> attention weights (B, layer, head, query, key)."""
         if not self.card["has_attention"]:
             raise ValueError(f"model {self.card['name']} has no attention")
         if self._attention is None:
@@ -58,11 +62,9 @@ class OnnxModel:
                 self._options,
                 providers=["CPUExecutionProvider"],
             )
-        window = np.asarray(ids[-self.context :], dtype=np.int64)[None]
-        positions = np.asarray([[window.shape[1] - 1]])
-        return self._attention.run(["attentions"], {"input_ids": window, "positions": positions})[
-            0
-        ][0]
+        positions = np.full((ids.shape[0], 1), ids.shape[1] - 1, dtype=np.int64)
+        feed = {"input_ids": ids.astype(np.int64), "positions": positions}
+        return self._attention.run(["attentions"], feed)[0]
 
     def generate(
         self,

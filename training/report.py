@@ -7,7 +7,6 @@ CPU, draws the training curves and samples every model on the same prompts.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from training.context import (
     summary,
     weights_sha256,
 )
+from training.device import cpu_label
+from training.heads import plot as plot_heads
 from training.onnx_model import OnnxModel
 from training.plot import plot_curves
 from training.report_text import render
@@ -58,6 +59,7 @@ def build_report(
     cuda_check: Path | None = None,
     quantize_bench: Path | None = None,
     context_bench: Path | None = None,
+    heads_bench: Path | None = None,
 ) -> dict[str, Any]:
     folders = sorted(
         (p.parent for p in models_dir.glob("*/card.json")),
@@ -121,6 +123,7 @@ def build_report(
         cuda = json.loads(cuda_check.read_text())
         cuda["file"] = str(cuda_check)
     context = load_context(context_bench, models_dir)
+    heads = load_heads(heads_bench, models_dir)
     int8 = None
     if quantize_bench is not None and quantize_bench.is_file():
         int8 = json.loads(quantize_bench.read_text())
@@ -133,9 +136,10 @@ def build_report(
         "cuda": cuda,
         "int8": int8,
         "context": context,
+        "heads": heads,
         "samples": samples,
         "threads": threads,
-        "cpu": f"{platform.processor() or platform.machine()}, {threads} ONNX Runtime threads",
+        "cpu": f"{cpu_label()}, {threads} ONNX Runtime threads",
         "curves": bool(histories),
     }
 
@@ -162,14 +166,41 @@ def load_context(context_bench: Path | None, models_dir: Path) -> dict[str, Any]
     return context
 
 
+def load_heads(heads_bench: Path | None, models_dir: Path) -> dict[str, Any] | None:
+    """The `training heads` result, with the models measured on weights since replaced.
+
+    Current: each model's example maps are drawn to models/heads-NAME.png. Stale: those figures
+    are removed, so models/ never shows the heads of weights it no longer holds.
+    """
+    if heads_bench is None or not heads_bench.is_file():
+        return None
+    heads = json.loads(heads_bench.read_text())
+    heads["file"] = str(heads_bench)
+    heads["stale"] = sorted(
+        name
+        for name, model in heads["models"].items()
+        if model.get("weights_sha256") != weights_sha256(models_dir / name)
+    )
+    for name in heads["models"]:
+        figure = models_dir / f"heads-{name}.png"
+        if heads["stale"]:
+            figure.unlink(missing_ok=True)
+        else:
+            plot_heads(heads, name, figure)
+    return heads
+
+
 def write_report(
     models_dir: Path,
     threads: int = 2,
     cuda_check: Path | None = None,
     quantize_bench: Path | None = None,
     context_bench: Path | None = None,
+    heads_bench: Path | None = None,
 ) -> Path:
-    report = build_report(models_dir, threads, cuda_check, quantize_bench, context_bench)
+    report = build_report(
+        models_dir, threads, cuda_check, quantize_bench, context_bench, heads_bench
+    )
     saved = report
     if report["context"]:  # the per-length curves stay in their benchmark file
         context = report["context"]
@@ -178,6 +209,13 @@ def write_report(
             for name, by in summary(context).items()
         }
         saved = {**report, "context": {**context, "models": tables}}
+    if report["heads"]:  # the example maps stay in their benchmark file (and the figures)
+        heads = report["heads"]
+        models = {
+            name: {k: v for k, v in model.items() if k != "example"}
+            for name, model in heads["models"].items()
+        }
+        saved = {**saved, "heads": {**heads, "models": models}}
     (models_dir / "report.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
     path = models_dir / "README.md"
     path.write_text(render(report))

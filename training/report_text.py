@@ -10,6 +10,7 @@ from typing import Any
 
 from training.context import SHORT, bpc_scale, full_context, span
 from training.context import format_table as context_table
+from training.heads import format_table as heads_table
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -59,6 +60,8 @@ def render(report: dict[str, Any]) -> str:
         lines += ["## What the comparison shows", "", *findings, ""]
     if context:
         lines += _context_section(context)
+    if report.get("heads"):
+        lines += _heads_section(report["heads"])
     for name, sweep in report.get("sweeps", {}).items():
         lines += _sweep_section(name, sweep)
     if report["curves"]:
@@ -334,3 +337,88 @@ def _lead_finding(context: dict[str, Any], rows: dict[str, dict]) -> list[str]:
             else "."
         )
     ]
+
+
+def _most(model: dict[str, Any], stat: str) -> tuple[float, int, int]:
+    """The largest of a head statistic, with its layer and head."""
+    return max(
+        (model[stat][layer][head], layer, head)
+        for layer in range(model["layers"])
+        for head in range(model["heads"])
+    )
+
+
+def _heads_section(heads: dict[str, Any]) -> list[str]:
+    heading = ["## What the attention heads look at", ""]
+    command = (
+        f"`python -m training heads --split {heads['split']} --windows {heads['windows']} "
+        f"--json {heads['file']}`"
+    )
+    if heads["stale"]:
+        return [
+            *heading,
+            f"Measured on weights since replaced ({', '.join(heads['stale'])}): rerun {command}.",
+            "",
+        ]
+    lines = [
+        *heading,
+        f"Each head's weights over {heads['windows']} windows of its model's context, laid "
+        f"evenly over the {heads['split']} split, at the queries of a window's second half (each "
+        "sees at least half a window). A cell gives how many tokens back the weight lands on "
+        "average · the weights' entropy in bits · the share on the previous token. Weights spread "
+        "evenly over everything a query may see would land about half its context back, with the "
+        "most entropy (the first line under each table): a head near that averages its context "
+        "like a bag of words; a head with little entropy picks a few tokens.",
+        "",
+    ]
+    for name, model in heads["models"].items():
+        even = model["uniform"]
+        many = model["layers"] * model["heads"] > 1
+        layers = f"{model['layers']} layer{'s' if model['layers'] > 1 else ''}"
+        count = f"{model['heads']} head{'s' if model['heads'] > 1 else ''}"
+        lines += [
+            f"### `{name}` ({layers}, {count}, context {model['context']})",
+            "",
+            heads_table(heads, name),
+            "",
+            f"- Spread evenly: {even['distance']:.1f} tokens back, {even['entropy_bits']:.1f} "
+            "bits.",
+        ]
+        if many:
+            by_layer = [sum(row) / len(row) for row in model["distance"]]
+            far = _most(model, "distance")
+            near = min(
+                (model["distance"][layer][head], layer, head)
+                for layer in range(model["layers"])
+                for head in range(model["heads"])
+            )
+            lines.append(
+                "- Mean distance by layer: "
+                + ", ".join(f"{layer}: {d:.1f}" for layer, d in enumerate(by_layer))
+                + f" tokens. Farthest head: layer {far[1]}, head {far[2]} ({far[0]:.1f} tokens "
+                f"back); nearest: layer {near[1]}, head {near[2]} ({near[0]:.1f})."
+            )
+        previous, own = _most(model, "previous"), _most(model, "self")
+        where = (lambda m: f"layer {m[1]}, head {m[2]}, ") if many else (lambda m: "")
+        lines += [
+            f"- Most weight on the previous token: {where(previous)}{previous[0]:.0%}; on the "
+            f"query's own token: {where(own)}{own[0]:.0%}.",
+            "",
+            f"![attention maps of {name}](heads-{name}.png)",
+            "",
+        ]
+    tokens = {name: len(model["example"]["tokens"]) for name, model in heads["models"].items()}
+    lines += [
+        f"The maps are those of one sentence, «{heads['example']}», read after an end-of-text "
+        "token as the service reads a prompt ("
+        + ", ".join(
+            f"`{name}`: {count} tokens"
+            if count == max(tokens.values())
+            else f"`{name}`: the last {count}, its context"
+            for name, count in tokens.items()
+        )
+        + "): a row per query, its weights along the row. ONNX Runtime on the CPU "
+        f"({heads['cpu']}), {heads['seconds']:.0f} s. Measured by {command}.",
+        "",
+    ]
+    return lines
