@@ -18,4 +18,6 @@ done
 # The context curves of the new models (about 4 minutes on 2 CPU threads; needs the prepared data).
 $py -m training context --json benchmarks/context-test.json ||
   echo "the context curves were not measured again: the report calls them stale"
+$py -m training heads --json benchmarks/heads-test.json ||
+  echo "the attention heads were not measured again: the report calls them stale"
 $py -m training report

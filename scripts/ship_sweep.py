@@ -12,8 +12,9 @@
 - if that moves bengio's context, replaces models/attention-seed with the seed model trained
   at the new context on the same GPU (the two are compared at equal context);
 - copies the CUDA check and the CUDA service benchmark into benchmarks/;
-- where a model was replaced, measures the context curves again (`python -m training context`,
-  about 4 minutes on 2 CPU threads; the report would otherwise call them stale);
+- where a model was replaced, measures the context curves and the attention heads again
+  (`python -m training context` and `heads`, about 4 minutes on 2 CPU threads; the report would
+  otherwise call them stale);
 - regenerates models/README.md.
 """
 
@@ -109,20 +110,37 @@ def main() -> int:
         print("no finished sweep came back: models/ left as it is")
 
     context = args.benchmarks / "context-test.json"
+    heads = args.benchmarks / "heads-test.json"
     if replaced:
-        measured = subprocess.run(
-            [py, "-m", "training", "context", "--models", str(args.models), "--json", str(context)],
-            cwd=ROOT,
-        )
-        if measured.returncode:
-            print(f"the context curves were not measured again: {context} is stale")
+        for command, path, what in (
+            ("context", context, "the context curves"),
+            ("heads", heads, "the attention heads"),
+        ):
+            measured = subprocess.run(
+                [py, "-m", "training", command, "--models", str(args.models), "--json", str(path)],
+                cwd=ROOT,
+            )
+            if measured.returncode:
+                print(f"{what} were not measured again: {path} is stale")
     # The report prints these paths in its commands: relative to the repository where they can be.
     shown = [
-        str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in (cuda_check, context)
+        str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+        for p in (cuda_check, context, heads)
     ]
     report = ["-m", "training", "report", "--models", str(args.models)]
     subprocess.run(
-        [py, *report, "--cuda-check", shown[0], "--context-bench", shown[1]], check=True, cwd=ROOT
+        [
+            py,
+            *report,
+            "--cuda-check",
+            shown[0],
+            "--context-bench",
+            shown[1],
+            "--heads-bench",
+            shown[2],
+        ],
+        check=True,
+        cwd=ROOT,
     )
     return 0
 
