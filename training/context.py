@@ -135,6 +135,15 @@ def weights_sha256(folder: Path) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
 
 
+def check_tokenizer(model: OnnxModel, meta: dict[str, Any], data_dir: Path) -> None:
+    """Refuses a model whose tokenizer is not the one ``data_dir`` was prepared with."""
+    if model.card["tokenizer"]["sha256"] != meta["tokenizer_sha256"]:
+        raise ValueError(
+            f"{model.folder.name} uses tokenizer {model.card['tokenizer']['sha256'][:12]}, but "
+            f"{data_dir} was prepared with {meta['tokenizer_sha256'][:12]}"
+        )
+
+
 def measure(
     models_dir: Path,
     data_dir: Path,
@@ -168,11 +177,7 @@ def measure(
     }
     for folder in folders:
         model = OnnxModel(folder, threads)
-        if model.card["tokenizer"]["sha256"] != meta["tokenizer_sha256"]:
-            raise ValueError(
-                f"{folder.name} uses tokenizer {model.card['tokenizer']['sha256'][:12]}, but "
-                f"{data_dir} was prepared with {meta['tokenizer_sha256'][:12]}"
-            )
+        check_tokenizer(model, meta, data_dir)
         curve = context_curve(model, tokens, coverage=coverage, progress=progress)
         if model.context > SHORT:
             short = context_curve(model, tokens, length=SHORT, coverage=coverage, progress=progress)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.context import weights_sha256
+from training.context import check_tokenizer, weights_sha256
 from training.device import cpu_label
 from training.onnx_model import OnnxModel
 
@@ -121,11 +121,7 @@ def measure(
         "models": {},
     }
     for model in models:
-        if model.card["tokenizer"]["sha256"] != meta["tokenizer_sha256"]:
-            raise ValueError(
-                f"{model.folder.name} uses tokenizer {model.card['tokenizer']['sha256'][:12]}, "
-                f"but {data_dir} was prepared with {meta['tokenizer_sha256'][:12]}"
-            )
+        check_tokenizer(model, meta, data_dir)
         result["models"][model.folder.name] = {
             **measure_model(model, tokens, windows),
             "weights_sha256": weights_sha256(model.folder),

@@ -144,21 +144,30 @@ def build_report(
     }
 
 
+def _measurement(path: Path | None, models_dir: Path) -> dict[str, Any] | None:
+    """A measurement of the shipped models (its ``models`` each with ``weights_sha256``), with
+    its ``file`` and the models ``stale``: measured on weights since replaced. None: no file."""
+    if path is None or not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    result["file"] = str(path)
+    result["stale"] = sorted(
+        name
+        for name, model in result["models"].items()
+        if model.get("weights_sha256") != weights_sha256(models_dir / name)
+    )
+    return result
+
+
 def load_context(context_bench: Path | None, models_dir: Path) -> dict[str, Any] | None:
     """The `training context` result, with the models measured on weights since replaced.
 
     Current: its plot is drawn to models/context.png. Stale: a plot left from before is removed,
     so models/ never shows curves of weights it no longer holds.
     """
-    if context_bench is None or not context_bench.is_file():
+    context = _measurement(context_bench, models_dir)
+    if context is None:
         return None
-    context = json.loads(context_bench.read_text())
-    context["file"] = str(context_bench)
-    context["stale"] = sorted(
-        name
-        for name, curve in context["models"].items()
-        if curve.get("weights_sha256") != weights_sha256(models_dir / name)
-    )
     if context["stale"]:
         (models_dir / "context.png").unlink(missing_ok=True)
     else:
@@ -172,15 +181,9 @@ def load_heads(heads_bench: Path | None, models_dir: Path) -> dict[str, Any] | N
     Current: each model's example maps are drawn to models/heads-NAME.png. Stale: those figures
     are removed, so models/ never shows the heads of weights it no longer holds.
     """
-    if heads_bench is None or not heads_bench.is_file():
+    heads = _measurement(heads_bench, models_dir)
+    if heads is None:
         return None
-    heads = json.loads(heads_bench.read_text())
-    heads["file"] = str(heads_bench)
-    heads["stale"] = sorted(
-        name
-        for name, model in heads["models"].items()
-        if model.get("weights_sha256") != weights_sha256(models_dir / name)
-    )
     for name in heads["models"]:
         figure = models_dir / f"heads-{name}.png"
         if heads["stale"]:
