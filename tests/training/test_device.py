@@ -97,5 +97,5 @@ def test_kept_memory_is_reused_without_page_faults():
         )
         for mode in ("default", "keep")
     }
-    assert faults["default"] > 10 * 2**14 * 0.9, faults
-    assert faults["keep"] < 2**14, faults
+    # 4 KiB pages: 163,840 faults against none here (fewer with transparent huge pages).
+    assert faults["keep"] * 10 < faults["default"], faults
