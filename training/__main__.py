@@ -150,10 +150,10 @@ def _run(args: argparse.Namespace) -> int:
         from training.evaluate import write_json
         from training.heads import format_table, measure
 
-        data_dir = data.resolve_data_dir(args.data)
-        data.ensure_prepared(data_dir, args.corpus)
         if args.windows < 1:
             raise SystemExit(f"error: --windows must be at least 1, not {args.windows}")
+        data_dir = data.resolve_data_dir(args.data)
+        data.ensure_prepared(data_dir, args.corpus)
         try:
             result = measure(args.models, data_dir, args.split, args.windows, args.threads)
         except (ValueError, FileNotFoundError) as error:

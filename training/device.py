@@ -92,7 +92,7 @@ def keep_freed_memory(device: torch.device) -> str:
     it when freed, and gives the heap's free top back to the system. A training step's logits and
     their gradients are such blocks (tiny presets: 32 MiB each), so every step had the kernel
     map and zero them again, page by page: on 2 CPU threads the tiny presets trained about twice
-    as fast, and ``small`` about a third faster, once memory stayed (BENCHMARKS.md). The process
+    as fast, and ``small`` a fifth to a half faster, once memory stayed (BENCHMARKS.md). The process
     keeps its peak memory instead of handing it back between steps. glibc's own variables in the
     environment (MALLOC_TRIM_THRESHOLD_, ...) win; other C libraries are left alone. No effect
     on CUDA, whose tensors PyTorch's caching allocator keeps already.

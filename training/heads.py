@@ -27,7 +27,6 @@ from training.device import cpu_label
 from training.onnx_model import OnnxModel
 
 EXAMPLE = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria."
-STATS = ("distance", "entropy_bits", "self", "previous", "first")
 
 
 def head_stats(attentions: np.ndarray) -> dict[str, np.ndarray]:
