@@ -192,6 +192,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             + (f"; failed: {failed}" if failed else "")
         )
         yield
+        # Stopped: the sessions, their weights and threads, go now rather than with the app
+        # object, which outlives its server where FastAPI's caches of endpoint functions hold it
+        # (a process that makes several apps, as the tests do, would keep every app's models).
+        app.state.engines, app.state.models = {}, {}
+        log.info("stopped: models released")
 
     # The docs pages (/docs, /redoc) with their scripts and styles served from here: FastAPI's
     # own load them from a CDN, which a machine without internet cannot reach.

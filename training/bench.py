@@ -6,10 +6,12 @@ implementation on the same weights and input, and the largest difference between
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -235,12 +237,40 @@ def bench_inference(
 ) -> dict:
     """Batch 1, logits at every position: ONNX Runtime (the shipped graph) against PyTorch eager
     (the same weights), on the CPU with the same number of threads; the max difference too."""
+    rng = torch.Generator().manual_seed(seed)
+    with _torch_threads(threads):
+        rows = _inference_rows(models_dir, names, lengths, threads, repeats, rng)
+    for row in rows:
+        row["speedup"] = row["pytorch_ms"] / row["onnxruntime_ms"]
+    import onnxruntime
+
+    return {
+        "threads": threads,
+        "repeats": repeats,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "rows": rows,
+    }
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for a while: a caller in the same process
+    (the test suite's later trainings) keeps its own count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _inference_rows(models_dir, names, lengths, threads, repeats, rng) -> list[dict]:
     from pathlib import Path
 
     from training.onnx_model import OnnxModel
 
-    torch.set_num_threads(threads)
-    rng = torch.Generator().manual_seed(seed)
     rows = []
     for name in names:
         folder = Path(models_dir) / name
@@ -268,18 +298,7 @@ def bench_inference(
                     "max_abs_diff": float(abs(got - expected).max()),
                 }
             )
-    for row in rows:
-        row["speedup"] = row["pytorch_ms"] / row["onnxruntime_ms"]
-    import onnxruntime
-
-    return {
-        "threads": threads,
-        "repeats": repeats,
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "rows": rows,
-    }
+    return rows
 
 
 def format_inference_table(result: dict) -> str:

@@ -91,3 +91,27 @@ def test_service_sets_the_limit_before_loading_models(caplog, monkeypatch):
         assert client.get("/ready").status_code == 200
     messages = [r.getMessage() for r in caplog.records if r.name == "service.app"]
     assert messages[0] == "malloc arenas: at most 3"
+
+
+def test_stopped_service_releases_its_models():
+    """Once stopped, an app holds no session: FastAPI's caches of endpoint functions can keep the
+    app object itself alive, and with it every model's weights and threads, were they kept."""
+    import gc
+    import weakref
+
+    app = create_app(make_settings())
+    with TestClient(app) as client:
+        assert client.get("/ready").status_code == 200
+        sessions = [
+            weakref.ref(session)
+            for model in app.state.models.values()
+            for session in (model.session, model.attention_session, model.decoder_session)
+            if session is not None
+        ]
+        assert len(sessions) >= 3
+    gc.collect()
+    assert app.state.engines == {} and app.state.models == {}
+    assert [ref for ref in sessions if ref() is not None] == []
+    with TestClient(app) as client:  # started again, it loads them again
+        assert client.get("/ready").status_code == 200
+        assert client.post("/next-token", json={"model": "bengio", "prompt": "Capitu"}).is_success
