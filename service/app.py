@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.ab import ABStats, parse_weights
+from service.docs_pages import DOCS_URL, REDOC_URL, DocsPolicy
 from service.engine import Engine
 from service.errors import error_body, install_error_handlers
 from service.memory import limit_malloc_arenas
@@ -199,8 +200,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("stopped: models released")
 
     # The docs pages (/docs, /redoc) with their scripts and styles served from here: FastAPI's
-    # own load them from a CDN, which a machine without internet cannot reach.
+    # own load them from a CDN, which a machine without internet cannot reach. DocsPolicy (below)
+    # keeps them from loading anything else from elsewhere.
     app = FastAPIOffline(
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
         title="machado-lm",
         version="0.1.0",
         summary="Language models of Machado de Assis, with attention and without, side by side.",
@@ -223,6 +227,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path for path, operations in app.openapi()["paths"].items() if "post" in operations
     )
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, paths=post_paths)
+    docs_paths = frozenset((DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url))
+    app.add_middleware(DocsPolicy, paths=docs_paths)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

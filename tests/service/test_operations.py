@@ -146,3 +146,25 @@ def test_rejected_bodies_logged_and_counted_under_their_path(client, caplog):
     assert re.search(r'machado_requests_total\{[^}]*route="/generate"[^}]*status="415"', metrics), [
         line for line in metrics.splitlines() if "415" in line
     ]
+
+
+def test_docs_pages_carry_a_policy_allowing_their_own_inline_script_only(client):
+    """/docs and /redoc may load from and call this server only; Swagger UI's inline set-up
+    script is allowed by its hash. Other responses get no such header."""
+    import base64
+    import hashlib
+    import re
+
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "connect-src 'self'" in policy, policy
+        assert "img-src 'self' data:;" in policy and "frame-ancestors 'none'" in policy, policy
+        allowed = set(re.findall(r"'sha256-([^']+)'", policy))
+        scripts = re.findall(r"<script>(.*?)</script>", response.text, re.S)
+        hashes = {base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts}
+        assert allowed == hashes and (path == "/redoc" or hashes), (path, allowed, hashes)
+        assert response.headers["x-content-type-options"] == "nosniff"
+    for path in ("/openapi.json", "/health", "/static-offline-docs/redoc.standalone.js"):
+        assert "content-security-policy" not in client.get(path).headers, path
