@@ -107,8 +107,12 @@ def _unparsed_message(cause: BaseException | None) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, exc.field, exc.headers)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        headers = exc.headers
+        model = getattr(request.state, "model", None)
+        if model:  # the model (or A/B arm) the request had reached, named as an answer names it
+            headers = {"X-Model": model, **(headers or {})}
+        return error_response(exc.status, exc.type, exc.message, exc.field, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -115,6 +115,49 @@ def test_ab_openai_completions_count_in_the_stats(ab_client, stream):
     assert tokens_metric(name) == metric_before + made
 
 
+LONG = "Capitu olhou para mim com os olhos de ressaca. " * 30  # ~1,500 characters
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/generate", {"prompt": "Capitu", "max_new_tokens": 32}),
+        ("/next-token", {"prompt": LONG}),
+        ("/score", {"text": LONG}),
+        ("/v1/completions", {"prompt": "Capitu", "max_tokens": 32}),
+        ("/v1/completions", {"prompt": "Capitu", "max_tokens": 32, "stream": True}),
+    ],
+)
+def test_ab_request_that_fails_is_its_arms_error(path, body):
+    """A request through the experiment that runs out of time counts as its arm's error, apart
+    from the arm's answered requests; streamed, it ends on an error chunk."""
+    settings = make_settings(ab_weights="attention=100", request_timeout_s=0.001)
+    with TestClient(create_app(settings)) as client:
+        response = client.post(path, json={"model": "ab", **body})
+        if body.get("stream"):
+            chunks = [line for line in response.iter_lines() if line.startswith("data:")]
+            assert response.status_code == 200 and '"timeout"' in chunks[-1], chunks[-3:]
+        else:
+            assert response.status_code == 504, response.text
+            assert response.json()["error"]["type"] == "timeout"
+        assert response.headers["x-model"] == "attention"
+        arm = client.get("/ab").json()["arms"]["attention"]
+    assert (arm["requests"], arm["errors"], arm["abandoned"]) == (1, 1, 0), arm
+
+
+def test_ab_request_turned_away_names_its_arm_but_is_not_its_error():
+    """A 429 (every slot taken) after the arm was picked names the arm, and is no fault of it."""
+    settings = make_settings(ab_weights="bengio=100", max_concurrency=1)
+    with TestClient(create_app(settings)) as client:
+        client.app.state.in_flight = 1  # the one slot taken
+        try:
+            response = client.post("/next-token", json={"model": "ab", "prompt": "Capitu"})
+        finally:
+            client.app.state.in_flight = 0
+        assert response.status_code == 429 and response.headers["x-model"] == "bengio"
+        assert client.get("/ab").json()["arms"].get("bengio", {}).get("errors", 0) == 0
+
+
 def test_ab_not_offered_on_attention(ab_client):
     r = ab_client.post("/attention", json={"model": "ab", "prompt": "a"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
