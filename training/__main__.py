@@ -48,12 +48,18 @@ def _run(args: argparse.Namespace) -> int:
             args.vocab_size,
         )
     elif args.command == "train":
+        from training.checkpoint import preset
         from training.train import TrainConfig, train
 
+        overrides = _overrides(args.overrides)
+        try:  # before the data is prepared or anything trains
+            preset(args.model, args.preset, **overrides)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
         cfg = TrainConfig(
             kind=args.model,
             preset=args.preset,
-            overrides=_overrides(args.overrides),
+            overrides=overrides,
             out=args.out or Path("runs") / f"{args.model}-{args.preset}",
             data=data.resolve_data_dir(args.data),
             corpus=args.corpus,
@@ -81,8 +87,16 @@ def _run(args: argparse.Namespace) -> int:
         )
         train(cfg)
     elif args.command == "sweep":
+        from training.checkpoint import preset
         from training.sweep import sweep
 
+        factors = _factors(args.vary)
+        try:  # every trial's config, before the first one trains
+            for field, values in factors.items():
+                for value in values:
+                    preset(args.model, args.preset, **{field: value})
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
         train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
         data_dir = data.resolve_data_dir(args.data)
         data.ensure_prepared(data_dir, None)
@@ -95,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             sweep(
                 args.model,
                 args.preset,
-                _factors(args.vary),
+                factors,
                 args.out,
                 [*train_args, "--data", str(data_dir)],
                 args.parallel,
@@ -137,14 +151,17 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "report":
         from training.report import write_report
 
-        written = write_report(
-            args.models,
-            args.threads,
-            args.cuda_check,
-            args.quantize_bench,
-            args.context_bench,
-            args.heads_bench,
-        )
+        try:
+            written = write_report(
+                args.models,
+                args.threads,
+                args.cuda_check,
+                args.quantize_bench,
+                args.context_bench,
+                args.heads_bench,
+            )
+        except FileNotFoundError as error:
+            raise SystemExit(f"error: {error}") from None
         print(f"wrote {written}")
     elif args.command == "heads":
         from training.evaluate import write_json

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attention import CausalSelfAttention, Implementation
+from training.attention import IMPLEMENTATIONS, CausalSelfAttention, Implementation
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,19 @@ class AttentionConfig:
     ffn_mult: int = 4  # feed-forward hidden width = ffn_mult * d_model
     dropout: float = 0.2  # dropout on embeddings, attention output and feed-forward output
     attention: Implementation = "fused"  # self-attention core: loops, matrix or fused
+
+    def __post_init__(self) -> None:
+        """A config that cannot train says so here, not as a NaN loss or a shape error later."""
+        for name in ("vocab_size", "context", "n_layer", "n_head", "d_model", "ffn_mult"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
 
     @property
     def kind(self) -> str:

@@ -29,6 +29,21 @@ class BengioConfig:
     block: int = 128  # positions per training and evaluation window (not a model limit)
     pad_id: int = 0  # token that pads windows before a document start (end-of-text)
 
+    def __post_init__(self) -> None:
+        """A config that cannot train says so here, not as a NaN loss or a shape error later."""
+        for name in ("vocab_size", "context", "d_embedding", "d_hidden", "block"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout!r}")
+        if type(self.direct) is not bool:
+            raise ValueError(f"direct must be True or False, got {self.direct!r}")
+        if type(self.pad_id) is not int or not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(
+                f"pad_id must be a token id below {self.vocab_size}, got {self.pad_id!r}"
+            )
+
     @property
     def kind(self) -> str:
         return "bengio"

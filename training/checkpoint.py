@@ -35,6 +35,12 @@ def preset(kind: str, name: str, **overrides: Any) -> Config:
         raise ValueError(f"model kind {kind!r} is not one of {KINDS}")
     if name not in presets:
         raise ValueError(f"{kind} preset {name!r} is not one of {sorted(presets)}")
+    fields = [f.name for f in dataclasses.fields(presets[name])]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"the {kind} model has no field {', '.join(unknown)}; its fields: {', '.join(fields)}"
+        )
     return dataclasses.replace(presets[name], **overrides)
 
 

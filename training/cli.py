@@ -28,6 +28,50 @@ def _count(text: str) -> int:
     return value
 
 
+def _whole_from_zero(text: str) -> int:
+    """A number of warm-up steps: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _within(low: float, high: float | None = None, *, above: bool = False, below: bool = False):
+    """An argparse type: a number from ``low`` (``above``: more than it) to ``high`` (``below``:
+    less than it), whose error says which."""
+    bounds = f"{'more than' if above else 'at least'} {low:g}"
+    if high is not None:
+        bounds += f" and {'below' if below else 'at most'} {high:g}"
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if above else value < low
+        too_high = high is not None and (value >= high if below else value > high)
+        if too_low or too_high or value != value:  # NaN compares false with everything
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return number
+
+
+def _checkpoint(text: str) -> Path:
+    """A checkpoint folder: one that holds the config.json a run saves beside its weights."""
+    folder = Path(text)
+    if not (folder / "config.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no config.json"
+        raise argparse.ArgumentTypeError(
+            f"{text} {what}: a checkpoint is a run's best/ or last/ folder (config.json and "
+            "model.safetensors)"
+        )
+    return folder
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus",
@@ -85,14 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     for name, kind, text in (
         ("batch-size", _count, "sequences per step and process"),
-        ("lr", float, "peak learning rate"),
-        ("min-lr-ratio", float, "final learning rate as a fraction of the peak"),
-        ("warmup-steps", int, "linear warm-up steps"),
+        ("lr", _within(0, above=True), "peak learning rate"),
+        ("min-lr-ratio", _within(0, 1), "final learning rate as a fraction of the peak"),
+        ("warmup-steps", _whole_from_zero, "linear warm-up steps"),
         ("max-steps", _count, "step budget"),
-        ("time-budget", float, "seconds; the cosine schedule is stretched to end there"),
-        ("weight-decay", float, "AdamW weight decay on matrices"),
-        ("beta2", float, "AdamW beta2"),
-        ("grad-clip", float, "gradient norm clip"),
+        (
+            "time-budget",
+            _within(0, above=True),
+            "seconds; the cosine schedule is stretched to end there",
+        ),
+        ("weight-decay", _within(0), "AdamW weight decay on matrices"),
+        ("beta2", _within(0, 1, below=True), "AdamW beta2"),
+        ("grad-clip", _within(0, above=True), "gradient norm clip"),
         ("eval-interval", _count, "steps between validations"),
         (
             "save-interval",
@@ -163,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("evaluate", help="perplexity and bits per character of a checkpoint")
-    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument(
+        "checkpoint", type=_checkpoint, help="checkpoint folder (config.json + safetensors)"
+    )
     p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split (test)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
@@ -177,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX model folder with its card")
-    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument(
+        "checkpoint", type=_checkpoint, help="checkpoint folder (config.json + safetensors)"
+    )
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/attention")
     p.add_argument("--name", default=None, help="model name (default: the folder's name)")
     p.add_argument(

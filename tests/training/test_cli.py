@@ -31,14 +31,56 @@ def test_cli_bad_override_is_rejected(prepared, tmp_path):
         (["train", "--eval-interval", "-5"], "--eval-interval: must be at least 1, got -5"),
         (["train", "--batch-size", "8.5"], "--batch-size: expected a whole number, got '8.5'"),
         (["sweep", "--parallel", "0"], "--parallel: must be at least 1, got 0"),
+        (["train", "--lr", "-1"], "--lr: must be more than 0, got -1"),
+        (["train", "--lr", "nan"], "--lr: must be more than 0, got nan"),
+        (["train", "--beta2", "1"], "--beta2: must be at least 0 and below 1, got 1"),
+        (["train", "--min-lr-ratio", "1.5"], "--min-lr-ratio: must be at least 0 and at most 1"),
+        (["train", "--warmup-steps", "-1"], "--warmup-steps: must be at least 0, got -1"),
+        (["train", "--grad-clip", "x"], "--grad-clip: expected a number, got 'x'"),
+        (["evaluate", "/nonexistent/run/best"], "/nonexistent/run/best does not exist"),
+        (["export", "tests", "--out", "x"], "tests has no config.json: a checkpoint is a run's"),
     ],
 )
-def test_cli_counts_below_one_are_usage_errors(args, said, capsys):
-    """A step count or interval below 1 would train nothing or divide by zero mid-run: argparse
-    refuses it before anything starts."""
+def test_cli_values_out_of_range_are_usage_errors(args, said, capsys):
+    """A step count or interval below 1 would train nothing or divide by zero mid-run, a
+    learning rate of 0 or less or a beta2 of 1 would train nothing or diverge, and a folder that
+    is no checkpoint would end in a traceback: argparse refuses them before anything starts."""
     with pytest.raises(SystemExit) as ended:
         main(args)
     assert ended.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--preset", "huge"], "attention preset 'huge' is not one of"),
+        (["--set", "layers=2"], "the attention model has no field layers; its fields: vocab_size"),
+        (["--set", "n_head=5"], "d_model 64 is not divisible by n_head 5"),
+        (["--set", "dropout=1"], "dropout must be at least 0 and below 1, got 1"),
+        (["--set", "context=0"], "context must be a whole number of at least 1, got 0"),
+        (["--set", "d_model=64.0"], "d_model must be a whole number of at least 1, got 64.0"),
+        (["--set", "attention=loopz"], "attention 'loopz' is not one of"),
+        (["--model", "bengio", "--set", "direct=3"], "direct must be True or False, got 3"),
+        (["--model", "bengio", "--set", "pad_id=-1"], "pad_id must be a token id below"),
+    ],
+)
+def test_cli_model_config_errors_stop_before_anything_starts(args, said, tmp_path):
+    """A model config that cannot train (context 0 trained to a NaN loss) is refused with a
+    message, before the data is prepared or a run folder made."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as ended:
+        main(["train", *args, "--data", str(tmp_path / "no-data"), "--out", str(out)])
+    assert str(ended.value.code).startswith("error: ") and said in str(ended.value.code)
+    assert not out.exists() and not (tmp_path / "no-data").exists()
+
+
+def test_cli_sweep_refuses_a_value_no_trial_could_train(tmp_path):
+    """Every --vary value is checked as a config before the first trial trains."""
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as ended:
+        main(["sweep", "--vary", "context=4,0", "--out", str(out), "--data", str(tmp_path / "d")])
+    assert "context must be a whole number of at least 1, got 0" in str(ended.value.code)
+    assert not out.exists()
 
 
 def test_cli_evaluate_writes_bpc_json(prepared, tmp_path, capsys):
