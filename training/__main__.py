@@ -167,8 +167,6 @@ def _run(args: argparse.Namespace) -> int:
         from training.evaluate import write_json
         from training.heads import format_table, measure
 
-        if args.windows < 1:
-            raise SystemExit(f"error: --windows must be at least 1, not {args.windows}")
         data_dir = data.resolve_data_dir(args.data)
         data.ensure_prepared(data_dir, args.corpus)
         try:
@@ -201,8 +199,13 @@ def _run(args: argparse.Namespace) -> int:
         write_json(result, args.json)
     elif args.command == "bench-train":
         from training.bench import bench_train
+        from training.checkpoint import preset
         from training.evaluate import write_json
 
+        try:
+            preset(args.model, args.preset)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
         result = bench_train(
             args.model,
             args.preset,

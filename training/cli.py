@@ -28,6 +28,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _vocab_size(text: str) -> int:
+    """A byte-level BPE vocabulary: the 256 bytes, the end-of-text token, and merges."""
+    value = _count(text)
+    if value < 257:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 257 (the 256 bytes and the end-of-text token), got {value}"
+        )
+    return value
+
+
 def _whole_from_zero(text: str) -> int:
     """A number of warm-up steps: a whole number, 0 or more."""
     try:
@@ -108,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="clean the corpus, train the tokenizer, tokenize the splits")
     _add_data_args(p)
-    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (8192)")
+    p.add_argument(
+        "--vocab-size", type=_vocab_size, default=8192, help="BPE vocabulary size (8192)"
+    )
 
     p = sub.add_parser("train", help="train a model (CPU or CUDA; torchrun for several processes)")
     p.add_argument(
@@ -173,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_arg(p)
     p.add_argument(
         "--stop-at",
-        type=int,
+        type=_count,
         default=None,
         help="leave off at this step with the schedule unchanged (then --resume)",
     )
@@ -215,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", type=_checkpoint, help="checkpoint folder (config.json + safetensors)"
     )
     p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split (test)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--batch-size", type=_count, default=32, help="windows per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument(
         "--storage",
@@ -257,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="regenerate models/README.md from the model cards")
     p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for latency")
+    p.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads for latency")
     p.add_argument(
         "--cuda-check",
         type=Path,
@@ -296,11 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to score (test)")
     p.add_argument(
         "--coverage",
-        type=int,
+        type=_count,
         default=4,
         help="windows per window length of stream: each token is scored this many times (4)",
     )
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    p.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads (2)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     _add_data_args(p)
 
@@ -310,19 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
     p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to read (test)")
     p.add_argument(
-        "--windows", type=int, default=64, help="windows of each model's context, laid evenly (64)"
+        "--windows",
+        type=_count,
+        default=64,
+        help="windows of each model's context, laid evenly (64)",
     )
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
+    p.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads (2)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     _add_data_args(p)
 
     p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
-    p.add_argument("--batch", type=int, default=32, help="B (32)")
-    p.add_argument("--steps", type=int, default=32, help="T (32)")
-    p.add_argument("--d-model", type=int, default=128, help="d (128)")
-    p.add_argument("--heads", type=int, default=1, help="heads (1)")
-    p.add_argument("--repeats", type=int, default=100, help="timed runs of matrix and fused")
-    p.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the loops")
+    p.add_argument("--batch", type=_count, default=32, help="B (32)")
+    p.add_argument("--steps", type=_count, default=32, help="T (32)")
+    p.add_argument("--d-model", type=_count, default=128, help="d (128)")
+    p.add_argument("--heads", type=_count, default=1, help="heads (1)")
+    p.add_argument("--repeats", type=_count, default=100, help="timed runs of matrix and fused")
+    p.add_argument("--loop-repeats", type=_count, default=3, help="timed runs of the loops")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
 
@@ -340,19 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokens",
         dest="lengths",
-        type=int,
+        type=_count,
         action="append",
         default=None,
         help="sequence length (repeatable; default: 16, 128, 256)",
     )
-    p.add_argument("--threads", type=int, default=2, help="threads for both (2)")
-    p.add_argument("--repeats", type=int, default=50, help="timed calls per figure (50)")
+    p.add_argument("--threads", type=_count, default=2, help="threads for both (2)")
+    p.add_argument("--repeats", type=_count, default=50, help="timed calls per figure (50)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
 
     p = sub.add_parser("bench-train", help="training throughput of a preset (tokens/s)")
     p.add_argument("--model", choices=("attention", "bengio"), default="attention")
     p.add_argument("--preset", default="base", help="preset (base)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per step (64)")
+    p.add_argument("--batch-size", type=_count, default=64, help="sequences per step (64)")
     p.add_argument(
         "--compile",
         dest="compile_mode",
@@ -361,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         const="default",
         help="torch.compile, optionally with a mode (max-autotune-no-cudagraphs, ...)",
     )
-    p.add_argument("--steps", type=int, default=50, help="timed steps (50)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (10)")
+    p.add_argument("--steps", type=_count, default=50, help="timed steps (50)")
+    p.add_argument("--warmup", type=_whole_from_zero, default=10, help="untimed steps first (10)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     _add_precision_arg(p)
     p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
