@@ -40,6 +40,17 @@ def _factors(pairs: list[str]) -> dict[str, list]:
     return factors
 
 
+def _check_config(kind: str, name: str, overrides: dict | None = None) -> None:
+    """The model config a command would build, checked before it prepares data or trains: one
+    that cannot train ends the command with its reason, not with a traceback later."""
+    from training.checkpoint import preset
+
+    try:
+        preset(kind, name, **(overrides or {}))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "prepare":
         data.prepare(
@@ -48,14 +59,10 @@ def _run(args: argparse.Namespace) -> int:
             args.vocab_size,
         )
     elif args.command == "train":
-        from training.checkpoint import preset
         from training.train import TrainConfig, train
 
         overrides = _overrides(args.overrides)
-        try:  # before the data is prepared or anything trains
-            preset(args.model, args.preset, **overrides)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
+        _check_config(args.model, args.preset, overrides)
         cfg = TrainConfig(
             kind=args.model,
             preset=args.preset,
@@ -87,16 +94,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         train(cfg)
     elif args.command == "sweep":
-        from training.checkpoint import preset
         from training.sweep import sweep
 
         factors = _factors(args.vary)
-        try:  # every trial's config, before the first one trains
-            for field, values in factors.items():
-                for value in values:
-                    preset(args.model, args.preset, **{field: value})
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
+        for field, values in factors.items():  # every trial's, before the first one trains
+            for value in values:
+                _check_config(args.model, args.preset, {field: value})
         train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
         data_dir = data.resolve_data_dir(args.data)
         data.ensure_prepared(data_dir, None)
@@ -199,13 +202,9 @@ def _run(args: argparse.Namespace) -> int:
         write_json(result, args.json)
     elif args.command == "bench-train":
         from training.bench import bench_train
-        from training.checkpoint import preset
         from training.evaluate import write_json
 
-        try:
-            preset(args.model, args.preset)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
+        _check_config(args.model, args.preset)
         result = bench_train(
             args.model,
             args.preset,

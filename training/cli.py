@@ -17,15 +17,23 @@ def parse_value(text: str):
         return text
 
 
-def _count(text: str) -> int:
-    """A number of steps, sequences or evaluations: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole(minimum: int):
+    """An argparse type: a whole number, at least ``minimum``."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole
+
+
+_count = _whole(1)  # steps, sequences, threads, windows, repeats: none of them can be 0
+_whole_from_zero = _whole(0)  # warm-up steps
 
 
 def _vocab_size(text: str) -> int:
@@ -35,17 +43,6 @@ def _vocab_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be at least 257 (the 256 bytes and the end-of-text token), got {value}"
         )
-    return value
-
-
-def _whole_from_zero(text: str) -> int:
-    """A number of warm-up steps: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
