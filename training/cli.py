@@ -94,6 +94,16 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_study_args(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """What the studies of the shipped models over a split (context, heads) share: the models,
+    the split, ONNX Runtime's threads, the JSON result and the prepared data."""
+    parser.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    parser.add_argument("--split", choices=corpus.SPLITS, default="test", help=split_help)
+    parser.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads (2)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _add_data_args(parser)
+
+
 def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
     from training.device import PRECISIONS
 
@@ -300,33 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "context", help="loss against context length: how much of its context each model uses"
     )
-    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    _add_study_args(p, "split to score (test)")
     p.add_argument("--names", nargs="+", default=None, help="only these model folders")
-    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to score (test)")
     p.add_argument(
         "--coverage",
         type=_count,
         default=4,
         help="windows per window length of stream: each token is scored this many times (4)",
     )
-    p.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads (2)")
-    p.add_argument("--json", type=Path, default=None, help="also write the result here")
-    _add_data_args(p)
 
     p = sub.add_parser(
         "heads", help="what each attention head looks at: distance, entropy, previous token"
     )
-    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
-    p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split to read (test)")
+    _add_study_args(p, "split to read (test)")
     p.add_argument(
         "--windows",
         type=_count,
         default=64,
         help="windows of each model's context, laid evenly (64)",
     )
-    p.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads (2)")
-    p.add_argument("--json", type=Path, default=None, help="also write the result here")
-    _add_data_args(p)
 
     p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
     p.add_argument("--batch", type=_count, default=32, help="B (32)")
