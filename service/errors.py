@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.schemas import PATTERN_MEANINGS
+
+log = logging.getLogger("service.errors")
 
 
 class APIError(Exception):
@@ -30,6 +33,20 @@ class APIError(Exception):
 
 def error_body(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
     return {"error": {"type": type_, "message": message, "field": field}}
+
+
+def internal_error(request_id: str | None, where: str, error: Exception) -> dict[str, Any]:
+    """An unexpected failure (a bug, or ONNX Runtime failing): logged with its traceback and the
+    request's id, and answered in the one error shape, naming that id for the client to quote."""
+    log.error(
+        f"{where} failed: {type(error).__name__}: {error}",
+        exc_info=error,
+        extra={"request_id": request_id},
+    )
+    return error_body(
+        "internal_error",
+        f"unexpected {type(error).__name__}; the server logged it under request id {request_id}",
+    )
 
 
 def error_response(
@@ -143,6 +160,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers,
         )
 
+    # The last resort, for a failure of the outermost middleware itself: RequestContext answers
+    # (and logs) every failure beneath it.
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")

@@ -20,7 +20,10 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
 )
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import internal_error
 
 log = logging.getLogger("service.access")
 
@@ -111,6 +114,9 @@ class RequestContext:
     """Pure ASGI middleware: X-Request-Id on every response, a log line and metrics per request.
 
     Routes add what they know (model, prompt) to ``scope["state"]``; the log line reads it back.
+    An unexpected failure beneath it is logged with the request's id and answered here (500,
+    with the id, and the model in X-Model): Starlette's own last resort, outside every
+    middleware, would answer without either and log without the id.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, log_prompts: bool) -> None:
@@ -126,22 +132,29 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
-        status = 500
+        status, answering = 500, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answering
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answering = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            body = internal_error(request_id, f"{scope['method']} {_path(scope)}", error)
+            if answering:  # too late for a 500: the server cuts the answer short
+                raise
+            model = state.get("model")
+            await JSONResponse(body, 500, {"X-Model": model} if model else None)(
+                scope, receive, send_with_id
+            )
         finally:
             seconds = time.perf_counter() - started
-            route = scope.get("route")
-            path = getattr(route, "path", None) or state.get("path") or "unmatched"
+            path = _path(scope)
             model = state.get("model", "")
             self.metrics.requests.labels(path, model, str(status)).inc()
             self.metrics.latency.labels(path).observe(seconds)
@@ -156,3 +169,10 @@ class RequestContext:
             if self.log_prompts and "prompt" in state:
                 extra["prompt"] = state["prompt"]
             log.info(f"{scope['method']} {path} {status}", extra=extra)
+
+
+def _path(scope: Scope) -> str:
+    """The route's template (/v1/models/{model}), or the path a guard rejected, for logs and
+    metrics: a bounded set of labels, whatever paths clients send."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or scope["state"].get("path") or "unmatched"

@@ -166,6 +166,8 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         422: "a field is invalid or over a limit",
         429: "too many requests in flight; see Retry-After",
         503: "model or service not ready",
+        500: "an unexpected failure, logged by the server under the request id that its "
+        "message names (X-Request-Id)",
         504: "the request ran past its time limit",
     }
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
@@ -184,7 +186,7 @@ def sse_doc(description: str) -> dict[int | str, dict]:
     return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}
 
 
-INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)
+INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
 
 
 class CompareModelResult(BaseModel):

@@ -7,7 +7,6 @@ implementation on the same weights and input, and the largest difference between
 from __future__ import annotations
 
 import contextlib
-import platform
 import resource
 import statistics
 import time
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from training.attention import IMPLEMENTATIONS, CausalSelfAttention
+from training.device import cpu_label
 
 
 def _time_ms(fn, repeats: int, device: torch.device) -> float:
@@ -247,7 +247,7 @@ def bench_inference(
     return {
         "threads": threads,
         "repeats": repeats,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_label(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "rows": rows,

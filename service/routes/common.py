@@ -18,7 +18,7 @@ from starlette.background import BackgroundTask
 from service.ab import AB_MODEL, pick_arm
 from service.deadline import Deadline, timed_out
 from service.engine import Engine
-from service.errors import APIError
+from service.errors import APIError, internal_error
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -185,6 +185,12 @@ def event_stream(
         ping=15,
         background=BackgroundTask(release),
     )
+
+
+def failure(request: Request, error: Exception) -> dict:
+    """The error body of an unexpected failure once a stream has started, logged as
+    RequestContext logs one before the answer starts."""
+    return internal_error(request.state.request_id, f"{request.method} {request.url.path}", error)
 
 
 def count_tokens(request: Request, engine: Engine, tokens: int, seconds: float) -> None:

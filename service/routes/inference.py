@@ -30,6 +30,7 @@ from service.routes.common import (
     count_tokens,
     engine_for,
     event_stream,
+    failure,
     inference_slot,
     record_ab,
     require_api_key,
@@ -96,8 +97,8 @@ async def stream_steps(
         if exc.status == CLIENT_CLOSED:
             return  # nobody is there to read an error event: the stream was abandoned
         yield on_error(error_body(exc.type, exc.message, exc.field))
-    except Exception as exc:  # the stream has started: report, never crash the connection
-        yield on_error(error_body("internal_error", f"generation failed: {type(exc).__name__}"))
+    except Exception as exc:  # the stream has started: logged, and said in its last event
+        yield on_error(failure(request, exc))
     finally:
         steps.close()
         await release()
@@ -168,7 +169,7 @@ def build_router(requests: Requests) -> APIRouter:
             return event_stream(request, engine, arm, started, slot, tally, events)
         try:
             result = await run_blocking(request, lambda: _last(steps))
-        except APIError:
+        except Exception:
             record_ab(request, arm, started, False)
             raise
         finally:
@@ -192,7 +193,7 @@ def build_router(requests: Requests) -> APIRouter:
                 result = await run_blocking(
                     request, lambda: engine.next_token(body.prompt, body.top_k)
                 )
-            except APIError:
+            except Exception:
                 record_ab(request, arm, started, False)
                 raise
         record_ab(request, arm, started, True)
@@ -231,7 +232,7 @@ def build_router(requests: Requests) -> APIRouter:
                         body.text, body.per_token, deadline=deadline, window=body.window
                     ),
                 )
-            except APIError:
+            except Exception:
                 record_ab(request, arm, started, False)
                 raise
             seconds = time.perf_counter() - scoring

@@ -38,6 +38,7 @@ from service.routes.common import (
     count_tokens,
     engine_for,
     event_stream,
+    failure,
     inference_slot,
     record_ab,
     require_api_key,
@@ -180,7 +181,7 @@ def build_router(settings: Settings) -> APIRouter:
             usage = body.stream_options is not None and body.stream_options.include_usage
 
             def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
-                return _stream(job, prompts, deadline, usage, tally, release)
+                return _stream(request, job, prompts, deadline, usage, tally, release)
 
             return event_stream(request, engine, arm, started, slot, tally, events)
         try:
@@ -191,7 +192,7 @@ def build_router(settings: Settings) -> APIRouter:
                 for k, generation in enumerate(chosen):
                     completion_tokens += len(generation.steps)
                     choices.append(job.choice(i * body.n + k, prompt, generation))
-        except APIError:
+        except Exception:
             record_ab(request, arm, started, False)
             raise
         finally:
@@ -302,6 +303,7 @@ async def _choices(
 
 
 async def _stream(
+    request: Request,
     job: _Job,
     prompts: list[_Prompt],
     deadline: Deadline,
@@ -359,5 +361,8 @@ async def _stream(
             return  # nobody is there to read an error chunk: the stream was abandoned
         tally.ok, tally.ended = False, True
         yield {"data": json.dumps(error_body(exc.type, exc.message, exc.field))}
+    except Exception as exc:  # the stream has started: logged, and said in its last chunk
+        tally.ok, tally.ended = False, True
+        yield {"data": json.dumps(failure(request, exc), ensure_ascii=False)}
     finally:
         await release()

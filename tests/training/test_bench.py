@@ -49,12 +49,14 @@ def test_bench_attention_cli_writes_json(tmp_path, capsys):
 
 def test_bench_inference_rebuilds_the_shipped_models_in_torch():
     """PyTorch models rebuilt from the shipped graphs' weights agree with ONNX Runtime; the
-    process's torch thread count is left as it was (the suite's later trainings run on it)."""
+    process's torch thread count is left as it was (the suite's later trainings run on it); the
+    CPU is named as the report names it."""
     from pathlib import Path
 
     import torch
 
     from training.bench import bench_inference, format_inference_table
+    from training.device import cpu_label
 
     models = Path(__file__).resolve().parents[2] / "models"
     threads = torch.get_num_threads()
@@ -62,6 +64,7 @@ def test_bench_inference_rebuilds_the_shipped_models_in_torch():
         models, ["attention", "bengio"], [4, 300], threads=threads + 1, repeats=1
     )
     assert torch.get_num_threads() == threads
+    assert result["cpu"] == cpu_label()
     rows = {(r["model"], r["tokens"]) for r in result["rows"]}
     # 300 tokens pass the attention model's context: measured for bengio only
     assert rows == {("attention", 4), ("bengio", 4), ("bengio", 300)}
