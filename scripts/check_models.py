@@ -1,8 +1,9 @@
 """Load every model folder of models/ with nothing but onnxruntime, numpy and tokenizers.
 
-For each model: check the tokenizer's hash against the card, run the graphs on a prompt, and
-greedily continue it. Exits non-zero, saying why, if anything fails. Used by the tests in a fresh
-virtual environment without torch: what a user who installs only the service has.
+For each model: check the hashes of the tokenizer, graphs and weights against the card, run the
+graphs on a prompt, and greedily continue it. Exits non-zero, saying why, if anything fails.
+Used by the tests in a fresh virtual environment without torch: what a user who installs only
+the service has.
 
     python scripts/check_models.py [MODELS_DIR]
 """
@@ -25,6 +26,10 @@ def check(folder: Path) -> str:
     sha = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
     if sha != card["tokenizer"]["sha256"]:
         raise SystemExit(f"{folder.name}: tokenizer hash {sha[:12]} is not the card's")
+    for name, file in card["files"].items():  # the graphs and weights, as exported
+        data = (folder / name).read_bytes()
+        if (len(data), hashlib.sha256(data).hexdigest()) != (file["bytes"], file["sha256"]):
+            raise SystemExit(f"{folder.name}: {name} is not the file its card records")
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = tokenizer.encode("Capitu olhou para mim").ids

@@ -115,6 +115,47 @@ def _open_int8(path: Path, settings: Settings, name: str) -> ort.InferenceSessio
         return None
 
 
+def check_files(folder: Path, card: dict[str, Any]) -> None:
+    """Each graph and weights file has the size and sha256 its card records (``files``), so a
+    damaged, truncated or half-copied file (or a Git LFS pointer in its place) is refused,
+    saying which, instead of loading and answering nonsense. A card without checksums (an
+    export older than them) is loaded unchecked, and the log says so."""
+    files = card.get("files")
+    name = folder.name
+    if files is None:
+        log.warning(
+            f"model {name}: its card records no checksums (exported before cards had them), so "
+            f"its files load unchecked; `python -m training checksums {folder}` records them",
+            extra={"model": name},
+        )
+        return
+    read = {"model.onnx", *card.get("graphs", {})} | {
+        p.name for p in folder.glob("*.bin") if p.is_file()
+    }
+    left_out = sorted(read - set(files))
+    if left_out:
+        raise ValueError(f"the card records no checksum for {', '.join(left_out)}")
+    for file_name, expected in sorted(files.items()):
+        path = folder / file_name
+        if path.parent != folder:
+            raise ValueError(f"the card lists {file_name!r}, which is not a file of {name}/")
+        if not path.is_file():
+            raise FileNotFoundError(f"{file_name} is missing from {name}/")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise ValueError(
+                f"{file_name} has {size:,} bytes, the card records {expected['bytes']:,}: a "
+                "truncated or unfinished copy (or a Git LFS pointer instead of the file)"
+            )
+        with path.open("rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        if digest != expected["sha256"]:
+            raise ValueError(
+                f"{file_name} has sha256 {digest[:12]}, the card records "
+                f"{expected['sha256'][:12]}: the file is damaged or comes from another export"
+            )
+
+
 @dataclass
 class ProviderChoice:
     """Providers for the next session, and why; narrowed to CPU once CUDA proves unusable."""
@@ -141,6 +182,7 @@ def load_model(
         if digest not in tokenizers:
             tokenizers[digest] = Tokenizer.from_file(str(tok_path))
         model.tokenizer = tokenizers[digest]
+        check_files(folder, model.card)
         probing = choice.providers[0] == CUDA
         int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
         if int8:
@@ -194,7 +236,10 @@ def load_model(
     except Exception as exc:  # a broken folder is reported, never fatal
         model.error = f"{type(exc).__name__}: {exc}"
         model.session = model.attention_session = model.decoder_session = None
-        log.error("model failed to load", extra={"model": model.name, "error": model.error})
+        log.error(
+            f"model {model.name} failed to load: {model.error}",
+            extra={"model": model.name, "error": model.error},
+        )
         return model
     precision = model.precision
     if precision == "int8" and int8_weight_bits() == 7:

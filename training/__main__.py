@@ -151,6 +151,12 @@ def _run(args: argparse.Namespace) -> int:
         if history.is_file():
             shutil.copyfile(history, args.out / "metrics.jsonl")
         print(json.dumps({k: card[k] for k in ("name", "kind", "parameters", "context")}))
+    elif args.command == "checksums":
+        from training.export import record_checksums
+
+        for folder in args.folders:
+            for name, file in record_checksums(folder).items():
+                print(f"{folder / name}: {file['bytes']:,} bytes, sha256 {file['sha256']}")
     elif args.command == "report":
         from training.report import write_report
 

@@ -79,6 +79,17 @@ def _checkpoint(text: str) -> Path:
     return folder
 
 
+def _model_folder(text: str) -> Path:
+    """An exported model folder: one that holds the card.json export writes beside its graphs."""
+    folder = Path(text)
+    if not (folder / "card.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no card.json"
+        raise argparse.ArgumentTypeError(
+            f"{text} {what}: a model folder is what `export` writes (card.json and graphs)"
+        )
+    return folder
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus",
@@ -273,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, default=None, help="prepared data folder")
     p.add_argument("--note", default=None, help="a sentence on how it was trained, for the card")
+
+    p = sub.add_parser(
+        "checksums",
+        help="record the size and sha256 of a model folder's graphs and weights in its card",
+        description="Record in each folder's card.json the size and sha256 of its graphs and "
+        "weights, which the service checks before loading them. `export` records them itself: "
+        "this is for folders exported before cards had them, and only for files known to be "
+        "good, since whatever is there becomes what the service accepts.",
+    )
+    p.add_argument("folders", type=_model_folder, nargs="+", help="model folders (with card.json)")
 
     p = sub.add_parser("report", help="regenerate models/README.md from the model cards")
     p.add_argument("--models", type=Path, default=Path("models"), help="models folder")

@@ -242,6 +242,28 @@ def runtime_ops(graph: Path, threads: int = 1) -> list[str]:
     return [node.op_type for node in nodes]
 
 
+def file_checksums(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of a model folder that a runtime reads (its graphs and
+    their weights), for the card: the service checks them before it loads anything, so a
+    damaged or half-copied file is refused instead of served."""
+    read = [p.name for p in folder.iterdir() if p.suffix == ".onnx" or p.name == WEIGHTS_FILE]
+    return {
+        name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+        for name in sorted(read)
+    }
+
+
+def record_checksums(folder: Path) -> dict[str, dict[str, Any]]:
+    """The card of ``folder`` rewritten with the checksums of the files there now (export records
+    them itself; this is for a folder exported before cards had them). Only for files known to
+    be good: whatever is there becomes what the service accepts."""
+    card_path = folder / "card.json"
+    card = json.loads(card_path.read_text())
+    card["files"] = file_checksums(folder)
+    card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    return card["files"]
+
+
 def export_checkpoint(
     checkpoint: Path,
     out: Path,
@@ -319,6 +341,7 @@ def export_checkpoint(
         "storage": storage,
         "opset": OPSET,
         "graphs": described,
+        "files": file_checksums(out),
         "training": {
             "data": info.get("data"),
             "hardware": info.get("hardware"),

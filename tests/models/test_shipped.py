@@ -43,6 +43,18 @@ def test_shipped_attention_beats_bengio_on_test_bpc():
     assert attention < bengio, (attention, bengio)
 
 
+def test_shipped_cards_record_the_checksums_of_their_files():
+    """Every file of a shipped model that a runtime reads has its size and sha256 in the card,
+    and they hold: a replaced graph or weights file fails here until its card says so."""
+    from service.registry import check_files
+
+    for name in SHIPPED:
+        card = _card(name)
+        runtime_files = {p.name for p in (MODELS / name).iterdir() if p.suffix in (".onnx", ".bin")}
+        assert set(card["files"]) == runtime_files, (name, sorted(card["files"]))
+        check_files(MODELS / name, card)
+
+
 def test_shipped_models_share_one_tokenizer():
     hashes = {_card(name)["tokenizer"]["sha256"] for name in SHIPPED}
     assert len(hashes) == 1

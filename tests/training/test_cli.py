@@ -39,6 +39,7 @@ def test_cli_bad_override_is_rejected(prepared, tmp_path):
         (["train", "--grad-clip", "x"], "--grad-clip: expected a number, got 'x'"),
         (["evaluate", "/nonexistent/run/best"], "/nonexistent/run/best does not exist"),
         (["export", "tests", "--out", "x"], "tests has no config.json: a checkpoint is a run's"),
+        (["checksums", "tests"], "tests has no card.json: a model folder is what `export` writes"),
         (["heads", "--windows", "0"], "--windows: must be at least 1, got 0"),
         (["context", "--threads", "0"], "--threads: must be at least 1, got 0"),
         (["bench-attention", "--repeats", "0"], "--repeats: must be at least 1, got 0"),

@@ -52,6 +52,27 @@ def exported(request, prepared, tmp_path_factory):
     return kind, root / "run" / "best", folders, load_tokenizer(prepared / "tokenizer.json")
 
 
+def test_export_card_records_each_files_size_and_sha256(exported):
+    """The card lists every graph and the weights with their size and sha256 (what the service
+    checks before loading); `checksums` writes the same for a folder whose card lacks them."""
+    from training.__main__ import main
+
+    _, _, folders, _ = exported
+    folder = folders["float16"]
+    card = json.loads((folder / "card.json").read_text())
+    on_disk = sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".bin"))
+    assert sorted(card["files"]) == on_disk and "weights.bin" in on_disk, card["files"]
+    for name, file in card["files"].items():
+        assert file == {
+            "bytes": (folder / name).stat().st_size,
+            "sha256": file_sha256(folder / name),
+        }
+    files = card.pop("files")
+    (folder / "card.json").write_text(json.dumps(card))
+    assert main(["checksums", str(folder)]) == 0
+    assert json.loads((folder / "card.json").read_text())["files"] == files
+
+
 def _torch_model(checkpoint, storage: str):
     model = load_checkpoint(checkpoint)
     if storage == "float16":
