@@ -115,11 +115,19 @@ def _open_int8(path: Path, settings: Settings, name: str) -> ort.InferenceSessio
         return None
 
 
-def check_files(folder: Path, card: dict[str, Any]) -> None:
-    """Each graph and weights file has the size and sha256 its card records (``files``), so a
-    damaged, truncated or half-copied file (or a Git LFS pointer in its place) is refused,
-    saying which, instead of loading and answering nonsense. A card without checksums (an
-    export older than them) is loaded unchecked, and the log says so."""
+# Without its key/value cache graph a model still answers the same, a window a token: a problem
+# with that file alone leaves the model serving (a warning), a problem with any other refuses it.
+CACHE_GRAPH = "decoder.onnx"
+
+
+def file_problems(folder: Path, card: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with each graph or weights file of ``folder`` against the size and sha256
+    its card records (``files``): missing, damaged, truncated or half-copied (or a Git LFS
+    pointer in its place), by file name; none for files as exported. Found before ONNX Runtime
+    reads them, which would load a damaged file and answer nonsense, or fail on a truncated one
+    with a message about its internals. A card that leaves out a file read, or lists one outside
+    the folder, is refused (ValueError). A card without checksums (an export older than them)
+    has its files loaded unchecked, and the log says so."""
     files = card.get("files")
     name = folder.name
     if files is None:
@@ -128,32 +136,37 @@ def check_files(folder: Path, card: dict[str, Any]) -> None:
             f"its files load unchecked; `python -m training checksums {folder}` records them",
             extra={"model": name},
         )
-        return
+        return {}
     read = {"model.onnx", *card.get("graphs", {})} | {
         p.name for p in folder.glob("*.bin") if p.is_file()
     }
     left_out = sorted(read - set(files))
     if left_out:
         raise ValueError(f"the card records no checksum for {', '.join(left_out)}")
+    outside = [f for f in sorted(files) if (folder / f).parent != folder]
+    if outside:
+        raise ValueError(f"the card lists {outside[0]!r}, which is not a file of {name}/")
+    problems = {}
     for file_name, expected in sorted(files.items()):
         path = folder / file_name
-        if path.parent != folder:
-            raise ValueError(f"the card lists {file_name!r}, which is not a file of {name}/")
         if not path.is_file():
-            raise FileNotFoundError(f"{file_name} is missing from {name}/")
+            problems[file_name] = f"{file_name} is missing from {name}/"
+            continue
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise ValueError(
+            problems[file_name] = (
                 f"{file_name} has {size:,} bytes, the card records {expected['bytes']:,}: a "
                 "truncated or unfinished copy (or a Git LFS pointer instead of the file)"
             )
+            continue
         with path.open("rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()
         if digest != expected["sha256"]:
-            raise ValueError(
+            problems[file_name] = (
                 f"{file_name} has sha256 {digest[:12]}, the card records "
                 f"{expected['sha256'][:12]}: the file is damaged or comes from another export"
             )
+    return problems
 
 
 @dataclass
@@ -182,7 +195,10 @@ def load_model(
         if digest not in tokenizers:
             tokenizers[digest] = Tokenizer.from_file(str(tok_path))
         model.tokenizer = tokenizers[digest]
-        check_files(folder, model.card)
+        problems = file_problems(folder, model.card)
+        refused = [problem for file, problem in problems.items() if file != CACHE_GRAPH]
+        if refused:
+            raise ValueError("; ".join(refused))
         probing = choice.providers[0] == CUDA
         int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
         if int8:
@@ -222,11 +238,13 @@ def load_model(
             model.attention_session = _open(folder / "attention.onnx", settings, [got])
         if (
             settings.kv_cache
-            and "decoder.onnx" in model.card.get("graphs", {})
+            and CACHE_GRAPH in model.card.get("graphs", {})
             and int(model.card["context"]) >= MIN_CACHE_CONTEXT
         ):
             try:
-                model.decoder_session = _open(folder / "decoder.onnx", settings, [got], int8)
+                if CACHE_GRAPH in problems:
+                    raise ValueError(problems[CACHE_GRAPH])
+                model.decoder_session = _open(folder / CACHE_GRAPH, settings, [got], int8)
             except Exception as exc:  # the model still generates, a window a token
                 log.warning(
                     f"model {model.name}: its key/value cache graph did not load, generating "

@@ -23,10 +23,21 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
+class NonFiniteLogits(ArithmeticError):
+    """A model's output holds NaN or infinity: broken weights or graph, never a request's fault
+    (answered as a 500 and logged, instead of tokens drawn from nonsense)."""
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Log-probabilities in float64 (stable for any finite or -inf logits)."""
+    """Log-probabilities in float64 (stable for any finite or -inf logits). A row with NaN, +inf
+    or nothing but -inf has none: NonFiniteLogits."""
     x = logits.astype(np.float64)
-    top = np.max(x, axis=-1, keepdims=True)
+    top = np.max(x, axis=-1, keepdims=True)  # NaN if the row holds one
+    if not np.isfinite(top).all():
+        raise NonFiniteLogits(
+            f"{int((~np.isfinite(top)).sum())} of {top.size} rows of logits hold NaN or "
+            "infinity (or only -inf): the model's weights or graph are broken"
+        )
     return x - top - np.log(np.sum(np.exp(x - top), axis=-1, keepdims=True))
 
 

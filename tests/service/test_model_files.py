@@ -1,6 +1,7 @@
 """A model folder whose files are not those its card records is refused, saying which file and
 how it differs, before ONNX Runtime reads it: a damaged weights file would otherwise load and
-answer nonsense, and a truncated one fail with a message about ONNX Runtime's internals."""
+answer nonsense, and a truncated one fail with a message about ONNX Runtime's internals. Only a
+damaged key/value cache graph leaves the model serving, without its cache."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.registry import check_files
+from service.engine import Engine
+from service.registry import file_problems, load_models
+from service.sampling import SamplingParams
 from tests.service.conftest import MODELS, make_settings
 
 NAME = "attention-seed"  # the smallest shipped model with all three graphs
@@ -30,13 +33,14 @@ def card_of(folder) -> dict:
 
 
 def refusal(folder) -> str:
-    with pytest.raises((ValueError, FileNotFoundError)) as caught:
-        check_files(folder, card_of(folder))
+    """The card's own problem, which refuses the model whatever its files."""
+    with pytest.raises(ValueError) as caught:
+        file_problems(folder, card_of(folder))
     return str(caught.value)
 
 
 def test_model_files_as_the_card_records_them_pass(folder):
-    check_files(folder, card_of(folder))
+    assert file_problems(folder, card_of(folder)) == {}
 
 
 def test_model_files_damaged_weights_are_refused_by_their_hash(folder):
@@ -45,8 +49,8 @@ def test_model_files_damaged_weights_are_refused_by_their_hash(folder):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x40
     weights.write_bytes(data)
-    message = refusal(folder)
-    assert message.startswith("weights.bin has sha256 "), message
+    [(name, message)] = file_problems(folder, card_of(folder)).items()
+    assert name == "weights.bin" and message.startswith("weights.bin has sha256 "), message
     assert "damaged or comes from another export" in message, message
 
 
@@ -55,14 +59,15 @@ def test_model_files_truncated_weights_are_refused_by_their_size(folder):
     size = weights.stat().st_size
     with weights.open("r+b") as stream:
         stream.truncate(size // 3)
-    message = refusal(folder)
+    message = file_problems(folder, card_of(folder))["weights.bin"]
     assert message.startswith(f"weights.bin has {size // 3:,} bytes, the card records {size:,}")
     assert "Git LFS pointer" in message, message
 
 
 def test_model_files_a_missing_graph_is_named(folder):
-    (folder / "decoder.onnx").unlink()
-    assert refusal(folder) == f"decoder.onnx is missing from {NAME}/"
+    (folder / "attention.onnx").unlink()
+    problems = file_problems(folder, card_of(folder))
+    assert problems == {"attention.onnx": f"attention.onnx is missing from {NAME}/"}
 
 
 def test_model_files_the_card_must_cover_every_file_read(folder):
@@ -87,7 +92,7 @@ def test_model_files_a_card_without_checksums_loads_unchecked_and_says_so(folder
     card = card_of(folder)
     del card["files"]
     with caplog.at_level(logging.WARNING, logger="service.registry"):
-        check_files(folder, card)
+        assert file_problems(folder, card) == {}
     [record] = [r for r in caplog.records if r.name == "service.registry"]
     assert "records no checksums" in record.getMessage(), record.getMessage()
     assert f"python -m training checksums {folder}" in record.getMessage()
@@ -108,3 +113,21 @@ def test_model_files_a_damaged_model_is_not_served(folder):
         answer = client.post("/generate", json={"model": NAME, "prompt": "Capitu"})
         assert answer.status_code == 503, answer.text
         assert "weights.bin has sha256" in answer.json()["error"]["message"]
+
+
+def test_model_files_a_damaged_cache_graph_leaves_the_model_serving_without_it(tmp_path, caplog):
+    """The key/value cache graph only makes generation faster: damaged, it is left out with a
+    warning that says how, and the model generates a window a token."""
+    shutil.copy(MODELS / "tokenizer.json", tmp_path / "tokenizer.json")
+    folder = shutil.copytree(MODELS / "attention", tmp_path / "attention")
+    graph = folder / "decoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    graph.write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="service.registry"):
+        model = load_models(make_settings(models_dir=tmp_path))["attention"]
+    assert model.ready and model.decoder_session is None
+    assert "key/value cache graph did not load" in caplog.text
+    assert "decoder.onnx has sha256" in caplog.text, caplog.text
+    steps = list(Engine(model).generate("Capitu", 3, SamplingParams(temperature=0.0), 0, [], 0))
+    assert len(steps[-1].steps) == 3

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from service.engine import Engine
 from service.sampling import (
+    NonFiniteLogits,
     SamplingParams,
     adjust,
     apply_frequency_presence,
@@ -174,6 +175,16 @@ def test_sampling_log_softmax_and_entropy():
     assert entropy_bits(log_softmax(np.array([0.0, -np.inf]))) == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize(
+    "row", [[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [-np.inf, -np.inf, -np.inf]], ids=str
+)
+def test_sampling_log_softmax_refuses_a_row_with_no_probabilities(row):
+    """NaN, +inf, or nothing but -inf: no distribution to draw from or report, in any row."""
+    logits = np.array([[0.0, 1.0, 2.0], row])
+    with pytest.raises(NonFiniteLogits, match="1 of 2 rows of logits hold NaN or infinity"):
+        log_softmax(logits)
+
+
 def test_sampling_first_stop():
     assert first_stop("abc. def", [".", "def"]) == 3
     assert first_stop("abc", ["x"]) == -1
@@ -218,6 +229,27 @@ def _finish(engine: Engine, prompt: str, n: int, **kw):
     options.update(kw)
     *steps, final = engine.generate(prompt, n, **options)
     return steps, final
+
+
+class NaNSession(CountingSession):
+    """The fake model broken: NaN in every logit, as damaged weights give."""
+
+    def run(self, names, feeds):
+        return [np.full_like(super().run(names, feeds)[0], np.nan)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_generate_from_non_finite_logits_fails_instead_of_drawing(temperature):
+    """Greedy or sampled, a generation stops at the first broken step, as do /next-token and
+    /score: no token drawn from NaN, no NaN log-probability in an answer."""
+    engine = _fake_engine()
+    engine.model.session = NaNSession(engine.vocab_size)
+    with pytest.raises(NonFiniteLogits):
+        _finish(engine, "a", 3, params=SamplingParams(temperature=temperature), seed=1)
+    with pytest.raises(NonFiniteLogits):
+        engine.next_token("a", 5)
+    with pytest.raises(NonFiniteLogits):
+        engine.score("a b c", per_token=False)
 
 
 def test_generate_greedy_follows_the_known_logits():

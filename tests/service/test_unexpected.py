@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -144,3 +145,30 @@ def test_service_serves_on_after_unexpected_failures(broken_bengio):
     assert broken_bengio.app.state.in_flight == 0
     response = broken_bengio.post("/next-token", json={"model": "attention", "prompt": "Capitu"})
     assert response.status_code == 200, response.text
+
+
+class NaNSession(BrokenSession):
+    """A session that runs and answers NaN everywhere, as damaged weights can."""
+
+    def run(self, *args, **kwargs):
+        return [np.full_like(output, np.nan) for output in self.session.run(*args, **kwargs)]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/generate", {"model": "bengio", "prompt": "Capitu", "max_new_tokens": 4}),
+        ("/next-token", {"model": "bengio", "prompt": "Capitu"}),
+        ("/score", {"model": "bengio", "text": "Capitu olhou para mim."}),
+    ],
+)
+def test_model_answering_nan_is_a_500_not_nonsense(errors_log, path, body):
+    """A model whose logits are NaN gets no token drawn and no NaN reported: a 500, logged."""
+    with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
+        model = client.app.state.models["bengio"]
+        model.session = NaNSession(model.session)
+        response = client.post(path, json=body)
+    assert response.status_code == 500, response.text
+    assert response.json()["error"]["message"].startswith("unexpected NonFiniteLogits;")
+    [record] = errors_log
+    assert "rows of logits hold NaN or infinity" in record.getMessage()
