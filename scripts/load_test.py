@@ -10,10 +10,11 @@ rejection is a 429. Memory is recorded, not judged (BENCHMARKS.md reads the seri
 
 `--hang-up P` makes it a test of what clients that give up do to the server: each request is,
 with probability P, abandoned by its client after a random 20 to 500 ms (the connection closed
-mid-request or mid-stream). The run then also fails unless, within 10 s of its end, the server
-has no request in flight, and a set of probes (each model's greedy /generate, /next-token and
-/score of a fixed text, taken before the run) answer exactly as they did before it: nothing that
-the abandoned requests held (concurrency slots, batches, key/value caches) stayed behind.
+mid-request, mid-stream or while it waits for a slot). The run then also fails unless, within
+10 s of its end, the server has no request in flight or waiting, and a set of probes (each
+model's greedy /generate, /next-token and /score of a fixed text, taken before the run) answer
+exactly as they did before it: nothing that the abandoned requests held (concurrency slots,
+places in line, batches, key/value caches) stayed behind.
 
     python scripts/load_test.py --clients 32 --seconds 60 --json benchmarks/load-cpu.json
     python scripts/load_test.py --clients 32 --seconds 120 --hang-up 0.3 \
@@ -166,11 +167,16 @@ def probe(base: str, models: list[str]) -> dict:
     return answers
 
 
-def in_flight(base: str) -> float:
+def gauge(base: str, name: str) -> float:
     for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith("machado_in_flight_requests "):
+        if line.startswith(f"{name} "):
             return float(line.split()[1])
-    raise RuntimeError("/metrics has no machado_in_flight_requests")
+    raise RuntimeError(f"/metrics has no {name}")
+
+
+def in_flight(base: str) -> float:
+    """Requests running or waiting for a slot."""
+    return gauge(base, "machado_in_flight_requests") + gauge(base, "machado_queued_requests")
 
 
 def client_closed(base: str) -> int:
@@ -207,6 +213,11 @@ async def run(base: str, pid: int, clients: int, seconds: float, hang_up: float 
         *(client_loop(base, i, deadline, results, hang_up) for i in range(clients)),
     )
     return {"results": results, "memory": memory, "seconds": time.monotonic() - start}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -265,6 +276,9 @@ def main() -> None:
         "probes_unchanged": before == after,
         "by_route": {k: dict(v) for k, v in sorted(by_route.items())},
         "p50_ms": {k: statistics.median(v) for k, v in sorted(latencies.items())},
+        "p95_ms": {k: _quantile(v, 0.95) for k, v in sorted(latencies.items())},
+        "p99_ms": {k: _quantile(v, 0.99) for k, v in sorted(latencies.items())},
+        "answered_per_s": statuses["200"] / outcome["seconds"],
         "rss_mib": {
             "first_half_mean": statistics.mean(memory[:half]),
             "second_half_mean": statistics.mean(memory[half:]),

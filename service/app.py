@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.ab import ABStats, parse_weights
+from service.admission import Admission
 from service.docs_pages import DOCS_URL, REDOC_URL, DocsPolicy
 from service.engine import Engine
 from service.errors import error_body, install_error_handlers
@@ -176,7 +177,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for name, m in models.items()
             if m.ready
         }
-        app.state.in_flight = 0
         for name, m in models.items():
             app.state.metrics.models.labels(name, m.provider or "none", m.precision).set(
                 1 if m.ready else 0
@@ -211,8 +211,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.models, app.state.engines, app.state.in_flight = {}, {}, 0
+    app.state.models, app.state.engines = {}, {}
     app.state.metrics, app.state.ab_stats = Metrics(), ABStats()
+    app.state.admission = Admission(
+        settings.max_concurrency, settings.max_queue, settings.queue_timeout_s
+    )
+    app.state.metrics.in_flight.set_function(lambda: app.state.admission.running)
+    app.state.metrics.queued.set_function(lambda: app.state.admission.waiting)
     app.state.ab_weights, app.state.ab_error = {}, None
     app.state.started = time.time()
     install_error_handlers(app)

@@ -58,6 +58,15 @@ class Metrics:
         self.in_flight = Gauge(
             "machado_in_flight_requests", "inference requests running", registry=r
         )
+        self.queued = Gauge(
+            "machado_queued_requests", "inference requests waiting for a slot", registry=r
+        )
+        self.queue_wait = Histogram(
+            "machado_queue_wait_seconds",
+            "time an inference request waited for a slot (0 when one was free)",
+            buckets=(0, *LATENCY_BUCKETS),
+            registry=r,
+        )
         self.rejected = Counter(
             "machado_rejected_requests_total",
             "requests turned away before inference",

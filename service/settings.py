@@ -78,7 +78,25 @@ class Settings(BaseSettings):
         "sharing calls; 0: never wait. A request alone never waits",
     )
     max_concurrency: int = Field(
-        8, ge=1, le=1024, description="inference requests at once; more get 429"
+        8,
+        ge=1,
+        le=1024,
+        description="inference requests running at once; more wait in line (max_queue)",
+    )
+    max_queue: int = Field(
+        32,
+        ge=0,
+        le=100_000,
+        description="inference requests that may wait for a slot while max_concurrency run, "
+        "first come first served; more get 429 at once. 0: none wait (429 as soon as every "
+        "slot is taken)",
+    )
+    queue_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="longest a request waits in line for a slot before a 429; its time limit "
+        "(request_timeout_s) starts once it has one",
     )
     request_timeout_s: float = Field(
         60.0,

@@ -16,6 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from service.ab import AB_MODEL, pick_arm
+from service.admission import Overloaded
 from service.deadline import Deadline, timed_out
 from service.engine import Engine
 from service.errors import APIError, internal_error
@@ -104,26 +105,21 @@ def resolve(request: Request, name: str, client_id: str | None = None) -> tuple[
 
 @asynccontextmanager
 async def inference_slot(request: Request) -> AsyncIterator[Deadline]:
-    """Holds one of the max_concurrency slots (429 when none is free); yields the request's
-    Deadline: its time limit, and whether its client has hung up."""
+    """Holds one of the max_concurrency slots, waiting in line for one if every slot is taken
+    (429 when the line is full or the wait too long: service.admission); yields the request's
+    Deadline: its time limit, from now, and whether its client has hung up."""
     state, settings = request.app.state, settings_of(request)
-    if state.in_flight >= settings.max_concurrency:
-        state.metrics.rejected.labels("overloaded").inc()
-        raise APIError(
-            429,
-            "overloaded",
-            f"{state.in_flight} requests are in flight, the limit is "
-            f"{settings.max_concurrency}; retry shortly",
-            None,
-            {"Retry-After": "1"},
-        )
-    state.in_flight += 1
-    state.metrics.in_flight.set(state.in_flight)
+    hung_up = getattr(request.state, "hung_up", None)
     try:
-        yield Deadline(settings.request_timeout_s, getattr(request.state, "hung_up", None))
+        waited = await state.admission.enter(hung_up)
+    except Overloaded as error:
+        state.metrics.rejected.labels(error.reason).inc()
+        raise
+    state.metrics.queue_wait.observe(waited)
+    try:
+        yield Deadline(settings.request_timeout_s, hung_up)
     finally:
-        state.in_flight -= 1
-        state.metrics.in_flight.set(state.in_flight)
+        state.admission.leave()
 
 
 async def run_blocking(request: Request, fn: Callable[[], T]) -> T:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,19 @@ def make_settings(**changes) -> Settings:
     )
     fields.update(changes)
     return Settings(**fields)
+
+
+@contextmanager
+def every_slot_taken(client: TestClient) -> Iterator[None]:
+    """The service as if max_concurrency requests ran and no more might wait: the next
+    inference request is turned away."""
+    admission = client.app.state.admission
+    saved = admission.running, admission.queue
+    admission.running, admission.queue = admission.slots, 0
+    try:
+        yield
+    finally:
+        admission.running, admission.queue = saved
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from service.ab import ABStats, parse_weights, pick_arm
 from service.app import create_app
-from tests.service.conftest import make_settings
+from tests.service.conftest import every_slot_taken, make_settings
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +149,8 @@ def test_ab_request_turned_away_names_its_arm_but_is_not_its_error():
     """A 429 (every slot taken) after the arm was picked names the arm, and is no fault of it."""
     settings = make_settings(ab_weights="bengio=100", max_concurrency=1)
     with TestClient(create_app(settings)) as client:
-        client.app.state.in_flight = 1  # the one slot taken
-        try:
+        with every_slot_taken(client):
             response = client.post("/next-token", json={"model": "ab", "prompt": "Capitu"})
-        finally:
-            client.app.state.in_flight = 0
         assert response.status_code == 429 and response.headers["x-model"] == "bengio"
         assert client.get("/ab").json()["arms"].get("bengio", {}).get("errors", 0) == 0
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.service.conftest import make_settings
+from tests.service.conftest import every_slot_taken, make_settings
 
 
 def _error(response, status: int, type_: str, field: str | None = None) -> dict:
@@ -367,12 +367,9 @@ def test_api_chat_completions_points_to_completions(client):
 
 
 def test_api_overloaded_429_with_retry_after(client):
-    """With every slot taken, an inference request is turned away at once."""
-    client.app.state.in_flight = client.app.state.settings.max_concurrency
-    try:
+    """With every slot taken and no room to wait, an inference request is turned away at once."""
+    with every_slot_taken(client):
         response = client.post("/next-token", json={"model": "attention", "prompt": "a"})
-    finally:
-        client.app.state.in_flight = 0
     _error(response, 429, "overloaded")
     assert response.headers["retry-after"] == "1"
     assert client.post("/next-token", json={"model": "attention", "prompt": "a"}).status_code == 200

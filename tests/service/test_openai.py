@@ -196,7 +196,7 @@ def test_openai_parameters_out_of_bounds_are_422(client, path, changes, field):
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_field" and error["field"] == field, error
-    assert client.app.state.in_flight == 0
+    assert client.app.state.admission.running == 0
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.logs import JsonFormatter
-from tests.service.conftest import make_settings
+from tests.service.conftest import every_slot_taken, make_settings
 
 BODY = {"model": "attention-seed", "prompt": "Capitu olhou", "max_new_tokens": 2}
 
@@ -69,15 +69,10 @@ def test_metrics_in_prometheus_format(client):
 
 
 def test_rejections_counted(client):
-    client.app.state.in_flight = client.app.state.settings.max_concurrency
-    try:
-        assert (
-            client.post("/next-token", json={"model": "attention", "prompt": "a"}).status_code
-            == 429
-        )
-    finally:
-        client.app.state.in_flight = 0
-    assert 'machado_rejected_requests_total{reason="overloaded"}' in client.get("/metrics").text
+    with every_slot_taken(client):
+        response = client.post("/next-token", json={"model": "attention", "prompt": "a"})
+    assert response.status_code == 429, response.text
+    assert 'machado_rejected_requests_total{reason="queue_full"}' in client.get("/metrics").text
 
 
 def test_api_key_protects_model_endpoints_only():

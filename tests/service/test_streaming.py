@@ -276,7 +276,7 @@ def test_compare_answers_with_the_error_of_a_failing_model(client, monkeypatch):
     response = client.post("/compare", json=body)
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "timeout"
-    assert client.app.state.in_flight == 0
+    assert client.app.state.admission.running == 0
     fine = client.post("/compare", json={**body, "models": ["attention", "attention-seed"]})
     assert fine.status_code == 200
 
@@ -375,6 +375,6 @@ def test_stream_client_gone_before_first_byte_frees_the_slot(client, path, body)
 
     client.portal.call(call)
     deadline = time.monotonic() + 10
-    while client.app.state.in_flight and time.monotonic() < deadline:
+    while client.app.state.admission.running and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.app.state.in_flight == 0
+    assert client.app.state.admission.running == 0

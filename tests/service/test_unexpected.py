@@ -142,7 +142,7 @@ def test_service_serves_on_after_unexpected_failures(broken_bengio):
     """The failures held no slot: every other model answers, and the in-flight count is 0."""
     for _ in range(3):
         broken_bengio.post("/next-token", json={"model": "bengio", "prompt": "Capitu"})
-    assert broken_bengio.app.state.in_flight == 0
+    assert broken_bengio.app.state.admission.running == 0
     response = broken_bengio.post("/next-token", json={"model": "attention", "prompt": "Capitu"})
     assert response.status_code == 200, response.text
 
