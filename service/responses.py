@@ -164,10 +164,11 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         413: "body over the size limit",
         415: "body is not application/json",
         422: "a field is invalid or over a limit",
-        429: "too many requests in flight; see Retry-After",
-        503: "model or service not ready",
+        429: "every slot taken and the line of requests waiting for one full, or no slot free "
+        "in time; see Retry-After",
         500: "an unexpected failure, logged by the server under the request id that its "
         "message names (X-Request-Id)",
+        503: "model or service not ready",
         504: "the request ran past its time limit",
     }
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
