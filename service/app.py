@@ -33,10 +33,12 @@ log = logging.getLogger("service.app")
 
 class BodyGuard:
     """Pure ASGI middleware for requests with a body: JSON content type (415), size limit (413),
-    UTF-8 (400). Checked before FastAPI parses anything."""
+    time to send it (408), UTF-8 (400). Checked before FastAPI parses anything."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, paths: frozenset[str]) -> None:
-        self.app, self.max_bytes, self.paths = app, max_bytes, paths
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, paths: frozenset[str], timeout: float = 30.0
+    ) -> None:
+        self.app, self.max_bytes, self.paths, self.timeout = app, max_bytes, paths, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Only the JSON endpoints: anything else goes on to its 404 or 405.
@@ -53,6 +55,7 @@ class BodyGuard:
                 415,
                 "unsupported_media_type",
                 f"send the body as application/json, not {media or 'no content type'!r}",
+                unread=True,
             )
             return
         declared = headers.get("content-length", "")
@@ -62,25 +65,40 @@ class BodyGuard:
                 413,
                 "payload_too_large",
                 f"the body has {declared} bytes; the limit is {self.max_bytes}",
+                unread=True,
             )
             return
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _reject(
-                    send,
-                    413,
-                    "payload_too_large",
-                    f"the body is over the limit of {self.max_bytes} bytes",
-                )
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        # uvicorn waits for a body as long as its client takes: a client that trickles one (or
+        # stops) would hold its connection, and its memory, for ever.
+        with anyio.move_on_after(self.timeout):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_bytes:
+                    await _reject(
+                        send,
+                        413,
+                        "payload_too_large",
+                        f"the body is over the limit of {self.max_bytes} bytes",
+                        unread=True,
+                    )
+                    return
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        if more:
+            await _reject(
+                send,
+                408,
+                "request_timeout",
+                f"the body did not arrive within {self.timeout:g} s "
+                f"({size} bytes came{f' of {declared}' if declared.isdigit() else ''})",
+                unread=True,
+            )
+            return
         body = b"".join(chunks)
         try:
             body.decode("utf-8")
@@ -142,19 +160,18 @@ async def _serve_watching_hang_up(
         raise failure
 
 
-async def _reject(send: Send, status: int, type_: str, message: str) -> None:
+async def _reject(send: Send, status: int, type_: str, message: str, unread: bool = False) -> None:
+    """The error, answered before any route; ``unread``: the body was not read to its end, so
+    the connection closes (what is left of the body would read as the next request)."""
     # Spaced as JSONResponse writes every other error.
     payload = json.dumps(error_body(type_, message), separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if unread:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -231,7 +248,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     post_paths = frozenset(
         path for path, operations in app.openapi()["paths"].items() if "post" in operations
     )
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, paths=post_paths)
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=settings.max_body_bytes,
+        paths=post_paths,
+        timeout=settings.body_timeout_s,
+    )
     docs_paths = frozenset((DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url))
     app.add_middleware(DocsPolicy, paths=docs_paths)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

@@ -161,6 +161,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         401: "API key missing or wrong",
         404: "no such model (or layer, head, token id of it) or route",
         405: "method not allowed",
+        408: "the body did not arrive in time (MACHADO_BODY_TIMEOUT_S)",
         413: "body over the size limit",
         415: "body is not application/json",
         422: "a field is invalid or over a limit",
@@ -187,7 +188,7 @@ def sse_doc(description: str) -> dict[int | str, dict]:
     return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}
 
 
-INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
+INFERENCE_ERRORS = error_responses(400, 401, 404, 408, 413, 415, 422, 429, 500, 503, 504)
 
 
 class CompareModelResult(BaseModel):

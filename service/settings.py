@@ -109,6 +109,14 @@ class Settings(BaseSettings):
         10.0, ge=0, le=600, description="on shutdown, wait this long for in-flight requests"
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request body limit (413 above)")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="longest a client may take to send a request body (408 past it, and the "
+        "connection closed): a client that trickles a body, or stops, holds no connection for "
+        "ever",
+    )
     max_prompt_chars: int = Field(8_000, ge=1, description="longest prompt accepted")
     max_new_tokens: int = Field(512, ge=1, description="most tokens one /generate may ask for")
     max_top_k: int = Field(100, ge=1, description="largest top_k of /next-token and /generate")

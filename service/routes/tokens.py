@@ -28,7 +28,7 @@ def build_router(requests: Requests) -> APIRouter:
     @router.post(
         "/tokenize",
         response_model=TokenizeResponse,
-        responses=error_responses(400, 401, 404, 413, 415, 422, 503),
+        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503),
     )
     async def tokenize(body: requests.tokenize, request: Request) -> TokenizeResponse:
         """Token ids, token strings and [start, end) character offsets of a text."""
@@ -47,7 +47,7 @@ def build_router(requests: Requests) -> APIRouter:
     @router.post(
         "/detokenize",
         response_model=DetokenizeResponse,
-        responses=error_responses(400, 401, 404, 413, 415, 422, 503),
+        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503),
     )
     async def detokenize(body: requests.detokenize, request: Request) -> DetokenizeResponse:
         """The text of token ids, together and one by one (404 for an id outside the

@@ -332,8 +332,11 @@ def test_api_wrong_content_type_415(client):
 
 
 def test_api_body_over_limit_413(client):
+    """Refused before it is read to its end: the connection closes, or the rest of the body
+    would read as the next request."""
     response = client.post("/score", json={"model": "attention", "text": "a" * 70_000})
     _error(response, 413, "payload_too_large")
+    assert response.headers["connection"] == "close"
 
 
 def test_api_prompt_over_configured_limit_422(client):

@@ -15,7 +15,13 @@ from tests.service.conftest import start_server
 
 @pytest.fixture(scope="module")
 def server():
-    base, proc = start_server({"MACHADO_MAX_NEW_TOKENS": "64", "MACHADO_DRAIN_TIMEOUT_S": "20"})
+    base, proc = start_server(
+        {
+            "MACHADO_MAX_NEW_TOKENS": "64",
+            "MACHADO_DRAIN_TIMEOUT_S": "20",
+            "MACHADO_BODY_TIMEOUT_S": "1.5",
+        }
+    )
     yield base, proc
     if proc.poll() is None:
         proc.kill()
@@ -54,6 +60,33 @@ def test_e2e_every_endpoint(server):
         assert http.get("/v1/models/bengio").json()["id"] == "bengio"
         bad = http.post("/generate", json={"model": "nope", "prompt": "a"})
         assert bad.status_code == 404 and bad.json()["error"]["type"] == "model_not_found"
+
+
+def test_e2e_a_body_that_never_arrives_is_408_and_the_connection_closed(server):
+    """A client that sends its headers and part of its body, then nothing, is answered 408 once
+    MACHADO_BODY_TIMEOUT_S has passed, and its connection closed: it holds nothing for ever."""
+    import socket
+
+    base, _ = server
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /tokenize HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"text":'
+        )
+        started = time.monotonic()
+        answer = b""
+        while chunk := connection.recv(4096):  # until the server closes the connection
+            answer += chunk
+        waited = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(body)["error"] == {
+        "type": "request_timeout",
+        "message": "the body did not arrive within 1.5 s (8 bytes came of 100)",
+        "field": None,
+    }
+    assert 1.5 <= waited < 5, waited
 
 
 def test_e2e_logs_are_json_lines_naming_providers(server):
