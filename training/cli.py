@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 from training import corpus, data
@@ -67,27 +68,28 @@ def _within(low: float, high: float | None = None, *, above: bool = False, below
     return number
 
 
-def _checkpoint(text: str) -> Path:
-    """A checkpoint folder: one that holds the config.json a run saves beside its weights."""
-    folder = Path(text)
-    if not (folder / "config.json").is_file():
-        what = "does not exist" if not folder.exists() else "has no config.json"
-        raise argparse.ArgumentTypeError(
-            f"{text} {what}: a checkpoint is a run's best/ or last/ folder (config.json and "
-            "model.safetensors)"
-        )
+def _folder_holding(marker: str, meaning: str) -> Callable[[str], Path]:
+    """An argparse type: a folder that holds ``marker``, or a usage error saying what such a
+    folder is (``meaning``)."""
+
+    def folder(text: str) -> Path:
+        path = Path(text)
+        if not (path / marker).is_file():
+            what = "does not exist" if not path.exists() else f"has no {marker}"
+            raise argparse.ArgumentTypeError(f"{text} {what}: {meaning}")
+        return path
+
     return folder
 
 
-def _model_folder(text: str) -> Path:
-    """An exported model folder: one that holds the card.json export writes beside its graphs."""
-    folder = Path(text)
-    if not (folder / "card.json").is_file():
-        what = "does not exist" if not folder.exists() else "has no card.json"
-        raise argparse.ArgumentTypeError(
-            f"{text} {what}: a model folder is what `export` writes (card.json and graphs)"
-        )
-    return folder
+# A run saves config.json beside its weights; export writes card.json beside its graphs.
+_checkpoint = _folder_holding(
+    "config.json",
+    "a checkpoint is a run's best/ or last/ folder (config.json and model.safetensors)",
+)
+_model_folder = _folder_holding(
+    "card.json", "a model folder is what `export` writes (card.json and graphs)"
+)
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
