@@ -1,6 +1,8 @@
 """``python -m service``: serve the models directory over HTTP with uvicorn.
 
 Every flag defaults to its MACHADO_<NAME> environment variable, then to the built-in default.
+``--check`` serves nothing: it loads the models directory as serving would, runs each model once
+and exits 1 if any model failed (before a rollout, or in an image build).
 """
 
 from __future__ import annotations
@@ -50,7 +52,51 @@ def describe(problem: dict) -> str:
     return f"{where}: {in_words(problem)}; {field.description}"
 
 
+# What --check asks each model: a next-token call and a few greedy tokens.
+PROBE = "Capitu olhou para mim"
+
+
+def check(settings: Settings) -> int:
+    """Every model of the models directory loaded as serving would load it (checksums,
+    provider, precision), then asked for the next token and 8 greedy tokens: one line each on
+    stdout, and 1 if any model failed, or there is none; 0 otherwise."""
+    import time
+
+    from service.engine import Engine
+    from service.registry import load_models
+    from service.sampling import SamplingParams
+
+    models = load_models(settings)
+    if not models:
+        what = "holds no model folder" if settings.models_dir.is_dir() else "does not exist"
+        print(f"error: the models directory {settings.models_dir} {what}", file=sys.stderr)
+        return 1
+    failed = 0
+    for name, model in sorted(models.items()):
+        if not model.ready:
+            print(f"{name}: FAILED to load: {model.error}")
+            failed += 1
+            continue
+        try:
+            started, engine = time.perf_counter(), Engine(model)
+            engine.next_token(PROBE, 1)
+            *_, final = engine.generate(PROBE, 8, SamplingParams(temperature=0.0), 0, [], 0)
+            ms = (time.perf_counter() - started) * 1000
+        except Exception as error:  # reported, and the next model still checked
+            print(f"{name}: FAILED on its probe: {type(error).__name__}: {error}")
+            failed += 1
+            continue
+        print(
+            f"{name}: ok on {model.provider} ({model.precision}): {PROBE!r} -> "
+            f"{final.text!r} ({ms:.0f} ms)"
+        )
+    print(f"{len(models) - failed} of {len(models)} models ok")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    import logging.config
+
     import uvicorn
 
     from service.app import create_app
@@ -58,12 +104,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         defaults = Settings()
-        args = build_parser(defaults).parse_args(argv)
-        settings = Settings(**vars(args))
+        parser = build_parser(defaults)
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="serve nothing: load every model as serving would, run each once, print one "
+            "line per model, and exit 1 if any failed",
+        )
+        args = vars(parser.parse_args(argv))
+        checking = args.pop("check")
+        settings = Settings(**args)
     except ValidationError as error:
         for problem in error.errors():
             print(f"error: invalid setting {describe(problem)}", file=sys.stderr)
         return 2
+    if checking:
+        logging.config.dictConfig(logging_config(settings.log_format, settings.log_level))
+        return check(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

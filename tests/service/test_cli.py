@@ -82,3 +82,57 @@ def test_a_malformed_flag_is_an_argparse_usage_error(served, capsys, argv):
     assert exit_info.value.code == 2
     assert "usage: python -m service" in capsys.readouterr().err
     assert served == []
+
+
+@pytest.fixture
+def logging_left_alone(monkeypatch):
+    """main() configures logging for the whole process, as a server does: not in the tests'
+    process, whose later tests read the service's log records."""
+    import logging.config
+
+    monkeypatch.setattr(logging.config, "dictConfig", lambda config: None)
+
+
+def test_check_runs_every_model_once_and_exits_0():
+    """--check loads the shipped models as serving would and probes each: one line each."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--check", "--log-level", "warning"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    for name in ("attention", "attention-seed", "bengio"):
+        [line] = [line for line in out if line.startswith(f"{name}: ")]
+        assert line.startswith(f"{name}: ok on CPUExecutionProvider (float32): "), line
+    assert out[-1] == "3 of 3 models ok"
+
+
+def test_check_of_a_damaged_model_exits_1_naming_it(tmp_path, capsys, logging_left_alone):
+    """A model that fails to load fails the check, and the others are still checked."""
+    import shutil
+
+    from tests.service.conftest import MODELS
+
+    shutil.copy(MODELS / "tokenizer.json", tmp_path / "tokenizer.json")
+    for name in ("attention-seed", "bengio"):
+        shutil.copytree(MODELS / name, tmp_path / name)
+    with (tmp_path / "bengio" / "weights.bin").open("r+b") as weights:
+        weights.truncate(1000)
+    argv = ["--check", "--models-dir", str(tmp_path), "--log-level", "error"]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("attention-seed: ok on "), out
+    assert out[1].startswith("bengio: FAILED to load: ValueError: weights.bin has 1,000 bytes")
+    assert out[-1] == "1 of 2 models ok"
+
+
+@pytest.mark.parametrize("folder", ["empty", "missing"])
+def test_check_without_models_exits_1_saying_why(tmp_path, capsys, folder, logging_left_alone):
+    models = tmp_path / folder
+    if folder == "empty":
+        models.mkdir()
+    assert cli.main(["--check", "--models-dir", str(models), "--log-level", "error"]) == 1
+    what = "holds no model folder" if folder == "empty" else "does not exist"
+    assert f"error: the models directory {models} {what}" in capsys.readouterr().err

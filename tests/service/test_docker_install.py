@@ -3,6 +3,7 @@ virtual environment (the `cpu` extra: plain onnxruntime, no torch), then the ima
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def test_dockerfile_uses_the_tested_steps():
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "RUN sh docker/install-service.sh /opt/venv cpu /src" in dockerfile
     assert 'CMD ["machado-serve"]' in dockerfile
+    assert 'RUN ["machado-serve", "--check", "--log-level", "warning"]' in dockerfile
     assert "MACHADO_PROVIDER=cpu" in dockerfile and "MACHADO_MODELS_DIR=/app/models" in dockerfile
 
 
@@ -47,6 +49,17 @@ def test_service_runs_on_plain_onnxruntime_without_torch(tmp_path):
     assert "CPUExecutionProvider" in probe.stdout, probe.stdout + probe.stderr
     assert "CUDAExecutionProvider" not in probe.stdout, probe.stdout
     assert probe.stdout.strip().endswith("True"), "torch is importable"
+    # The image's build step that checks its models, then its command.
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    check = subprocess.run(
+        [str(env_dir / "bin" / "machado-serve"), "--check", "--log-level", "warning"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**clean, "MACHADO_MODELS_DIR": str(ROOT / "models"), "MACHADO_PROVIDER": "cpu"},
+        timeout=120,
+    )
+    assert check.returncode == 0 and "3 of 3 models ok" in check.stdout, check.stdout + check.stderr
     # The image's environment (docker/Dockerfile), but on loopback and a free port.
     base, server = start_server(
         {"MACHADO_PROVIDER": "cpu"}, command=[str(env_dir / "bin" / "machado-serve")], cwd=tmp_path
