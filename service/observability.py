@@ -6,6 +6,7 @@ in one process (tests) never collide.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -141,14 +142,16 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
-        status, answering = 500, False
+        status, answering, error, read = 500, False, None, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, answering
+            nonlocal status, answering, error, read
             if message["type"] == "http.response.start":
                 status, answering = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            elif status >= 400 and not read:  # what went wrong, for the log line
+                error, read = _error_of(message.get("body", b"")), True
             await send(message)
 
         try:
@@ -175,6 +178,8 @@ class RequestContext:
                 "status": status,
                 "ms": round(seconds * 1000, 2),
             }
+            if error:
+                extra["error"] = error
             if self.log_prompts and "prompt" in state:
                 extra["prompt"] = state["prompt"]
             log.info(f"{scope['method']} {path} {status}", extra=extra)
@@ -185,3 +190,13 @@ def _path(scope: Scope) -> str:
     metrics: a bounded set of labels, whatever paths clients send."""
     route = scope.get("route")
     return getattr(route, "path", None) or scope["state"].get("path") or "unmatched"
+
+
+def _error_of(body: bytes) -> dict | None:
+    """The type and field of an error answer (the one error shape), without its message, which
+    may quote a prompt."""
+    try:
+        error = json.loads(body)["error"]
+        return {"type": error["type"], "field": error.get("field")}
+    except (ValueError, KeyError, TypeError):
+        return None

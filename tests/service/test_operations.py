@@ -40,6 +40,26 @@ def test_access_log_is_one_json_object_without_prompt(client, caplog):
     assert line["status"] == 200 and line["ms"] > 0 and "prompt" not in line
 
 
+def test_access_log_of_an_error_names_its_type_and_field_not_its_message(client, caplog):
+    """An operator sees what went wrong from the log line alone; the message, which may quote
+    the prompt, stays out of it."""
+    caplog.set_level(logging.INFO, logger="service.access")
+    client.post(
+        "/generate",
+        json={"model": "attention", "prompt": "segredo", "temperature": -1},
+        headers={"X-Request-Id": "log-422"},
+    )
+    client.post(
+        "/generate", json={"model": "nope", "prompt": "a"}, headers={"X-Request-Id": "log-404"}
+    )
+    client.post("/generate", json=BODY, headers={"X-Request-Id": "log-200"})
+    by_id = {r.request_id: r for r in caplog.records if hasattr(r, "request_id")}
+    assert by_id["log-422"].error == {"type": "invalid_field", "field": "temperature"}
+    assert by_id["log-404"].error == {"type": "model_not_found", "field": "model"}
+    assert not hasattr(by_id["log-200"], "error")
+    assert "segredo" not in JsonFormatter().format(by_id["log-422"])
+
+
 def test_access_log_has_prompt_when_asked(caplog):
     caplog.set_level(logging.INFO, logger="service.access")
     with TestClient(create_app(make_settings(log_prompts=True))) as c:
