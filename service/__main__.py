@@ -8,6 +8,7 @@ and exits 1 if any model failed (before a rollout, or in an image build).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import typing
 from pathlib import Path
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.connections import HeadDeadlineProtocol
     from service.logs import logging_config
 
     try:
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(settings)
     uvicorn.run(
         create_app(settings),
+        http=functools.partial(HeadDeadlineProtocol, head_timeout=settings.head_timeout_s),
         host=settings.host,
         port=settings.port,
         log_config=logging_config(settings.log_format, settings.log_level),

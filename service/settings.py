@@ -109,6 +109,14 @@ class Settings(BaseSettings):
         10.0, ge=0, le=600, description="on shutdown, wait this long for in-flight requests"
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request body limit (413 above)")
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="longest a client may take to send a request's line and headers, from the "
+        "moment it connects or from the end of its last answer; past it the connection is "
+        "closed (uvicorn alone waits for ever, so idle or trickling connections would pile up)",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0,
