@@ -44,6 +44,7 @@ class LoadedModel:
     provider: str | None = None
     provider_reason: str = ""
     precision: str = "float32"  # of the matrix products: float32, or int8 (MACHADO_QUANTIZE)
+    files_checked: bool = False  # its files matched the checksums of its card before loading
     error: str | None = None
 
     @property
@@ -199,6 +200,7 @@ def load_model(
         refused = [problem for file, problem in problems.items() if file != CACHE_GRAPH]
         if refused:
             raise ValueError("; ".join(refused))
+        model.files_checked = "files" in model.card
         probing = choice.providers[0] == CUDA
         int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
         if int8:

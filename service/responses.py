@@ -119,6 +119,12 @@ class ModelInfo(BaseModel):
         "(MACHADO_QUANTIZE=int8, CPU only; /attention's graph stays float32)",
     )
     has_attention: bool = False
+    files_checked: bool = Field(
+        False,
+        description="its graphs and weights matched the sizes and sha256 its card records "
+        "before they loaded; false for a card that records none (an older export, loaded "
+        "unchecked)",
+    )
     kv_cache: bool = Field(
         False, description="generation reads its key/value cache graph (MACHADO_KV_CACHE)"
     )

@@ -43,6 +43,7 @@ async def models(request: Request) -> ModelList:
                 provider_reason=m.provider_reason or None,
                 precision=m.precision,
                 has_attention=m.has_attention,
+                files_checked=m.ready and m.files_checked,
                 kv_cache=m.ready and uses_kv_cache(m),
                 layers=(card.get("config") or {}).get("n_layer") if m.has_attention else None,
                 heads=(card.get("config") or {}).get("n_head") if m.has_attention else None,

@@ -131,3 +131,15 @@ def test_model_files_a_damaged_cache_graph_leaves_the_model_serving_without_it(t
     assert "decoder.onnx has sha256" in caplog.text, caplog.text
     steps = list(Engine(model).generate("Capitu", 3, SamplingParams(temperature=0.0), 0, [], 0))
     assert len(steps[-1].steps) == 3
+
+
+def test_model_files_models_says_whether_they_were_checked(folder):
+    """/models tells a checked model from one whose card records no checksums."""
+    shutil.copytree(MODELS / "bengio", folder.parent / "bengio")
+    card = card_of(folder)
+    del card["files"]
+    (folder / "card.json").write_text(json.dumps(card))
+    with TestClient(create_app(make_settings(models_dir=folder.parent))) as client:
+        listed = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert listed[NAME]["status"] == listed["bengio"]["status"] == "ready"
+    assert (listed[NAME]["files_checked"], listed["bengio"]["files_checked"]) == (False, True)
