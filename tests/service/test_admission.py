@@ -69,7 +69,7 @@ def test_admission_full_line_is_429_at_once():
         started = time.monotonic()
         with pytest.raises(Overloaded) as caught:
             await admission.enter()
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 0.5  # no wait: the line's timeout is 5 s
         assert (caught.value.status, caught.value.reason) == (429, "queue_full")
         assert caught.value.headers == {"Retry-After": "1"}
         assert caught.value.message == (
@@ -101,7 +101,7 @@ def test_admission_wait_past_the_timeout_is_429_and_leaves_the_line():
         with pytest.raises(Overloaded) as caught:
             await admission.enter()
         waited = time.monotonic() - started
-        assert 0.2 <= waited < 0.5, waited
+        assert 0.2 <= waited < 2, waited
         assert caught.value.reason == "queue_timeout"
         assert "no slot came free in 0.2 s of waiting" in caught.value.message
         assert (admission.running, admission.waiting) == (1, 0)

@@ -71,7 +71,14 @@ def test_long_answer_is_not_cut_and_the_connection_serves_the_next_request(serve
     """A stream that lasts past the head timeout runs to its end; the kept-alive connection
     then has the head timeout again for its next request."""
     base, _ = server
-    body = {"model": "attention", "prompt": "Capitu", "max_new_tokens": 200, "stream": True}
+    # 500 tokens, end-of-text banned: seconds of generation on any CPU.
+    body = {
+        "model": "attention",
+        "prompt": "Capitu",
+        "max_new_tokens": 500,
+        "logit_bias": {"0": -100},
+        "stream": True,
+    }
     with httpx.Client(base_url=base, timeout=60) as http:
         started = time.monotonic()
         with http.stream("POST", "/generate", json=body) as response:
