@@ -124,6 +124,7 @@ function renderCards(models) {
       ["context", `${m.context} tokens`], ["runs on", m.provider],
       ["weights", m.precision === "int8" ? "int8, quantized at load (the metrics below are float32's)" : "float32"],
       ["generation", m.kv_cache ? "key/value cache: one position per token" : "full window per token"],
+      ["files", m.files_checked ? "sizes and sha256 as the card records them, checked at load" : "not checked: the card records no checksums"],
     ];
     const t = m.training || {};
     if (t.hardware) rows.push(["trained on", t.hardware]);

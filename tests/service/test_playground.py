@@ -169,6 +169,7 @@ def test_playground_model_cards(browser, server):
     assert "test BPC / PPL" in text and "13.89 M" in text and "NVIDIA H100" in text
     assert "key/value cache" in text
     assert "weights\tfloat32" in text  # the served default, MACHADO_QUANTIZE=none
+    assert "files\tsizes and sha256 as the card records them, checked at load" in text
     assert "full window per token" in page.locator("#card-bengio").inner_text()
     page.click("a[href='#cards']")
     page.close()
