@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
+    args.models_dir = args.models_dir.resolve()  # the server runs in another directory
     prompt = prompt_of(64, args.models_dir)
     base, server = start_server(
         {

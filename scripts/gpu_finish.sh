@@ -7,6 +7,9 @@
 #
 # Here first: bash scripts/gpu_carry.sh; python -m training prepare; bash
 # scripts/device_models.sh out (models/ is over the 64 MiB a call carries; `... in` afterwards).
+# Files carried under models/ are gone from the checkout there by the next call (seen on
+# 2026-12-04: the first provider check found no model and passed), so every verb first stashes
+# what a call carried (models, tokenizer, ort parts) in $WORK, and the check reads $WORK/models.
 # Then, one call right after the other (the machine goes back after 30 s idle):
 #   1. carry data models/bengio .carry/wheels          bash scripts/gpu_finish.sh start
 #   2. carry models/attention models/attention-seed models/tokenizer.json .carry/ort.tar.xz.03
@@ -14,7 +17,10 @@
 #   3. carry .carry/ort.tar.xz.00                       bash scripts/gpu_finish.sh status
 #   4. carry .carry/ort.tar.xz.01                       bash scripts/gpu_finish.sh status
 #   5. carry .carry/ort.tar.xz.02                       bash scripts/gpu_finish.sh finish
-#      (timeout_s about 560: it waits up to SWEEP_WAIT=480 s for the sweep)
+#      (timeout_s about 560: it waits up to SWEEP_WAIT=480 s for the sweep, then checks; the
+#      sweep took 5 minutes on an H200, and the check and benchmark under a minute)
+# The sweep's models replace models/bengio and models/attention-seed (ship_sweep.py): check the
+# shipped graphs again afterwards, carrying them and the ort parts the same way.
 # Afterwards: python scripts/ship_sweep.py DEVICE_OUT_FOLDER, then device_models.sh in.
 # Rehearse on CPU: TINY=1 OUT=/tmp/out WORK=/tmp/work bash scripts/gpu_finish.sh start, then
 # ... finish (it then checks CPU against CPU with --allow-cpu).
@@ -62,6 +68,20 @@ sweep() {
   return $rc
 }
 
+# stash: what this call carried, kept in $WORK, where the next calls still find it.
+stash() {
+  mkdir -p "$WORK/models" "$WORK/ort"
+  [ -f models/tokenizer.json ] && cp models/tokenizer.json "$WORK/models/"
+  for card in models/*/card.json; do
+    [ -f "$card" ] && rm -rf "$WORK/models/$(basename "$(dirname "$card")")" \
+      && cp -r "$(dirname "$card")" "$WORK/models/"
+  done
+  for part in .carry/ort.tar.xz.*; do
+    [ -f "$part" ] && cp "$part" "$WORK/ort/"
+  done
+  true
+}
+
 status() {
   echo "sweep log (last lines):"
   tail -n 5 "$WORK/sweep.log" 2>/dev/null || echo "(no sweep log)"
@@ -77,7 +97,7 @@ install_runtime() {
   if ls .carry/wheels/*.whl > /dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile .carry/wheels/*.whl
   fi
-  parts=$(ls .carry/ort.tar.xz.* 2>/dev/null | sort || true)
+  parts=$(ls "$WORK"/ort/ort.tar.xz.* 2>/dev/null | sort || true)
   if [ -n "$parts" ]; then
     $PY -m pip uninstall -q -y onnxruntime onnxruntime-gpu > /dev/null 2>&1 || true
     # shellcheck disable=SC2086  # the parts, in order
@@ -93,6 +113,9 @@ install_runtime() {
     2>&1 | tail -n 8
 }
 
+case "${1:-}" in
+  start | status | finish) stash ;;
+esac
 case "${1:-}" in
   start)
     nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
@@ -117,12 +140,14 @@ case "${1:-}" in
     allow=()
     [ "$TINY" = 1 ] && allow=(--allow-cpu --runs 30 --warmup 3)
     rc=0
-    $PY scripts/ort_cuda_check.py --json "$OUT/ort-cuda.json" "${allow[@]}" || rc=$?
+    $PY scripts/ort_cuda_check.py --models-dir "$WORK/models" --json "$OUT/ort-cuda.json" \
+      "${allow[@]}" || rc=$?
     echo "ort_cuda_check exit code $rc"
     provider=cuda seconds=5
     [ "$TINY" = 1 ] && provider=cpu seconds=1
     $PY scripts/bench_service.py --model attention --provider "$provider" --seconds "$seconds" \
-      --requests 100 --generations 5 --json "$WORK/service-$provider-attention.json" \
+      --requests 100 --generations 5 --models-dir "$WORK/models" \
+      --json "$WORK/service-$provider-attention.json" \
       > "$WORK/bench_service.log" 2>&1 || echo "bench_service failed: $(tail -n 3 "$WORK/bench_service.log")"
     tail -n 8 "$WORK/bench_service.log" || true
     wait_s=${SWEEP_WAIT:-480}

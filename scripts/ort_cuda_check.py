@@ -171,7 +171,8 @@ def main() -> int:
         "tolerance": args.tolerance,
         "models": {},
     }
-    failures = []
+    # A check of nothing must not pass: an empty or misnamed folder is a failure, not a pass.
+    failures = [] if folders else [f"no model folder (*/card.json) in {args.models_dir}"]
     rng = np.random.default_rng(0)
     for folder in folders:
         cpu_model = load_model(folder, settings, {}, ProviderChoice([CPU], "reference"))

@@ -100,7 +100,11 @@ def _open(
     path: Path, settings: Settings, providers: list[str], int8: bool = False
 ) -> ort.InferenceSession:
     source = quantize_int8(path) if int8 else str(path)
-    return ort.InferenceSession(source, session_options(settings), providers=providers)
+    # CUDA's provider rounds matrix products to TF32 unless told otherwise (use_tf32 is on by
+    # default): the logits would then drift from the CPU's beyond 1e-3 (MACHADO_CUDA_TF32).
+    tf32 = {"use_tf32": "1" if settings.cuda_tf32 else "0"}
+    chosen = [(name, tf32) if name == CUDA else name for name in providers]
+    return ort.InferenceSession(source, session_options(settings), providers=chosen)
 
 
 def _open_int8(path: Path, settings: Settings, name: str) -> ort.InferenceSession | None:

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="execution provider: auto (CUDA where usable, else CPU), cuda, cpu"
     )
+    cuda_tf32: bool = Field(
+        False,
+        description="on CUDA, let matrix products round their inputs to TF32: the attention "
+        "model's logits then moved up to 1.8e-2 from the CPU's on an H200, where exact float32 "
+        "kept them within 2.5e-5 (benchmarks/ort-cuda-tf32.json, ort-cuda.json); false: float32 "
+        "as on the CPU",
+    )
     kv_cache: bool = Field(
         True,
         description="generate with a model's key/value cache graph (decoder.onnx) where it has "
@@ -46,7 +53,8 @@ class Settings(BaseSettings):
         "none",
         description="int8: on the CPU provider, quantize each graph's matrix-product weights to "
         "int8 at load (ONNX Runtime dynamic quantization): the attention and Bengio models "
-        "generate 3-5x faster for about 0.001 more bits per character (BENCHMARKS.md); "
+        "generated 1.4-2.9x and 2.8-5.0x faster on two CPUs for about 0.001 more bits per "
+        "character (BENCHMARKS.md); "
         "7-bit weights on x86 CPUs without VNNI, where 8 bits could saturate; /attention's maps "
         "stay float32; ignored on CUDA. none: the shipped weights as they are",
     )

@@ -22,10 +22,9 @@ from training.device import cpu_label
 from training.heads import plot as plot_heads
 from training.onnx_model import OnnxModel
 from training.plot import plot_curves
-from training.report_text import render
+from training.report_text import LATENCY_CONTEXT, render
 
 PROMPTS = ("Capitu olhou para mim", "Não tive filhos, não transmiti", "A vida é")
-LATENCY_CONTEXT = 64
 ORDER = {"attention": 0, "attention-seed": 1, "bengio": 2}
 
 

@@ -12,6 +12,8 @@ from training.context import SHORT, bpc_scale, full_context, span
 from training.context import format_table as context_table
 from training.heads import format_table as heads_table
 
+LATENCY_CONTEXT = 64  # tokens of prompt for the next-token latency
+
 
 def _fmt(value: Any, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
@@ -43,11 +45,14 @@ def render(report: dict[str, Any]) -> str:
             f"{_fmt(r['test'].get('bits_per_character'))} "
             f"| {r['latency']['median_ms']:.2f} / {r['latency']['p90_ms']:.2f} |"
         )
+    # The prompt is LATENCY_CONTEXT tokens; a model with a shorter context reads its last ones.
+    shorter = [f"`{n}` {r['context']}" for n, r in rows.items() if r["context"] < LATENCY_CONTEXT]
+    reads = f" Shorter contexts read only their last tokens: {', '.join(shorter)}." * bool(shorter)
     lines += [
         "",
         f"Latency: ONNX Runtime on the CPU ({report['cpu']}), batch 1, one call that "
-        "returns the next token's logits, measured by `python -m training report`. The "
-        "Bengio model reads only its last 8 tokens of the 64.",
+        f"returns the next token's logits at {LATENCY_CONTEXT} tokens of context, measured by "
+        f"`python -m training report`.{reads}",
         "",
     ]
     if report.get("int8"):

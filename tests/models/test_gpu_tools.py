@@ -52,6 +52,17 @@ def test_provider_check_compares_every_shipped_model(tmp_path):
     assert "attention" not in report["models"]["bengio"]
 
 
+def test_provider_check_of_no_model_fails(tmp_path):
+    """A folder without models (say, carried files gone on the device) checks nothing: on
+    2026-12-04 such a check passed with no model in it."""
+    empty = tmp_path / "models"
+    empty.mkdir()
+    result, report = _run_check(tmp_path, "--allow-cpu", "--models-dir", str(empty))
+    assert result.returncode == 1
+    assert report["models"] == {} and not report["passed"]
+    assert report["failures"] == [f"no model folder (*/card.json) in {empty}"]
+
+
 @pytest.mark.skipif(
     "CUDAExecutionProvider" in ort.get_available_providers() and bool(shutil.which("nvidia-smi")),
     reason="a GPU may be usable here",

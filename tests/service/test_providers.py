@@ -1,0 +1,47 @@
+"""What the service asks of ONNX Runtime's CUDA provider: exact float32 unless told otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from service import registry
+from service.registry import CPU, CUDA, ProviderChoice, load_model
+from service.settings import Settings
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize(("tf32", "expected"), [(False, "0"), (True, "1")])
+def test_cuda_provider_gets_use_tf32_from_the_setting(monkeypatch, tf32, expected):
+    """TF32 moved the attention model's logits 1.8e-2 from the CPU's on an H200, beyond the
+    1e-3 the provider check allows: it is off unless MACHADO_CUDA_TF32 turns it on."""
+    asked: list = []
+    real = ort.InferenceSession
+
+    def recording(source, options, providers):
+        asked.append(providers)
+        return real(source, options, providers=[CPU])  # this machine may have no GPU
+
+    monkeypatch.setattr(registry.ort, "InferenceSession", recording)
+    settings = Settings(models_dir=MODELS, provider="cuda", cuda_tf32=tf32)
+    model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CUDA, CPU], "test"))
+    assert model.ready, model.error
+    assert asked and all(p == [(CUDA, {"use_tf32": expected}), CPU] for p in asked)
+
+
+def test_cpu_provider_is_asked_for_by_name_alone(monkeypatch):
+    asked: list = []
+    real = ort.InferenceSession
+
+    def recording(source, options, providers):
+        asked.append(providers)
+        return real(source, options, providers=providers)
+
+    monkeypatch.setattr(registry.ort, "InferenceSession", recording)
+    settings = Settings(models_dir=MODELS, provider="cpu")
+    model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CPU], "test"))
+    assert model.ready, model.error
+    assert asked == [[CPU]]
