@@ -25,8 +25,8 @@ log = logging.getLogger("service.registry")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 # Below this context the key/value cache does not pay, so its graph is not loaded (each session
 # holds its own float32 weights): a window that short costs about one graph call either way
-# (attention-seed, context 8: 0.34 ms a token cached, 0.32 ms uncached, on 2 CPU threads;
-# attention, context 256: 1.86 against 10.3 ms).
+# (attention-seed at context 8, as shipped until 2026-12-04: 0.34 ms a token cached, 0.32 ms
+# uncached, on 2 CPU threads; attention, context 256: 1.86 against 10.3 ms).
 MIN_CACHE_CONTEXT = 64
 
 

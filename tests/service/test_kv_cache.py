@@ -31,7 +31,7 @@ def test_cache_graph_loads_only_when_asked_and_worth_it(loaded):
     cached, plain = loaded
     assert cached["attention"].decoder_session is not None
     assert plain["attention"].decoder_session is None
-    # context 8: below MIN_CACHE_CONTEXT, the graph is not loaded (nor paid for in memory)
+    # context 4: below MIN_CACHE_CONTEXT, the graph is not loaded (nor paid for in memory)
     assert "decoder.onnx" in cached["attention-seed"].card["graphs"]
     assert cached["attention-seed"].decoder_session is None
     assert cached["bengio"].decoder_session is None
@@ -132,7 +132,7 @@ def test_cache_is_fresh_for_every_generation(engines):
 def test_models_endpoint_says_which_models_use_the_cache(client):
     models = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert models["attention"]["kv_cache"] is True
-    assert models["attention-seed"]["kv_cache"] is False  # context 8: the cache does not pay
+    assert models["attention-seed"]["kv_cache"] is False  # context 4: the cache does not pay
     assert models["bengio"]["kv_cache"] is False
 
 
