@@ -14,33 +14,32 @@ from service.settings import Settings
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-@pytest.mark.parametrize(("tf32", "expected"), [(False, "0"), (True, "1")])
-def test_cuda_provider_gets_use_tf32_from_the_setting(monkeypatch, tf32, expected):
-    """TF32 moved the attention model's logits 1.8e-2 from the CPU's on an H200, beyond the
-    1e-3 the provider check allows: it is off unless MACHADO_CUDA_TF32 turns it on."""
-    asked: list = []
+@pytest.fixture
+def asked(monkeypatch) -> list:
+    """The providers of every session the registry opens; the sessions themselves run on the
+    CPU, since this machine may have no GPU."""
+    providers_asked: list = []
     real = ort.InferenceSession
 
     def recording(source, options, providers):
-        asked.append(providers)
-        return real(source, options, providers=[CPU])  # this machine may have no GPU
+        providers_asked.append(providers)
+        return real(source, options, providers=[CPU])
 
     monkeypatch.setattr(registry.ort, "InferenceSession", recording)
+    return providers_asked
+
+
+@pytest.mark.parametrize(("tf32", "expected"), [(False, "0"), (True, "1")])
+def test_cuda_provider_gets_use_tf32_from_the_setting(asked, tf32, expected):
+    """TF32 moved the attention model's logits 1.8e-2 from the CPU's on an H200, beyond the
+    1e-3 the provider check allows: it is off unless MACHADO_CUDA_TF32 turns it on."""
     settings = Settings(models_dir=MODELS, provider="cuda", cuda_tf32=tf32)
     model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CUDA, CPU], "test"))
     assert model.ready, model.error
     assert asked and all(p == [(CUDA, {"use_tf32": expected}), CPU] for p in asked)
 
 
-def test_cpu_provider_is_asked_for_by_name_alone(monkeypatch):
-    asked: list = []
-    real = ort.InferenceSession
-
-    def recording(source, options, providers):
-        asked.append(providers)
-        return real(source, options, providers=providers)
-
-    monkeypatch.setattr(registry.ort, "InferenceSession", recording)
+def test_cpu_provider_is_asked_for_by_name_alone(asked):
     settings = Settings(models_dir=MODELS, provider="cpu")
     model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CPU], "test"))
     assert model.ready, model.error
