@@ -31,6 +31,12 @@ def make_settings(**changes) -> Settings:
     return Settings(**fields)
 
 
+def context_of(client: TestClient, model: str) -> int:
+    """A shipped model's context, as /models reports it (the tests follow the models)."""
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    return models[model]["context"]
+
+
 @contextmanager
 def every_slot_taken(client: TestClient) -> Iterator[None]:
     """The service as if max_concurrency requests ran and no more might wait: the next

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.service.conftest import every_slot_taken, make_settings
+from tests.service.conftest import context_of, every_slot_taken, make_settings
 
 
 def _error(response, status: int, type_: str, field: str | None = None) -> dict:
@@ -84,7 +84,8 @@ def test_api_generate_logprobs_and_stop(client):
 def test_api_generate_long_prompt_keeps_its_end(client):
     body = {"model": "bengio", "prompt": "Era uma vez " * 30, "max_new_tokens": 3}
     result = client.post("/generate", json=body).json()
-    assert result["prompt_truncated"] is True and result["usage"]["prompt_tokens"] == 8
+    assert result["prompt_truncated"] is True
+    assert result["usage"]["prompt_tokens"] == context_of(client, "bengio")
 
 
 def test_api_next_token(client):
@@ -122,7 +123,8 @@ def test_api_attention_is_bounded(client):
     result = client.post(
         "/attention", json={"model": "attention-seed", "prompt": "palavra " * 200}
     ).json()
-    assert result["truncated"] is True and len(result["tokens"]) == 8
+    assert result["truncated"] is True
+    assert len(result["tokens"]) == context_of(client, "attention-seed")
 
 
 def test_api_attention_errors(client):
@@ -193,10 +195,11 @@ def test_api_end_of_text_in_a_prompt_is_a_document_boundary(client):
     comes before it is another document, which the Bengio model does not read across."""
     ids = client.post("/tokenize", json={"text": "fim.<|endoftext|>Capitu"}).json()["ids"]
     assert ids.count(0) == 1
-    alone = {"model": "bengio", "prompt": "Capitu olhou", "top_k": 5}
-    after = alone | {"prompt": "Era uma vez um homem.<|endoftext|>Capitu olhou"}
+    alone = {"model": "bengio", "prompt": "Capitu", "top_k": 5}
+    after = alone | {"prompt": "Era uma vez um homem.<|endoftext|>Capitu"}
     alone, after = (client.post("/next-token", json=body).json() for body in (alone, after))
-    # The model's 8 tokens: the end of the first text, the boundary, then the prompt.
+    # The model's n tokens (n >= 4): the end of the first text, the boundary, then the prompt.
+    assert context_of(client, "bengio") >= len(alone["tokens"]) + 1 == 4
     assert after["tokens"][-len(alone["tokens"]) :] == alone["tokens"] != after["tokens"]
     assert [c["token"] for c in after["top"]] == [c["token"] for c in alone["top"]]
     for a, b in zip(after["top"], alone["top"], strict=True):
@@ -457,9 +460,11 @@ def test_api_score_smaller_window_reads_less_context(client):
     assert (eight.json()["window"], eight.json()["stride"]) == (8, 4)
 
 
-@pytest.mark.parametrize(("window", "same"), [(13, True), (64, True), (12, False), (8, False)])
-def test_api_score_bengio_reads_its_n_tokens_from_2n_minus_3(client, window, same):
-    """With windows of 13 tokens or more every token reads at least 8: Bengio's whole context."""
+@pytest.mark.parametrize(("past", "same"), [(0, True), (51, True), (-1, False), (-2, False)])
+def test_api_score_bengio_reads_its_n_tokens_from_2n_minus_3(client, past, same):
+    """With windows of 2n - 3 tokens or more every token reads at least n, Bengio's whole
+    context; with fewer, some read less (the window is 2n - 3 + past)."""
+    window = 2 * context_of(client, "bengio") - 3 + past
     default = client.post("/score", json={"model": "bengio", "text": MACHADO}).json()
     asked = client.post(
         "/score", json={"model": "bengio", "text": MACHADO, "window": window}

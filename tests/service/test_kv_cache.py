@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from service.engine import Engine
 from service.kv_cache import CachedContext
-from service.registry import load_models
+from service.registry import MIN_CACHE_CONTEXT, load_models
 from service.sampling import SamplingParams
 from tests.service.conftest import MODELS, make_settings
 
@@ -142,16 +144,16 @@ def test_models_endpoint_says_which_models_use_the_cache(client):
 )
 @settings(max_examples=40, deadline=None)
 def test_cache_window_policy_on_a_short_context(seed_sessions, prompt, steps):
-    """attention-seed (context 8, restart at 6) crosses its context every few tokens: at every
+    """attention-seed (context 4, restart at 3) crosses its context every few tokens: at every
     step the cached logits are the full-window logits of the window the policy says it holds."""
-    decoder, full = seed_sessions
-    cache = CachedContext(decoder, 8)
+    decoder, full, context = seed_sessions
+    cache = CachedContext(decoder, context)
     ids = list(prompt)
-    start = max(0, len(ids) - 8)
+    start = max(0, len(ids) - context)
     for token in [None, *steps]:
         if token is not None:
             ids.append(token)
-            if len(ids) - start > 8:
+            if len(ids) - start > context:
                 start = len(ids) - cache.refill
         window = np.asarray(ids[start:])[None]
         expected = full.run(
@@ -162,14 +164,18 @@ def test_cache_window_policy_on_a_short_context(seed_sessions, prompt, steps):
 
 @pytest.fixture(scope="module")
 def seed_sessions():
-    """The seed model's cache graph, opened directly (the service skips it: context 8)."""
+    """The seed model's cache graph, opened directly (the service skips it: its context is
+    under MIN_CACHE_CONTEXT), its full graph, and its context."""
     import onnxruntime as ort
 
     folder = MODELS / "attention-seed"
-    return tuple(
+    context = json.loads((folder / "card.json").read_text())["context"]
+    assert context < MIN_CACHE_CONTEXT
+    decoder, full = (
         ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
         for name in ("decoder.onnx", "model.onnx")
     )
+    return decoder, full, context
 
 
 def test_a_broken_cache_graph_leaves_the_model_serving(tmp_path, caplog):

@@ -52,12 +52,14 @@ def one_at_a_time(model: OnnxModel, tokens: np.ndarray, length: int, stride: int
 
 @pytest.mark.parametrize(
     ("name", "length", "coverage"),
-    [("attention-seed", 8, 4), ("bengio", 8, 2), ("attention", 12, 3)],
+    [("attention-seed", None, 4), ("bengio", None, 2), ("attention", 12, 3)],
 )
 def test_each_length_is_the_loss_of_predictions_reading_exactly_that_many_tokens(
     models, name, length, coverage
 ):
+    """length None: the model's whole context."""
     model = models[name]
+    length = length or model.context
     tokens = np.asarray(model.tokenizer.encode(TEXT).ids, dtype=np.int64)
     curve = context_curve(model, tokens, length=length, coverage=coverage, batch_tokens=40)
     stride = length // coverage
@@ -72,12 +74,13 @@ def test_each_length_is_the_loss_of_predictions_reading_exactly_that_many_tokens
 def test_bad_lengths_and_coverage_are_refused(models):
     seed = models["attention-seed"]
     tokens = np.arange(40)
-    with pytest.raises(ValueError, match="exceeds attention-seed's context 8"):
-        context_curve(seed, tokens, length=9)
+    n = seed.context
+    with pytest.raises(ValueError, match=f"exceeds attention-seed's context {n}"):
+        context_curve(seed, tokens, length=n + 1)
     with pytest.raises(ValueError, match="coverage must be at least 1"):
         context_curve(seed, tokens, coverage=0)
     with pytest.raises(ValueError, match="fewer than a window"):
-        context_curve(seed, tokens[:8])
+        context_curve(seed, tokens[:n])
 
 
 def test_token_nll_is_the_cross_entropy():
@@ -309,8 +312,9 @@ def test_cli_on_the_real_split(real_data, tmp_path, capsys):
     assert seed["weights_sha256"] == weights_sha256(MODELS / "attention-seed")
     # Reading more never hurts much, and the whole window scores what the card says (± noise).
     bpc = summary(result)["attention-seed"]
-    assert bpc[(1, 1)][0] > bpc[(8, 8)][0]
     card = json.loads((MODELS / "attention-seed" / "card.json").read_text())
+    n = card["context"]
+    assert bpc[(1, 1)][0] > bpc[(n, n)][0]
     assert full_context(result, "attention-seed")[0] == pytest.approx(
         card["metrics"]["validation"]["bits_per_character"], abs=0.02
     )

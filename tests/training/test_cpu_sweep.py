@@ -63,8 +63,9 @@ def test_a_cpu_without_bf16_is_refused_before_anything_starts(tmp_path):
 
 
 def test_tiny_run_sweeps_then_trains_the_seed_model_at_the_chosen_context(prepared, tmp_path):
-    """TINY=1 rehearses the whole run: the sweep, then (the tiny Bengio's context is not the
-    shipped seed model's 8) the seed model at the chosen context; run again, it trains nothing."""
+    """TINY=1 rehearses the whole run: the sweep, then the seed model at the chosen context
+    (a rehearsal trains it even where that is the shipped seed model's); run again, it trains
+    nothing."""
     out = tmp_path / "sweep"
     env = {"TINY": "1", "DATA": str(prepared), "OMP_NUM_THREADS": "1"}
     first = _run(out, "run", env=env)

@@ -70,8 +70,9 @@ def test_measured_heads_are_the_mean_of_each_windows_maps(seed):
     """The batched graph call gives what each window alone gives, averaged."""
     tokens = np.random.default_rng(1).integers(1, 8192, 400)
     result = measure_model(seed, tokens, windows=5, batch=2)
-    starts = np.linspace(0, len(tokens) - 8, 5).astype(np.int64)
-    alone = [head_stats(seed.attentions(list(tokens[s : s + 8]))[None]) for s in starts]
+    n = seed.context
+    starts = np.linspace(0, len(tokens) - n, 5).astype(np.int64)
+    alone = [head_stats(seed.attentions(list(tokens[s : s + n]))[None]) for s in starts]
     for name in ("distance", "entropy_bits", "self", "previous", "first"):
         expected = sum(a[name] for a in alone) / 5
         np.testing.assert_allclose(result[name], expected, atol=1e-4)
@@ -106,7 +107,8 @@ def test_measure_reads_every_attention_model_and_one_sentence(shipped_data):
     assert maps.shape == (6, 6, length, length)
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=0.01)
     assert np.triu(maps, 1).max() == 0.0  # causal
-    assert len(result["models"]["attention-seed"]["example"]["tokens"]) == 8
+    seed = result["models"]["attention-seed"]
+    assert len(seed["example"]["tokens"]) == seed["context"]  # the sentence's last tokens
 
 
 def test_cli_writes_the_result_and_refuses_another_tokenizer(shipped_data, prepared, tmp_path):
