@@ -77,7 +77,7 @@ stash() {
       && cp -r "$(dirname "$card")" "$WORK/models/"
   done
   for part in .carry/ort.tar.xz.*; do
-    [ -f "$part" ] && cp "$part" "$WORK/ort/"
+    [ -f "$part" ] && cp -u "$part" "$WORK/ort/"  # each part once, not at every call
   done
   true
 }

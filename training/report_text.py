@@ -47,7 +47,9 @@ def render(report: dict[str, Any]) -> str:
         )
     # The prompt is LATENCY_CONTEXT tokens; a model with a shorter context reads its last ones.
     shorter = [f"`{n}` {r['context']}" for n, r in rows.items() if r["context"] < LATENCY_CONTEXT]
-    reads = f" Shorter contexts read only their last tokens: {', '.join(shorter)}." * bool(shorter)
+    reads = ""
+    if shorter:
+        reads = f" Shorter contexts read only their last tokens: {', '.join(shorter)}."
     lines += [
         "",
         f"Latency: ONNX Runtime on the CPU ({report['cpu']}), batch 1, one call that "
