@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -53,17 +54,13 @@ def describe(problem: dict) -> str:
     return f"{where}: {in_words(problem)}; {field.description}"
 
 
-# What --check asks each model: a next-token call and a few greedy tokens.
-PROBE = "Capitu olhou para mim"
-
-
 def check(settings: Settings) -> int:
     """Every model of the models directory loaded as serving would load it (checksums,
     provider, precision), then asked for the next token and 8 greedy tokens: one line each on
     stdout, and 1 if any model failed, or there is none; 0 otherwise."""
     import time
 
-    from service.engine import Engine
+    from service.engine import PROBE, Engine, probe
     from service.registry import load_models
     from service.sampling import SamplingParams
 
@@ -80,7 +77,7 @@ def check(settings: Settings) -> int:
             continue
         try:
             started, engine = time.perf_counter(), Engine(model)
-            engine.next_token(PROBE, 1)
+            probe(engine)
             *_, final = engine.generate(PROBE, 8, SamplingParams(temperature=0.0), 0, [], 0)
             ms = (time.perf_counter() - started) * 1000
         except Exception as error:  # reported, and the next model still checked
@@ -95,13 +92,17 @@ def check(settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging.config
 
     import uvicorn
 
     from service.app import create_app
-    from service.connections import HeadDeadlineProtocol
+    from service.connections import DrainingServer, GuardedProtocol
     from service.logs import logging_config
 
     try:
@@ -123,15 +124,30 @@ def main(argv: list[str] | None = None) -> int:
     if checking:
         logging.config.dictConfig(logging_config(settings.log_format, settings.log_level))
         return check(settings)
-    uvicorn.run(
-        create_app(settings),
-        http=functools.partial(HeadDeadlineProtocol, head_timeout=settings.head_timeout_s),
+    app = create_app(settings)
+    metrics = app.state.metrics
+    config = uvicorn.Config(
+        app,
+        http=functools.partial(
+            GuardedProtocol,
+            head_timeout=settings.head_timeout_s,
+            send_timeout=settings.send_timeout_s,
+            on_close=lambda reason: metrics.connections_closed.labels(reason).inc(),
+        ),
         host=settings.host,
         port=settings.port,
         log_config=logging_config(settings.log_format, settings.log_level),
         timeout_graceful_shutdown=settings.drain_timeout_s,
         access_log=False,
+        # h11 refuses a request head still incomplete past this size (431); HeadGuard refuses
+        # one that arrived whole.
+        h11_max_incomplete_event_size=settings.max_head_bytes,
     )
+    server = DrainingServer(config, lambda: app.state.drain.begin(settings.drain_timeout_s))
+    # uvicorn raises the signal again once it has drained, and SIGTERM's default action would
+    # end the process with status 143 after a clean shutdown: a drained stop exits 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    server.run()
     return 0
 
 

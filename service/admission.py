@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 
-from service.deadline import CLIENT_CLOSED
+from service.deadline import CLIENT_CLOSED, Drain
 from service.errors import APIError
 
 # How often a request waiting in line looks whether its client has hung up.
@@ -33,8 +33,9 @@ class Overloaded(APIError):
 class Admission:
     """The slots and the line of one service (one event loop)."""
 
-    def __init__(self, slots: int, queue: int, timeout: float) -> None:
+    def __init__(self, slots: int, queue: int, timeout: float, drain: Drain | None = None) -> None:
         self.slots, self.queue, self.timeout = slots, queue, timeout
+        self.drain = drain or Drain()
         self.running = 0
         self.line: deque[asyncio.Future[None]] = deque()
 
@@ -45,7 +46,7 @@ class Admission:
     async def enter(self, hung_up: threading.Event | None = None) -> float:
         """Takes a slot, waiting in line for one if every slot is taken; returns the seconds
         waited. 429 when the line is full or the wait reaches ``timeout``; 499 when the client
-        hangs up while waiting."""
+        hangs up while waiting; 503 when the server's drain time ends while it waits."""
         if self.running < self.slots and not self.line:
             self.running += 1
             return 0.0
@@ -72,6 +73,7 @@ class Admission:
                         f"no slot came free in {self.timeout:g} s of waiting ({self.running} "
                         f"requests running, the limit is {self.slots}); retry shortly",
                     )
+                self.drain.check()  # shutting down, and no slot came free in time
                 if hung_up is not None and hung_up.is_set():
                     raise APIError(
                         CLIENT_CLOSED,

@@ -11,19 +11,20 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.ab import ABStats, parse_weights
 from service.admission import Admission
+from service.deadline import Drain
 from service.docs_pages import DOCS_URL, REDOC_URL, DocsPolicy
-from service.engine import Engine
+from service.engine import Engine, probe
 from service.errors import error_body, install_error_handlers
+from service.headers import HeadGuard, JSONCORSMiddleware, SecurityHeaders
 from service.memory import limit_malloc_arenas
 from service.observability import Metrics, RequestContext
-from service.registry import load_models
+from service.registry import LoadedModel, load_models
 from service.routes import compare, inference, meta, openai, tokens
 from service.schemas import build_requests
 from service.settings import Settings
@@ -175,6 +176,31 @@ async def _reject(send: Send, status: int, type_: str, message: str, unread: boo
     await send({"type": "http.response.body", "body": payload})
 
 
+def open_engines(
+    models: dict[str, LoadedModel], settings: Settings, metrics: Metrics
+) -> dict[str, Engine]:
+    """An engine for each loaded model, asked once for a next token before it serves: a model
+    whose card lacks a field, or whose graphs load but fail to run, is marked failed with its
+    reason (in /ready, /models and the log) and the others serve on."""
+    engines = {}
+    for name, model in models.items():
+        if not model.ready:
+            continue
+        try:
+            engine = Engine(
+                model,
+                settings.max_batch_rows if model.precision == "float32" else 1,
+                metrics.batch_rows.labels(name).observe,
+                settings.batch_wait_ms / 1000,
+            )
+            probe(engine)
+        except Exception as error:  # this model alone is out; the reason is kept and shown
+            model.fail(f"{type(error).__name__}: {error}", "did not answer its probe")
+            continue
+        engines[name] = engine
+    return engines
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
@@ -184,16 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info(limit_malloc_arenas(settings.malloc_arenas))  # before any session's threads
         models = load_models(settings)
         app.state.models = models
-        app.state.engines = {
-            name: Engine(
-                m,
-                settings.max_batch_rows if m.precision == "float32" else 1,
-                app.state.metrics.batch_rows.labels(name).observe,
-                settings.batch_wait_ms / 1000,
-            )
-            for name, m in models.items()
-            if m.ready
-        }
+        app.state.engines = open_engines(models, settings, app.state.metrics)
         for name, m in models.items():
             app.state.metrics.models.labels(name, m.provider or "none", m.precision).set(
                 1 if m.ready else 0
@@ -226,12 +243,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Language models of Machado de Assis, with attention and without, side by side.",
         lifespan=lifespan,
+        # A redirect to the path with or without its slash would be built from the request's
+        # Host header; the paths are exact instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.models, app.state.engines = {}, {}
     app.state.metrics, app.state.ab_stats = Metrics(), ABStats()
+    app.state.drain = Drain()
     app.state.admission = Admission(
-        settings.max_concurrency, settings.max_queue, settings.queue_timeout_s
+        settings.max_concurrency, settings.max_queue, settings.queue_timeout_s, app.state.drain
     )
     app.state.metrics.in_flight.set_function(lambda: app.state.admission.running)
     app.state.metrics.queued.set_function(lambda: app.state.admission.waiting)
@@ -259,12 +280,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
-            CORSMiddleware,
+            JSONCORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-client-id", "x-request-id"],
             expose_headers=["x-request-id", "x-model", "retry-after"],
         )
+    app.add_middleware(
+        HeadGuard, max_bytes=settings.max_head_bytes, max_headers=settings.max_headers
+    )
+    app.add_middleware(SecurityHeaders)
     # Outermost: every response, errors and rejections included, gets its id and log line.
     app.add_middleware(RequestContext, metrics=app.state.metrics, log_prompts=settings.log_prompts)
     return app

@@ -23,16 +23,57 @@ def timed_out(seconds: float) -> APIError:
     return APIError(504, "timeout", f"the request ran past its time limit of {seconds:g} s")
 
 
-class Deadline:
-    """A request's time limit and its hang-up flag (set by service.app.BodyGuard)."""
+class Drain:
+    """The server's shutdown, as requests see it: once ``begin`` is called (on SIGTERM) the
+    requests under way have until ``stop_at`` to finish; past it each one stops at its next
+    check with a 503, so that it still gets a proper ending (an answer, or a stream's error
+    event) before the server cancels what is left at the end of its drain time."""
 
-    def __init__(self, seconds: float, hung_up: threading.Event | None = None) -> None:
+    # Part of the drain time kept for the requests stopped at ``stop_at`` to send their ending.
+    MARGIN_S = 1.0
+
+    def __init__(self) -> None:
+        self.stop_at: float | None = None
+        self.seconds = 0.0
+
+    @property
+    def draining(self) -> bool:
+        return self.stop_at is not None
+
+    def begin(self, seconds: float) -> None:
+        if self.stop_at is None:
+            self.seconds = seconds
+            self.stop_at = time.monotonic() + max(0.0, seconds - min(self.MARGIN_S, seconds / 4))
+
+    def check(self) -> None:
+        """Raises the 503 of a request that could not finish within the drain time."""
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            raise APIError(
+                503,
+                "shutting_down",
+                f"the server is shutting down and this request could not finish within its "
+                f"drain time of {self.seconds:g} s; retry (another replica, or this one once "
+                "it is back)",
+                None,
+                {"Retry-After": "1"},
+            )
+
+
+class Deadline:
+    """A request's time limit, its hang-up flag (set by service.app.BodyGuard) and the server's
+    drain."""
+
+    def __init__(
+        self, seconds: float, hung_up: threading.Event | None = None, drain: Drain | None = None
+    ) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
         self.hung_up = hung_up or threading.Event()
+        self.drain = drain or Drain()
 
     def check(self) -> None:
-        """Raises APIError 499 once the client has hung up, 504 once the time limit is past."""
+        """Raises APIError 499 once the client has hung up, 504 once the time limit is past,
+        503 once the server's drain time is nearly over."""
         if self.hung_up.is_set():
             raise APIError(
                 CLIENT_CLOSED,
@@ -41,3 +82,4 @@ class Deadline:
             )
         if time.monotonic() > self.at:
             raise timed_out(self.seconds)
+        self.drain.check()

@@ -467,3 +467,15 @@ class Engine:
             "heads": head_ids,
             "attention": np.round(selected.astype(np.float64), 5).tolist(),
         }
+
+
+# What a model is asked before it serves (and by `python -m service --check`).
+PROBE = "Capitu olhou para mim"
+
+
+def probe(engine: Engine) -> None:
+    """One next-token call, whose distribution must be finite: a model whose graphs load but
+    cannot run, or answer nonsense, fails here instead of on its first request."""
+    result = engine.next_token(PROBE, 1)
+    if not math.isfinite(result["entropy_bits"]):
+        raise ValueError(f"its next-token entropy on {PROBE!r} is {result['entropy_bits']}")

@@ -90,6 +90,8 @@ _HTTP_TYPES = {
 }
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 # Where OpenAI clients go first; these models have no chat format to turn messages into a prompt.
 CHAT_PATH = "/v1/chat/completions"
 
@@ -104,7 +106,10 @@ def _routing_message(request: Request, status: int, detail: str, headers: dict |
                 "without a chat format to turn messages into a prompt; POST /v1/completions "
                 "continues a prompt (the OpenAI client's completions.create)"
             )
-        return f"no endpoint {method} {path}; the API is listed at /docs (/openapi.json)"
+        # The path is not quoted back: an answer built from what a client sent could carry
+        # whatever that client (or a page that sent it) chose.
+        shown = method if method in _METHODS else "this method"
+        return f"no endpoint for {shown} at this path; the API is listed at /docs (/openapi.json)"
     if status == 405 and detail == "Method Not Allowed":
         allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
         return f"{method} is not allowed on {path}" + (f"; allowed: {allowed}" if allowed else "")

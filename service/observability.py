@@ -74,6 +74,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.connections_closed = Counter(
+            "machado_connections_closed_total",
+            "connections the server closed on its own: no request head in time (head_timeout), "
+            "an answer its client stopped reading (slow_reader), a request head it could not "
+            "read (bad_request) or over the size limit (head_too_large)",
+            ["reason"],
+            registry=r,
+        )
         self.tokens = Counter(
             "machado_generated_tokens_total", "tokens generated", ["model"], registry=r
         )

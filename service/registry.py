@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,12 @@ class LoadedModel:
     @property
     def ready(self) -> bool:
         return self.error is None and self.session is not None
+
+    def fail(self, error: str, stage: str = "failed to load") -> None:
+        """Out of service with ``error`` as its reason (its sessions released), logged once."""
+        self.error = error
+        self.session = self.attention_session = self.decoder_session = None
+        log.error(f"model {self.name} {stage}: {error}", extra={"model": self.name, "error": error})
 
     @property
     def has_attention(self) -> bool:
@@ -182,16 +189,83 @@ class ProviderChoice:
     reason: str
 
 
+# What the service reads of a card, each with the type it must have: a card without one of them
+# (or with another type) refuses its model, by name, before anything else of it is read.
+CARD_FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
+    "kind": ("a string", str),
+    "context": ("a positive integer", int),
+    "config": ("an object with vocab_size", dict),
+    "tokenizer": ("an object with file and sha256", dict),
+}
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The card of ``folder``, refused (ValueError) where a field the service reads is missing
+    or of the wrong type."""
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    if not isinstance(card, dict):
+        raise ValueError("card.json is not a JSON object")
+    for key, (what, kind) in CARD_FIELDS.items():
+        value = card.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"card.json: {key!r} must be {what}, found {value!r:.60}")
+    if card["context"] < 1:
+        raise ValueError(f"card.json: 'context' must be positive, found {card['context']}")
+    vocab = card["config"].get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 2:
+        raise ValueError(f"card.json: 'config.vocab_size' must be an integer, found {vocab!r:.60}")
+    tok = card["tokenizer"]
+    if not isinstance(tok.get("file"), str) or not isinstance(tok.get("sha256"), str):
+        raise ValueError("card.json: 'tokenizer' must name a file and its sha256")
+    return card
+
+
+def inside(path: Path, root: Path, what: str) -> Path:
+    """``path`` resolved (symbolic links followed), refused (ValueError) if that lands outside
+    ``root``: the service reads nothing from outside its models directory."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{what} resolves outside the models directory")
+    return resolved
+
+
+def check_external_data(graph: Path, root: Path) -> None:
+    """Every external-data file that ``graph`` names lies inside ``root`` (ONNX Runtime has a
+    check of its own; the service does not depend on it)."""
+    import onnx  # the graph's structure only: its weights stay on disk
+
+    def tensors(g: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from g.initializer
+        for node in g.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                    yield from tensors(sub)
+
+    proto = onnx.load(str(graph), load_external_data=False)
+    for tensor in tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        inside(graph.parent / location, root, f"{graph.name}'s external data {location!r:.80}")
+
+
 def load_model(
     folder: Path, settings: Settings, tokenizers: dict[str, Tokenizer], choice: ProviderChoice
 ) -> LoadedModel:
     model = LoadedModel(name=folder.name, folder=folder)
     try:
-        model.card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+        root = settings.models_dir.resolve()
+        inside(folder, root, f"the folder {folder.name}/")
+        inside(folder / "card.json", root, f"{folder.name}/card.json")
+        model.card = read_card(folder)
+        for file_name in model.card.get("files") or {}:
+            if (folder / file_name).exists():
+                inside(folder / file_name, root, f"{folder.name}/{file_name}")
         tok = model.card["tokenizer"]
-        tok_path = (folder.parent / tok["file"]).resolve()
-        if not tok_path.is_relative_to(folder.parent.resolve()):
-            raise ValueError(f"tokenizer {tok['file']!r} lies outside the models directory")
+        tok_path = inside(folder.parent / tok["file"], root, f"tokenizer {tok['file']!r:.80}")
         digest = hashlib.sha256(tok_path.read_bytes()).hexdigest()
         if digest != tok["sha256"]:
             raise ValueError(
@@ -204,6 +278,11 @@ def load_model(
         refused = [problem for file, problem in problems.items() if file != CACHE_GRAPH]
         if refused:
             raise ValueError("; ".join(refused))
+        graphs = ["model.onnx", *model.card.get("graphs", {})]
+        for graph in dict.fromkeys(graphs):
+            if (folder / graph).exists():
+                inside(folder / graph, root, f"{folder.name}/{graph}")
+                check_external_data(folder / graph, root)
         model.files_checked = "files" in model.card
         probing = choice.providers[0] == CUDA
         int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
@@ -258,12 +337,7 @@ def load_model(
                     extra={"model": model.name},
                 )
     except Exception as exc:  # a broken folder is reported, never fatal
-        model.error = f"{type(exc).__name__}: {exc}"
-        model.session = model.attention_session = model.decoder_session = None
-        log.error(
-            f"model {model.name} failed to load: {model.error}",
-            extra={"model": model.name, "error": model.error},
-        )
+        model.fail(f"{type(exc).__name__}: {exc}")
         return model
     precision = model.precision
     if precision == "int8" and int8_weight_bits() == 7:

@@ -114,7 +114,36 @@ class Settings(BaseSettings):
         "limits accept takes about 31 s on the attention model on 2 CPU cores",
     )
     drain_timeout_s: float = Field(
-        10.0, ge=0, le=600, description="on shutdown, wait this long for in-flight requests"
+        10.0,
+        ge=0,
+        le=600,
+        description="on SIGTERM: new connections are refused at once, and requests under way "
+        "have this long to finish; what is still running shortly before it ends gets a 503 "
+        "(or a stream its error event) saying the server is shutting down. The process then "
+        "exits 0. A container's stop grace period must be longer",
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="longest an answer may wait for its client to read (the connection's "
+        "buffers full, nothing taken): past it the connection is cut, its request stopped "
+        "and its inference slot freed (machado_connections_closed_total{reason='slow_reader'})",
+    )
+    max_head_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1_048_576,
+        description="largest request line and headers, in bytes (431 above)",
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="most request headers (431 above)")
+    max_answer_items: int = Field(
+        200_000,
+        ge=1000,
+        description="most token entries one answer may hold, each alternative of logprobs "
+        "counted (prompt tokens echoed, tokens generated, tokenized or detokenized, scored "
+        "with per_token): a request whose answer would hold more is refused with a 422 "
+        "before any work, so that no answer takes more than tens of megabytes",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request body limit (413 above)")
     head_timeout_s: float = Field(

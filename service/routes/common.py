@@ -86,6 +86,22 @@ def check_token_ids(engine: Engine, ids: Iterable[int | str], field: str) -> Non
             )
 
 
+def check_answer_size(request: Request, items: int, what: str, field: str | None) -> None:
+    """422 before any work for a request whose answer would hold more than max_answer_items
+    token entries (``what`` says how they add up): the answer's size, and the memory it takes
+    to build, stay bounded whatever the request combines."""
+    limit = settings_of(request).max_answer_items
+    if items > limit:
+        raise APIError(
+            422,
+            "answer_too_large",
+            f"the answer would hold {items:,} token entries ({what}); one answer may hold at "
+            f"most {limit:,} (MACHADO_MAX_ANSWER_ITEMS): ask for fewer tokens, choices, "
+            "alternatives or prompts",
+            field,
+        )
+
+
 def resolve(request: Request, name: str, client_id: str | None = None) -> tuple[Engine, str | None]:
     """The engine for ``name``, or for the client's A/B arm when ``name`` is 'ab' (the client
     is ``client_id``, else the X-Client-Id header, else anonymous and random)."""
@@ -117,7 +133,7 @@ async def inference_slot(request: Request) -> AsyncIterator[Deadline]:
         raise
     state.metrics.queue_wait.observe(waited)
     try:
-        yield Deadline(settings.request_timeout_s, hung_up)
+        yield Deadline(settings.request_timeout_s, hung_up, state.drain)
     finally:
         state.admission.leave()
 
@@ -179,6 +195,9 @@ def event_stream(
         events(release),
         headers={"X-Model": engine.name},
         ping=15,
+        # sse-starlette would end every stream the moment the server is signalled to stop: a
+        # stream goes on through the drain instead, and ends on its own (service.deadline.Drain).
+        shutdown_grace_period=settings_of(request).drain_timeout_s,
         background=BackgroundTask(release),
     )
 

@@ -36,7 +36,9 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
         least."""
         names = body.models or sorted(request.app.state.engines)
         engines = [engine_for(request, name) for name in dict.fromkeys(names)]
-        request.state.model = ",".join(e.name for e in engines)
+        # One label value for every set of models: the ordered list would grow the metrics'
+        # label values with the permutations of the served models.
+        request.state.model = engines[0].name if len(engines) == 1 else "(several)"
         for engine in engines:
             check_token_ids(engine, body.logit_bias, "logit_bias")
         request.state.prompt = body.prompt

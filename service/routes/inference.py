@@ -26,6 +26,7 @@ from service.responses import (
 )
 from service.routes.common import (
     StreamTally,
+    check_answer_size,
     check_token_ids,
     count_tokens,
     engine_for,
@@ -223,6 +224,10 @@ def build_router(requests: Requests) -> APIRouter:
         """Negative log-likelihood, perplexity and bits per character of a text."""
         engine, arm = resolve(request, body.model)
         started = time.perf_counter()
+        if body.per_token:  # a token is at least a byte of the text (byte-level BPE)
+            check_answer_size(
+                request, len(body.text.encode()), "at most one per byte of the text", "text"
+            )
         async with inference_slot(request) as deadline:
             scoring = time.perf_counter()
             try:

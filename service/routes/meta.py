@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.engine import scoring_window
+from service.headers import PAGE_POLICY
 from service.kv_cache import uses_kv_cache
 from service.responses import Health, ModelInfo, ModelList, Readiness, error_responses
 from service.routes.common import require_api_key
@@ -65,15 +66,7 @@ async def ab(request: Request) -> dict:
     return {"weights": state.ab_weights, "error": state.ab_error, "arms": state.ab_stats.summary()}
 
 
-# The playground runs only its own script and style, talks only to this server and is framed by
-# no other site: a text that somehow reached the page as markup could run nothing.
-PLAYGROUND_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+PLAYGROUND_HEADERS = {"Content-Security-Policy": PAGE_POLICY}
 
 
 @router.get("/", include_in_schema=False)
@@ -90,9 +83,20 @@ async def health() -> Health:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 async def ready(request: Request) -> JSONResponse:
-    """200 when every model of the models directory loaded (and there is one); 503 otherwise."""
+    """200 when every model of the models directory loaded (and there is one); 503 otherwise.
+    Open without the API key; with a key set, a failed model's reason is left to /models."""
     models = request.app.state.models
-    states = {name: "ready" if m.ready else f"failed: {m.error}" for name, m in models.items()}
+    # /ready is open to all (probes carry no key): with an API key set, why a model failed,
+    # which may quote paths and ONNX Runtime's internals, is for /models, behind the key.
+    keyed = bool(request.app.state.settings.api_key)
+    states = {
+        name: "ready"
+        if m.ready
+        else "failed (the reason is in /models, which needs the API key)"
+        if keyed
+        else f"failed: {m.error}"
+        for name, m in models.items()
+    }
     ok = bool(models) and all(m.ready for m in models.values())
     return JSONResponse(
         Readiness(ready=ok, models=states).model_dump(), status_code=200 if ok else 503

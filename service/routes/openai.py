@@ -34,6 +34,7 @@ from service.openai_schemas import (
 from service.responses import INFERENCE_ERRORS, error_responses, sse_doc
 from service.routes.common import (
     StreamTally,
+    check_answer_size,
     check_token_ids,
     count_tokens,
     engine_for,
@@ -159,6 +160,16 @@ def build_router(settings: Settings) -> APIRouter:
                 check_token_ids(engine, source, "prompt")
         best_of = max(body.best_of or body.n, body.n)
         prompts = [_prompt(engine, source) for source in sources]
+        per_token = 1 + (body.logprobs or 0)
+        echoed = sum(len(p.ids) for p in prompts) if body.echo else 0
+        check_answer_size(
+            request,
+            body.n * (echoed + len(prompts) * body.max_tokens) * per_token,
+            f"{body.n} choice(s) x ({echoed} echoed prompt tokens + {len(prompts)} prompt(s) x "
+            f"{body.max_tokens} max_tokens) x {per_token} (each token and its logprobs "
+            "alternatives)",
+            "max_tokens",
+        )
         stops = (
             [] if body.stop is None else [body.stop] if isinstance(body.stop, str) else body.stop
         )

@@ -2,13 +2,19 @@
 
 # No `from __future__ import annotations`: see inference.py.
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 
 from service.engine import Engine
 from service.errors import APIError
 from service.responses import DetokenizeResponse, TokenizeResponse, error_responses
-from service.routes.common import check_token_ids, engine_for, require_api_key
+from service.routes.common import (
+    check_answer_size,
+    check_token_ids,
+    engine_for,
+    inference_slot,
+    require_api_key,
+    run_blocking,
+)
 from service.schemas import Requests
 
 
@@ -28,7 +34,7 @@ def build_router(requests: Requests) -> APIRouter:
     @router.post(
         "/tokenize",
         response_model=TokenizeResponse,
-        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503),
+        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504),
     )
     async def tokenize(body: requests.tokenize, request: Request) -> TokenizeResponse:
         """Token ids, token strings and [start, end) character offsets of a text."""
@@ -36,28 +42,34 @@ def build_router(requests: Requests) -> APIRouter:
 
         def run() -> TokenizeResponse:  # a long text takes a while: off the event loop
             encoding = engine.tokenizer.encode(body.text, add_special_tokens=False)
+            check_answer_size(request, len(encoding.ids), "tokens of the text", "text")
             return TokenizeResponse(
                 ids=encoding.ids,
                 tokens=engine.token_texts(encoding.ids),
                 offsets=[list(o) for o in encoding.offsets],
             )
 
-        return await anyio.to_thread.run_sync(run)
+        # In a slot like every endpoint that does work: bounded in number and in time.
+        async with inference_slot(request):
+            return await run_blocking(request, run)
 
     @router.post(
         "/detokenize",
         response_model=DetokenizeResponse,
-        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503),
+        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504),
     )
     async def detokenize(body: requests.detokenize, request: Request) -> DetokenizeResponse:
         """The text of token ids, together and one by one (404 for an id outside the
         vocabulary)."""
         engine = _engine(request, body.model)
         check_token_ids(engine, body.ids, "ids")
-        return await anyio.to_thread.run_sync(
-            lambda: DetokenizeResponse(
-                text=engine.decode(body.ids), tokens=engine.token_texts(body.ids)
+        check_answer_size(request, len(body.ids), "ids", "ids")
+        async with inference_slot(request):
+            return await run_blocking(
+                request,
+                lambda: DetokenizeResponse(
+                    text=engine.decode(body.ids), tokens=engine.token_texts(body.ids)
+                ),
             )
-        )
 
     return router

@@ -351,8 +351,8 @@ def test_api_prompt_over_configured_limit_422(client):
 
 def test_api_unknown_route_and_method(client):
     error = _error(client.get("/nothing"), 404, "not_found")
-    assert (
-        error["message"] == "no endpoint GET /nothing; the API is listed at /docs (/openapi.json)"
+    assert error["message"] == (
+        "no endpoint for GET at this path; the API is listed at /docs (/openapi.json)"
     )
     error = _error(client.get("/generate"), 405, "method_not_allowed")
     assert error["message"] == "GET is not allowed on /generate; allowed: POST"
