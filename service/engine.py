@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 
 from service.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
 from service.deadline import Deadline
@@ -95,6 +96,12 @@ def scoring_window(card: dict) -> int:
     return int(card["config"].get("block", card["context"]))
 
 
+# Logits elements (float32) from which a call releases its arena memory when it ends: 4 MiB.
+SHRINK_ELEMENTS = 1 << 20
+SHRINK_ARENA = ort.RunOptions()
+SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
 class _Choice:
     """One sequence being generated: its tokens, text, random generator and result."""
 
@@ -175,8 +182,14 @@ class Engine:
 
     # Graph calls ------------------------------------------------------------------------
     def _logits(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        # A call whose logits alone take megabytes (scoring windows, a long prompt) gives its
+        # memory back to the system when it ends: ONNX Runtime's arena would otherwise keep
+        # the largest size that concurrent calls ever reached, for good (scripts/attack.py).
+        large = positions.size * self.vocab_size >= SHRINK_ELEMENTS
         return self.model.session.run(
-            ["logits"], {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64)}
+            ["logits"],
+            {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64)},
+            SHRINK_ARENA if large else None,
         )[0]
 
     def next_logits(self, ids: list[int]) -> np.ndarray:

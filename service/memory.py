@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 M_ARENA_MAX = -8  # from glibc's malloc.h
 
@@ -35,3 +36,21 @@ def limit_malloc_arenas(arenas: int) -> str:
     if ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas) != 1:
         return f"malloc arenas: glibc refused a limit of {arenas}; its default stays"
     return f"malloc arenas: at most {arenas}"
+
+
+# An answer of more than this many bytes returns the allocator's free memory to the system once
+# it is sent: building it took several times its size in Python objects and arrays.
+TRIM_AFTER_BYTES = 1 << 20
+_trimming = threading.Lock()
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim(0): the free pages of every arena go back to the system, so that a
+    burst of large answers does not leave the process holding its peak for good. One trim at a
+    time (a second caller returns at once); nothing outside glibc."""
+    if not glibc() or not _trimming.acquire(blocking=False):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    finally:
+        _trimming.release()

@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 
+import anyio
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import internal_error
+from service.memory import TRIM_AFTER_BYTES, release_free_memory
 
 log = logging.getLogger("service.access")
 
@@ -150,10 +152,11 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
-        status, answering, error, read = 500, False, None, False
+        status, answering, error, read, sent = 500, False, None, False, 0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, answering, error, read
+            nonlocal status, answering, error, read, sent
+            sent += len(message.get("body", b""))
             if message["type"] == "http.response.start":
                 status, answering = message["status"], True
                 message.setdefault("headers", [])
@@ -191,6 +194,8 @@ class RequestContext:
             if self.log_prompts and "prompt" in state:
                 extra["prompt"] = state["prompt"]
             log.info(f"{scope['method']} {path} {status}", extra=extra)
+            if sent > TRIM_AFTER_BYTES:
+                await anyio.to_thread.run_sync(release_free_memory)
 
 
 def _path(scope: Scope) -> str:

@@ -8,7 +8,6 @@ import sys
 import pytest
 import uvicorn
 
-import service.app
 from service import __main__ as cli
 from service.settings import Settings
 
@@ -28,10 +27,12 @@ def test_help_lists_every_setting_with_its_environment_variable():
 
 @pytest.fixture
 def served(monkeypatch):
-    """Run main() up to uvicorn.run, keeping what it would have served."""
+    """Run main() up to the server's start (the app is made, its models not loaded), keeping
+    the settings and the server's configuration."""
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append((app, options)))
-    monkeypatch.setattr(service.app, "create_app", lambda settings: settings)
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda server: calls.append((server.config.app, server.config))
+    )
     return calls
 
 
@@ -39,10 +40,21 @@ def test_flags_win_over_the_environment(monkeypatch, served):
     monkeypatch.setenv("MACHADO_PORT", "1234")
     monkeypatch.setenv("MACHADO_MAX_BATCH_ROWS", "4")
     assert cli.main(["--port", "4321", "--kv-cache", "false", "--quantize", "int8"]) == 0
-    [(settings, options)] = served
+    [(app, config)] = served
+    settings = app.state.settings
     assert (settings.port, settings.max_batch_rows) == (4321, 4)
     assert settings.kv_cache is False and settings.quantize == "int8"
-    assert (options["host"], options["port"]) == (settings.host, 4321)
+    assert (config.host, config.port) == (settings.host, 4321)
+
+
+def test_server_takes_its_limits_from_the_settings(served):
+    """The drain time, the head size limit and the connection guards reach uvicorn."""
+    argv = ["--drain-timeout-s", "7", "--max-head-bytes", "4096", "--send-timeout-s", "3"]
+    assert cli.main(argv) == 0
+    [(_, config)] = served
+    assert config.timeout_graceful_shutdown == 7
+    assert config.h11_max_incomplete_event_size == 4096
+    assert config.http.keywords["send_timeout"] == 3
 
 
 @pytest.mark.parametrize(

@@ -42,3 +42,17 @@ def test_readme_layout_names_every_module_and_script():
         str(f.relative_to(ROOT)) for f in files if f.name != "__init__.py" and f.name not in layout
     ]
     assert not missing, missing
+
+
+def test_compose_stop_grace_period_covers_the_drain():
+    """docker compose stop sends SIGTERM, then SIGKILL after stop_grace_period: the period must
+    outlast the drain time (the default, and the one .env.example sets), with room to exit."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    example = (ROOT / ".env.example").read_text()
+    drain = float(re.search(r"^MACHADO_DRAIN_TIMEOUT_S=(\S+)", example, re.M).group(1))
+    drain = max(drain, Settings.model_fields["drain_timeout_s"].default)
+    for name in ("api", "api-gpu"):
+        grace = compose["services"][name]["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) >= drain + 5, (name, grace, drain)
