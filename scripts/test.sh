@@ -4,12 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh gpu,train,dev  # idempotent: a no-op when everything is installed
-# The playground's browser tests drive Debian's Chromium (Playwright downloads no browser).
-# Installed here where we may (root with apt); elsewhere those tests skip, saying why.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-   && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# What the tests drive for real, installed and started here where we may (root with apt);
+# elsewhere those tests skip, saying why: Debian's Chromium for the playground (Playwright
+# downloads no browser), and a Docker engine with docker-compose and debootstrap for the
+# images and the compose file (tests/docker).
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=""
+  command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
+  command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+  command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+  if [ -n "$missing" ]; then
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    (dockerd >/tmp/machado-dockerd.log 2>&1 &)
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  fi
 fi
 .venv/bin/ruff check training service tests scripts
 .venv/bin/ruff format --check training service tests scripts

@@ -7,6 +7,7 @@ Every prompt starts after an end-of-text token, as every document did in trainin
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -96,8 +97,10 @@ def scoring_window(card: dict) -> int:
     return int(card["config"].get("block", card["context"]))
 
 
-# Logits elements (float32) from which a call releases its arena memory when it ends: 4 MiB.
-SHRINK_ELEMENTS = 1 << 20
+# Logits elements (float32) from which a graph call is large (4 MiB), and how many large calls
+# of one model run at once.
+LARGE_CALL_ELEMENTS = 1 << 20
+LARGE_CALLS = 2
 SHRINK_ARENA = ort.RunOptions()
 SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
@@ -143,6 +146,9 @@ class Engine:
         # On the CPU an attention model's work grows with the tokens a call pads to: short
         # sequences stay out of long batches. On CUDA (not measured) and for Bengio, any join.
         on_cpu = model.provider != CUDA
+        # Only the CPU provider's arena is shrunk: a CUDA session has no arena for "cpu:0".
+        self.shrinks = on_cpu
+        self.large_calls = threading.BoundedSemaphore(LARGE_CALLS)
         call_cost = CALL_COST_TOKENS if on_cpu else None
         self.batcher = (
             StepBatcher(
@@ -182,15 +188,17 @@ class Engine:
 
     # Graph calls ------------------------------------------------------------------------
     def _logits(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        # A call whose logits alone take megabytes (scoring windows, a long prompt) gives its
-        # memory back to the system when it ends: ONNX Runtime's arena would otherwise keep
-        # the largest size that concurrent calls ever reached, for good (scripts/attack.py).
-        large = positions.size * self.vocab_size >= SHRINK_ELEMENTS
-        return self.model.session.run(
-            ["logits"],
-            {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64)},
-            SHRINK_ARENA if large else None,
-        )[0]
+        feed = {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64)}
+        if positions.size * self.vocab_size < LARGE_CALL_ELEMENTS:
+            return self.model.session.run(["logits"], feed)[0]
+        # A call whose logits alone take megabytes (scoring windows, an echoed prompt): ONNX
+        # Runtime's arena keeps, for good, the most memory that such calls ever took at once,
+        # so at most LARGE_CALLS of them run at a time on a model (on two cores more would
+        # only share them), and on the CPU each gives back what it freed when it ends.
+        with self.large_calls:
+            return self.model.session.run(["logits"], feed, SHRINK_ARENA if self.shrinks else None)[
+                0
+            ]
 
     def next_logits(self, ids: list[int]) -> np.ndarray:
         """Logits (V,) of the token after ``ids``; only the last position reaches the output

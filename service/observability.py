@@ -167,8 +167,8 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception as error:
-            body = internal_error(request_id, f"{scope['method']} {_path(scope)}", error)
+        except Exception as failure:  # not `error`: that name is the log line's, read below
+            body = internal_error(request_id, f"{scope['method']} {_path(scope)}", failure)
             if answering:  # too late for a 500: the server cuts the answer short
                 raise
             model = state.get("model")

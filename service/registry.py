@@ -282,7 +282,8 @@ def load_model(
         for graph in dict.fromkeys(graphs):
             if (folder / graph).exists():
                 inside(folder / graph, root, f"{folder.name}/{graph}")
-                check_external_data(folder / graph, root)
+                if graph != CACHE_GRAPH:  # checked where it loads: its failure is its own
+                    check_external_data(folder / graph, root)
         model.files_checked = "files" in model.card
         probing = choice.providers[0] == CUDA
         int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
@@ -329,6 +330,7 @@ def load_model(
             try:
                 if CACHE_GRAPH in problems:
                     raise ValueError(problems[CACHE_GRAPH])
+                check_external_data(folder / CACHE_GRAPH, root)
                 model.decoder_session = _open(folder / CACHE_GRAPH, settings, [got], int8)
             except Exception as exc:  # the model still generates, a window a token
                 log.warning(

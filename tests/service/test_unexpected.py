@@ -172,3 +172,16 @@ def test_model_answering_nan_is_a_500_not_nonsense(errors_log, path, body):
     assert response.json()["error"]["message"].startswith("unexpected NonFiniteLogits;")
     [record] = errors_log
     assert "rows of logits hold NaN or infinity" in record.getMessage()
+
+
+def test_unexpected_failure_has_its_access_log_line(caplog):
+    """The request that failed unexpectedly is logged and counted like every other (the
+    middleware that answers its 500 must not fail itself on the way out)."""
+    with TestClient(create_app(make_settings()), raise_server_exceptions=True) as client:
+        model = client.app.state.models["bengio"]
+        model.session = BrokenSession(model.session)
+        with caplog.at_level(logging.INFO, logger="service.access"):
+            answer = client.post("/next-token", json={"model": "bengio", "prompt": "Capitu"})
+    assert answer.status_code == 500
+    lines = [r for r in caplog.records if r.name == "service.access"]
+    assert any(getattr(r, "status", None) == 500 for r in lines), [r.message for r in lines]
