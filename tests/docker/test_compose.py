@@ -73,14 +73,14 @@ class Stack:
     """The compose project, its environment (stand-ins, free ports) and helpers."""
 
     def __init__(self) -> None:
-        # A range, as the compose file's default: each replica of --scale takes one, the first
-        # replica the first port.
+        # One port; a range of them for the replicas of --scale (as the README says).
         self.api_port, self.lb_port = free_ports(4), free_port()
+        self.api_ports = f"127.0.0.1:{self.api_port}-{self.api_port + 3}"
         self.env = {
             **os.environ,
             **STANDINS,
             "COMPOSE_PROJECT_NAME": PROJECT,
-            "MACHADO_PUBLISHED_PORT": f"127.0.0.1:{self.api_port}-{self.api_port + 3}",
+            "MACHADO_PUBLISHED_PORT": f"127.0.0.1:{self.api_port}",
             "MACHADO_PUBLISHED_LB_PORT": f"127.0.0.1:{self.lb_port}",
         }
         self.base = f"http://127.0.0.1:{self.api_port}"
@@ -254,6 +254,7 @@ def test_another_models_folder_mounted_read_only_is_served(stack, tmp_path):
 
 
 def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replica(stack):
+    stack.env["MACHADO_PUBLISHED_PORT"] = stack.api_ports
     stack.compose("--profile", "scale", "up", "-d", "--scale", "api=3", timeout=600)
     replicas = stack.wait_healthy("api", count=3)
     deadline = time.monotonic() + 60
@@ -282,7 +283,9 @@ def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replic
         for _ in range(30)
     ]  # fmt: skip
     assert statuses == [200] * 30, statuses
-    stack.compose("--profile", "scale", "up", "-d", "--scale", "api=1", timeout=300)
+    stack.compose("--profile", "scale", "rm", "-s", "-f", "lb", timeout=120)
+    stack.env["MACHADO_PUBLISHED_PORT"] = f"127.0.0.1:{stack.api_port}"
+    stack.compose("up", "-d", "--force-recreate", "--scale", "api=1", "api", timeout=300)
 
 
 def test_gpu_image_builds_and_serves_on_the_cpu_saying_why(stack):
@@ -307,7 +310,8 @@ def test_gpu_image_builds_and_serves_on_the_cpu_saying_why(stack):
         assert {m["provider"] for m in models} == {"CPUExecutionProvider"}
         reason = models[0]["provider_reason"]
         assert "CUDA" in reason and "not usable here" in reason, reason
-        assert reason in docker("logs", name)
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=False)
+        assert reason in logs.stdout + logs.stderr  # the service logs to stderr
     finally:
         docker("rm", "-f", name)
 

@@ -56,3 +56,25 @@ def test_compose_stop_grace_period_covers_the_drain():
     for name in ("api", "api-gpu"):
         grace = compose["services"][name]["stop_grace_period"]
         assert grace.endswith("s") and float(grace[:-1]) >= drain + 5, (name, grace, drain)
+
+
+def test_compose_passes_every_setting_with_the_service_default():
+    """docker-compose.yml gives the container every setting, from .env or the shell, else the
+    service's own default (host, port, models folder and provider are the image's)."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    environment = compose["services"]["api"]["environment"]
+    assert environment == compose["services"]["api-gpu"]["environment"]
+    for name, field in Settings.model_fields.items():
+        if name in ("host", "port", "models_dir", "provider"):
+            continue
+        default = field.default
+        written = (
+            ""
+            if default is None
+            else str(default).lower()
+            if default is True or default is False
+            else str(default)
+        )
+        assert environment[f"MACHADO_{name.upper()}"] == f"${{MACHADO_{name.upper()}:-{written}}}"
