@@ -140,7 +140,7 @@ class Attack:
         with socket.socket() as connection:
             if receive_buffer:
                 connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            connection.settimeout(30)
+            connection.settimeout(90)  # longer than any timeout of the service
             connection.connect(self.address)
             with contextlib.suppress(OSError):
                 connection.sendall(request)
