@@ -85,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
             patience=args.patience,
             log_interval=args.log_interval,
             seed=args.seed,
+            text_starts=args.text_starts,
             device=args.device,
             compile=args.compile,
             precision=args.precision,
@@ -168,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
                 args.quantize_bench,
                 args.context_bench,
                 args.heads_bench,
+                args.starts_bench,
             )
         except FileNotFoundError as error:
             raise SystemExit(f"error: {error}") from None
@@ -185,6 +187,22 @@ def _run(args: argparse.Namespace) -> int:
         for name in result["models"]:
             print(f"{name} (cells: tokens back · entropy · weight on the previous token)")
             print(format_table(result, name))
+        write_json(result, args.json)
+    elif args.command == "starts":
+        from training.evaluate import write_json
+        from training.starts import format_table, measure
+
+        try:
+            result = measure(
+                args.models,
+                corpus.resolve_corpus_dir(args.corpus),
+                args.split,
+                args.threads,
+                args.names,
+            )
+        except (FileNotFoundError, corpus.CorpusNotFoundError) as error:
+            raise SystemExit(f"error: {error}") from None
+        print(format_table(result))
         write_json(result, args.json)
     elif args.command == "context":
         from training.context import format_table, measure

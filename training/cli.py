@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("patience", _count, "evaluations without improvement before early stopping"),
         ("log-interval", _count, "steps between progress updates"),
         ("seed", int, "random seed"),
+        (
+            "text-starts",
+            _within(0, 1),
+            "share of each batch's windows that start a text as the service reads a prompt: "
+            "end-of-text, then the stream from a paragraph's start",
+        ),
     ):
         field = name.replace("-", "_")
         p.add_argument(
@@ -316,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p.add_argument(
+        "--starts-bench",
+        type=Path,
+        default=Path("benchmarks/starts-test.json"),
+        help="`python -m training starts` result to include, if the file exists "
+        "(benchmarks/starts-test.json)",
+    )
+    p.add_argument(
         "--context-bench",
         type=Path,
         default=Path("benchmarks/context-test.json"),
@@ -341,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="windows per window length of stream: each token is scored this many times (4)",
     )
+
+    p = sub.add_parser(
+        "starts",
+        help="bits per character at a text's first tokens, read alone after end-of-text (as the "
+        "service reads a prompt) and after the text before it",
+    )
+    _add_study_args(p, "split whose paragraphs are the texts (test)")
+    p.add_argument("--names", nargs="+", default=None, help="only these model folders")
 
     p = sub.add_parser(
         "heads", help="what each attention head looks at: distance, entropy, previous token"

@@ -59,6 +59,7 @@ def build_report(
     quantize_bench: Path | None = None,
     context_bench: Path | None = None,
     heads_bench: Path | None = None,
+    starts_bench: Path | None = None,
 ) -> dict[str, Any]:
     folders = sorted(
         (p.parent for p in models_dir.glob("*/card.json")),
@@ -136,6 +137,7 @@ def build_report(
         "int8": int8,
         "context": context,
         "heads": heads,
+        "starts": _measurement(starts_bench, models_dir),
         "samples": samples,
         "threads": threads,
         "cpu": f"{cpu_label()}, {threads} ONNX Runtime threads",
@@ -199,9 +201,10 @@ def write_report(
     quantize_bench: Path | None = None,
     context_bench: Path | None = None,
     heads_bench: Path | None = None,
+    starts_bench: Path | None = None,
 ) -> Path:
     report = build_report(
-        models_dir, threads, cuda_check, quantize_bench, context_bench, heads_bench
+        models_dir, threads, cuda_check, quantize_bench, context_bench, heads_bench, starts_bench
     )
     saved = report
     if report["context"]:  # the per-length curves stay in their benchmark file

@@ -67,6 +67,8 @@ def render(report: dict[str, Any]) -> str:
         lines += ["## What the comparison shows", "", *findings, ""]
     if context:
         lines += _context_section(context)
+    if report.get("starts"):
+        lines += _starts_section(report["starts"])
     if report.get("heads"):
         lines += _heads_section(report["heads"])
     for name, sweep in report.get("sweeps", {}).items():
@@ -426,6 +428,44 @@ def _heads_section(heads: dict[str, Any]) -> list[str]:
         )
         + "): a row per query, its weights along the row. ONNX Runtime on the CPU "
         f"({heads['cpu']}), {heads['seconds']:.0f} s. Measured by {command}.",
+        "",
+    ]
+    return lines
+
+
+def _starts_section(starts: dict[str, Any]) -> list[str]:
+    """Bits per character at a text's first tokens, read alone after end-of-text (as the
+    service reads a prompt) and after the text before them (`python -m training starts`)."""
+    from training.starts import format_table
+
+    if starts["stale"]:
+        return [
+            "## The start of a text",
+            "",
+            f"`{starts['file']}` was measured on weights since replaced "
+            f"({', '.join(starts['stale'])}): run `{starts['command']}` again.",
+            "",
+        ]
+    models = starts["models"]
+
+    def best(condition: str, position: str) -> str:
+        name = min(models, key=lambda n: models[n][condition][position]["bits_per_character"])
+        return f"`{name}`"
+
+    lines = [
+        "## The start of a text",
+        "",
+        f"The service reads every prompt as the start of a document, after an end-of-text "
+        f"token. {starts['texts']:,} texts: the {starts['rule']}, on the {starts['split']} "
+        f"split. Bits per character of the tokens at each position, alone / in context "
+        f"(`{starts['command']}`):",
+        "",
+        format_table(starts),
+        "",
+        f"Lowest at the first token: {best('start', '1')} alone, {best('in_context', '1')} in "
+        f"context; at tokens 2-4: {best('start', '2-4')} alone, {best('in_context', '2-4')} in "
+        "context. What a model loses alone against in context is what starting a text cold "
+        "costs it.",
         "",
     ]
     return lines
