@@ -195,10 +195,9 @@ class Engine:
         # Runtime's arena keeps, for good, the most memory that such calls ever took at once,
         # so at most LARGE_CALLS of them run at a time on a model (on two cores more would
         # only share them), and on the CPU each gives back what it freed when it ends.
+        options = SHRINK_ARENA if self.shrinks else None
         with self.large_calls:
-            return self.model.session.run(["logits"], feed, SHRINK_ARENA if self.shrinks else None)[
-                0
-            ]
+            return self.model.session.run(["logits"], feed, options)[0]
 
     def next_logits(self, ids: list[int]) -> np.ndarray:
         """Logits (V,) of the token after ``ids``; only the last position reaches the output
