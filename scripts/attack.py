@@ -94,6 +94,11 @@ TRAVERSALS = [
 ]
 
 
+# About the largest /v1/completions answer the default limits allow (MACHADO_MAX_ANSWER_ITEMS):
+# three prompts of 2,000 ids echoed with 5 alternatives per token, 4 choices each.
+LARGE_ANSWER = {"model": "bengio", "prompt": [[17] * 2000] * 3, "n": 4, "logprobs": 5, "echo": True}
+
+
 class Attack:
     def __init__(self, base: str, key: str | None, model: str) -> None:
         self.base, self.model = base, model
@@ -243,16 +248,7 @@ class Attack:
         )
         cut_before = self.metric('machado_connections_closed_total{reason="slow_reader"}')
         body = json.dumps(
-            {
-                "model": "bengio",
-                "prompt": [[17] * 2000] * 3,
-                "max_tokens": 512,
-                "n": 4,
-                "logprobs": 5,
-                "echo": True,
-                "stream": True,
-                "logit_bias": {"0": -100},
-            }
+            {**LARGE_ANSWER, "max_tokens": 512, "stream": True, "logit_bias": {"0": -100}}
         ).encode()
         head = (
             f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -308,16 +304,7 @@ class Attack:
 
     def big_answers(self) -> None:
         """Answers as large as the limits allow, eight at once, then ones over the limit."""
-        near = json.dumps(
-            {
-                "model": "bengio",
-                "prompt": [[17] * 2000] * 3,
-                "max_tokens": 128,
-                "n": 4,
-                "logprobs": 5,
-                "echo": True,
-            }
-        ).encode()
+        near = json.dumps({**LARGE_ANSWER, "max_tokens": 128}).encode()
         over = json.dumps(
             {
                 "model": "bengio",

@@ -121,6 +121,19 @@ class Stack:
         raise AssertionError(f"{service} not healthy x{count} in {seconds} s: {states}\n{logs}")
 
 
+def wait_ready(base: str, seconds: float) -> None:
+    """Until ``base``/ready answers 200 (a server starting, or nginx finding its replicas)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{base}/ready did not answer 200 within {seconds} s")
+
+
 def docker(*args: str, timeout: float = 120) -> str:
     done = subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
@@ -257,14 +270,7 @@ def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replic
     stack.env["MACHADO_PUBLISHED_PORT"] = stack.api_ports
     stack.compose("--profile", "scale", "up", "-d", "--scale", "api=3", timeout=600)
     replicas = stack.wait_healthy("api", count=3)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{stack.lb}/ready", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    wait_ready(stack.lb, 60)
     body = {"model": "ab", "prompt": "Capitu", "max_new_tokens": 2, "temperature": 0}
     served, arms = set(), set()
     for _ in range(30):
@@ -298,14 +304,7 @@ def test_gpu_image_builds_and_serves_on_the_cpu_saying_why(stack):
     docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
            "-p", f"127.0.0.1:{port}:8000", "machado-lm:gpu")  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+        wait_ready(f"http://127.0.0.1:{port}", 120)
         models = httpx.get(f"http://127.0.0.1:{port}/models", timeout=10).json()["models"]
         assert {m["provider"] for m in models} == {"CPUExecutionProvider"}
         reason = models[0]["provider_reason"]
