@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import cpu_name, percentiles, write_figures  # noqa: E402
 
-from service.batching import decode_feed  # noqa: E402
-from service.engine import Engine  # noqa: E402
-from service.kv_cache import CachedContext  # noqa: E402
-from service.registry import load_models  # noqa: E402
-from service.sampling import SamplingParams  # noqa: E402
+from runtime.batching import decode_feed  # noqa: E402
+from runtime.engine import Engine  # noqa: E402
+from runtime.kv_cache import CachedContext  # noqa: E402
+from runtime.loader import load_models  # noqa: E402
+from runtime.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -179,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cpu")
-    models = load_models(settings)
+    models = load_models(settings.load_options())
     wait = args.wait_ms / 1000
     results = {}
     for name in ("attention", "bengio"):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-import service.engine
-import service.registry
+import runtime.engine
+import runtime.loader
 from service.app import create_app
 from service.settings import Settings
 
@@ -41,17 +41,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if args.large_calls is not None:
-        service.engine.LARGE_CALLS = args.large_calls
+        runtime.engine.LARGE_CALLS = args.large_calls
     if args.no_arena:
-        options = service.registry.session_options
+        options = runtime.loader.session_options
 
         def without_arena(settings):
             chosen = options(settings)
             chosen.enable_cpu_mem_arena = False
             return chosen
 
-        service.registry.session_options = without_arena
-        service.engine.LARGE_CALL_ELEMENTS = 1 << 62  # no arena to shrink
+        runtime.loader.session_options = without_arena
+        runtime.engine.LARGE_CALL_ELEMENTS = 1 << 62  # no arena to shrink
     settings = Settings(
         models_dir=MODELS,
         max_concurrency=args.clients,
@@ -84,7 +84,7 @@ def main() -> None:
             )
             print(rounds[-1], flush=True)
     result = {
-        "large_calls": service.engine.LARGE_CALLS,
+        "large_calls": runtime.engine.LARGE_CALLS,
         "arena": not args.no_arena,
         "clients": args.clients,
         "prompt_ids": args.prompt_ids,

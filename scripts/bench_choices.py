@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
 
-from service.engine import Engine, Generation  # noqa: E402
-from service.registry import load_models  # noqa: E402
-from service.sampling import SamplingParams  # noqa: E402
+from runtime.engine import Engine, Generation  # noqa: E402
+from runtime.loader import load_models  # noqa: E402
+from runtime.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 NEW_TOKENS = 64
@@ -63,7 +63,7 @@ def main() -> None:
     settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cpu")
     params = SamplingParams(temperature=1.0)
     results: dict[str, list[dict]] = {}
-    for name, model in sorted(load_models(settings).items()):
+    for name, model in sorted(load_models(settings.load_options()).items()):
         engine = Engine(model)
         prompt = engine.decode(engine.prompt_ids(TEXT)[1:64])
         for n in args.n:

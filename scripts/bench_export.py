@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import cpu_name, write_figures  # noqa: E402
 
+from runtime.loader import open_model  # noqa: E402
 from training import export  # noqa: E402
 from training.bench import torch_model_from_folder  # noqa: E402
 from training.checkpoint import save_checkpoint  # noqa: E402
-from training.onnx_model import OnnxModel  # noqa: E402
 from training.report import LATENCY_CONTEXT, measure_latency  # noqa: E402
 from training.tokenizer import file_sha256  # noqa: E402
 
@@ -60,7 +60,7 @@ def optimized_ops(graph: Path, threads: int) -> dict[str, int]:
 
 
 def compare(shipped: Path, again: Path, threads: int, rounds: int, runs: int) -> dict:
-    models = {"shipped": OnnxModel(shipped, threads), "reexported": OnnxModel(again, threads)}
+    models = {"shipped": open_model(shipped, threads), "reexported": open_model(again, threads)}
     text = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. " * 8
     ids = models["shipped"].tokenizer.encode(text).ids[:LATENCY_CONTEXT]
     logits = {k: m.next_logits(ids) for k, m in models.items()}

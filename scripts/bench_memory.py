@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import cpu_name, write_figures  # noqa: E402
 
-from service.batching import decode_feed  # noqa: E402
+from runtime.batching import decode_feed  # noqa: E402
 
 # (model folder, graph, workload): the graph calls that take most of the service's traffic.
 WORKLOADS = [
@@ -85,7 +85,7 @@ def worker(folder: Path, graph: str, workload: str, setup: str, shapes: int, row
     """One setting in this process: load the graph, run the four passes, report memory."""
     import onnxruntime as ort
 
-    from service.registry import session_options
+    from runtime.loader import session_options
     from service.settings import Settings
 
     options = session_options(Settings(threads=2))

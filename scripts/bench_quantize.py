@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
 
-import service.registry  # noqa: E402
-from service.engine import Engine  # noqa: E402
-from service.quantize import int8_weight_bits, quantize_int8  # noqa: E402
-from service.registry import load_models  # noqa: E402
-from service.sampling import SamplingParams  # noqa: E402
+import runtime.loader  # noqa: E402
+from runtime.engine import Engine  # noqa: E402
+from runtime.loader import load_models  # noqa: E402
+from runtime.quantize import int8_weight_bits, quantize_int8  # noqa: E402
+from runtime.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 PRECISIONS = {"float32": "none", "int8": "int8"}
@@ -60,7 +60,7 @@ def load(models_dir: Path, precision: str, threads: int) -> tuple[dict, float]:
         models_dir=models_dir, threads=threads, provider="cpu", quantize=PRECISIONS[precision]
     )
     start = time.perf_counter()
-    models = load_models(settings)
+    models = load_models(settings.load_options())
     return models, time.perf_counter() - start
 
 
@@ -70,7 +70,7 @@ def use_weights(bits: int | None, unsigned: bool) -> int:
     if bits is None and not unsigned:
         return int8_weight_bits()
     bits = 8 if unsigned else bits
-    service.registry.quantize_int8 = functools.partial(quantize_int8, weight_bits=bits)
+    runtime.loader.quantize_int8 = functools.partial(quantize_int8, weight_bits=bits)
     if unsigned:
         import onnxruntime.quantization as quantization
 

@@ -1,7 +1,7 @@
 """Cost of choosing a token on real logits (not a test): the sampling step of every generation.
 
 Takes the next-token logits of the shipped attention model after a few prompts, then times
-`service.sampling.choose` for common settings, and the top-p filter against the same filter by
+`runtime.sampling.choose` for common settings, and the top-p filter against the same filter by
 a full sort of the vocabulary (its definition, and how it was computed before). Writes JSON and
 prints a Markdown table.
 
@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_service import cpu_name, percentiles, timed, write_figures  # noqa: E402
 
-from service.engine import Engine  # noqa: E402
-from service.registry import load_models  # noqa: E402
-from service.sampling import SamplingParams, choose, filter_top_p  # noqa: E402
+from runtime.engine import Engine  # noqa: E402
+from runtime.loader import load_models  # noqa: E402
+from runtime.sampling import SamplingParams, choose, filter_top_p  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.service.test_sampling import top_p_by_full_sort  # noqa: E402
 
@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
-    model = load_models(Settings(models_dir=args.models_dir, provider="cpu"))["attention"]
+    model = load_models(Settings(models_dir=args.models_dir, provider="cpu").load_options())[
+        "attention"
+    ]
     engine = Engine(model)
     logits = [engine.next_logits(engine.prompt_ids(p)) for p in PROMPTS]
     seen = engine.prompt_ids(PROMPTS[-1])

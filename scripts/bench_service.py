@@ -58,7 +58,7 @@ TOLD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_
 
 def cpu_name() -> str:
     """The CPU's model name, cores and the instruction sets of TOLD_FLAGS it has (Linux)."""
-    from service.quantize import cpu_info
+    from runtime.quantize import cpu_info
 
     name, flags = cpu_info()
     told = " ".join(flag for flag in TOLD_FLAGS if flag in flags)
@@ -130,7 +130,7 @@ def raw_onnx(
     thread_spin_us: int = 50,
 ) -> dict:
     """The next-token graph call alone, in-process, with the service's session options."""
-    from service.registry import ProviderChoice, choose_providers, load_model
+    from runtime.loader import ProviderChoice, choose_providers, load_model
     from service.settings import Settings
 
     settings = Settings(
@@ -141,7 +141,7 @@ def raw_onnx(
         thread_spin_us=thread_spin_us,
     )
     choice = ProviderChoice(*choose_providers(provider))
-    loaded = load_model(models_dir / model, settings, {}, choice)
+    loaded = load_model(models_dir / model, settings.load_options(), {}, choice)
     eot = loaded.tokenizer.token_to_id("<|endoftext|>")
     ids = [eot, *loaded.tokenizer.encode(prompt, add_special_tokens=False).ids]
     window = np.asarray(ids[-int(loaded.card["context"]) :], dtype=np.int64)[None]

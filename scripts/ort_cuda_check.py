@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 
-from service.engine import Engine  # noqa: E402
-from service.kv_cache import CachedContext, uses_kv_cache  # noqa: E402
-from service.registry import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
-from service.sampling import SamplingParams  # noqa: E402
+from runtime.engine import Engine  # noqa: E402
+from runtime.kv_cache import CachedContext, uses_kv_cache  # noqa: E402
+from runtime.loader import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
+from runtime.sampling import SamplingParams  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -161,6 +161,8 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cuda")
+
+    options = settings.load_options()
     folders = sorted(p.parent for p in args.models_dir.glob("*/card.json"))
     report: dict = {
         "gpu": gpu_name(),
@@ -175,8 +177,8 @@ def main() -> int:
     failures = [] if folders else [f"no model folder (*/card.json) in {args.models_dir}"]
     rng = np.random.default_rng(0)
     for folder in folders:
-        cpu_model = load_model(folder, settings, {}, ProviderChoice([CPU], "reference"))
-        gpu_model = load_model(folder, settings, {}, ProviderChoice([CUDA, CPU], "checked"))
+        cpu_model = load_model(folder, options, {}, ProviderChoice([CPU], "reference"))
+        gpu_model = load_model(folder, options, {}, ProviderChoice([CUDA, CPU], "checked"))
         entry: dict = {"cpu_provider": cpu_model.provider, "gpu_provider": gpu_model.provider}
         report["models"][folder.name] = entry
         if not (cpu_model.ready and gpu_model.ready):

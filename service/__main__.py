@@ -56,40 +56,11 @@ def describe(problem: dict) -> str:
 
 def check(settings: Settings) -> int:
     """Every model of the models directory loaded as serving would load it (checksums,
-    provider, precision), then asked for the next token and 8 greedy tokens: one line each on
-    stdout, and 1 if any model failed, or there is none; 0 otherwise."""
-    import time
+    provider, precision), then asked to work (runtime.check): one line each on stdout, and 1 if
+    any model failed, or there is none; 0 otherwise."""
+    from runtime.check import check_models
 
-    from service.engine import PROBE, Engine, probe
-    from service.registry import load_models
-    from service.sampling import SamplingParams
-
-    models = load_models(settings)
-    if not models:
-        what = "holds no model folder" if settings.models_dir.is_dir() else "does not exist"
-        print(f"error: the models directory {settings.models_dir} {what}", file=sys.stderr)
-        return 1
-    failed = 0
-    for name, model in sorted(models.items()):
-        if not model.ready:
-            print(f"{name}: FAILED to load: {model.error}")
-            failed += 1
-            continue
-        try:
-            started, engine = time.perf_counter(), Engine(model)
-            probe(engine)
-            *_, final = engine.generate(PROBE, 8, SamplingParams(temperature=0.0), 0, [], 0)
-            ms = (time.perf_counter() - started) * 1000
-        except Exception as error:  # reported, and the next model still checked
-            print(f"{name}: FAILED on its probe: {type(error).__name__}: {error}")
-            failed += 1
-            continue
-        print(
-            f"{name}: ok on {model.provider} ({model.precision}): {PROBE!r} -> "
-            f"{final.text!r} ({ms:.0f} ms)"
-        )
-    print(f"{len(models) - failed} of {len(models)} models ok")
-    return 1 if failed else 0
+    return check_models(settings.load_options())
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

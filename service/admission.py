@@ -14,7 +14,8 @@ import threading
 import time
 from collections import deque
 
-from service.deadline import CLIENT_CLOSED, Drain
+from runtime.deadline import Drain
+from runtime.errors import Cancelled
 from service.errors import APIError
 
 # How often a request waiting in line looks whether its client has hung up.
@@ -75,10 +76,8 @@ class Admission:
                     )
                 self.drain.check()  # shutting down, and no slot came free in time
                 if hung_up is not None and hung_up.is_set():
-                    raise APIError(
-                        CLIENT_CLOSED,
-                        "client_closed_request",
-                        "the client closed the connection while the request waited for a slot",
+                    raise Cancelled(
+                        "the client closed the connection while the request waited for a slot"
                     )
                 await asyncio.wait({turn}, timeout=min(left, HANG_UP_POLL_S))
         except BaseException:

@@ -15,16 +15,16 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.deadline import Drain
+from runtime.engine import Engine, probe
+from runtime.loader import LoadedModel, load_models
 from service.ab import ABStats, parse_weights
 from service.admission import Admission
-from service.deadline import Drain
 from service.docs_pages import DOCS_URL, REDOC_URL, DocsPolicy
-from service.engine import Engine, probe
 from service.errors import error_body, install_error_handlers
 from service.headers import HeadGuard, JSONCORSMiddleware, SecurityHeaders
 from service.memory import limit_malloc_arenas
 from service.observability import Metrics, RequestContext
-from service.registry import LoadedModel, load_models
 from service.routes import compare, inference, meta, openai, tokens
 from service.schemas import build_requests
 from service.settings import Settings
@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info(limit_malloc_arenas(settings.malloc_arenas))  # before any session's threads
-        models = load_models(settings)
+        models = load_models(settings.load_options())
         app.state.models = models
         app.state.engines = open_engines(models, settings, app.state.metrics)
         for name, m in models.items():

@@ -216,7 +216,7 @@ class GuardedProtocol(H11Protocol):
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, which also tells the application (``on_signal``) the moment a signal
     starts its shutdown: uvicorn then stops accepting connections and waits for the requests
-    under way, which need to know how long they have left (service.deadline.Drain)."""
+    under way, which need to know how long they have left (runtime.deadline.Drain)."""
 
     def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
         super().__init__(config)

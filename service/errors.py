@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: {"error": {"type", "message", "field"}}."""
+"""One JSON error shape for every failure: {"error": {"type", "message", "field"}}, and the one
+table that says how each refusal of the inference core is answered in HTTP."""
 
 from __future__ import annotations
 
@@ -10,9 +11,38 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.errors import (
+    Cancelled,
+    HeadNotFound,
+    InferenceError,
+    LayerNotFound,
+    NoAttention,
+    ShuttingDown,
+    TimedOut,
+    TokenNotFound,
+)
 from service.schemas import PATTERN_MEANINGS
 
 log = logging.getLogger("service.errors")
+
+# nginx's status for a request its client closed before the answer: no client ever reads it, but
+# the access log and the request metrics count these apart from the errors of the service.
+CLIENT_CLOSED = 499
+
+# The inference core's refusals, as HTTP: (status, error type). A class not listed here answers
+# as its nearest listed base class.
+STATUS: dict[type[InferenceError], tuple[int, str]] = {
+    NoAttention: (422, "no_attention"),
+    LayerNotFound: (404, "layer_not_found"),
+    HeadNotFound: (404, "head_not_found"),
+    TokenNotFound: (404, "token_not_found"),
+    TimedOut: (504, "timeout"),
+    Cancelled: (CLIENT_CLOSED, "client_closed_request"),
+    ShuttingDown: (503, "shutting_down"),
+    InferenceError: (422, "invalid_request"),
+}
+# Refusals that a retry may get past: the client is told when (seconds).
+RETRY_AFTER: dict[type[InferenceError], str] = {ShuttingDown: "1"}
 
 
 class APIError(Exception):
@@ -29,6 +59,17 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.type, self.message, self.field = status, type_, message, field
         self.headers = headers
+
+
+def api_error(error: APIError | InferenceError) -> APIError:
+    """``error`` as the service answers it: an inference error mapped through STATUS."""
+    if isinstance(error, APIError):
+        return error
+    kind = next(k for k in type(error).__mro__ if k in STATUS)
+    status, type_ = STATUS[kind]
+    retry = RETRY_AFTER.get(kind)
+    headers = {"Retry-After": retry} if retry else None
+    return APIError(status, type_, error.message, error.field, headers)
 
 
 def error_body(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -129,7 +170,9 @@ def _unparsed_message(cause: BaseException | None) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+    @app.exception_handler(InferenceError)
+    async def refused(request: Request, error: APIError | InferenceError) -> JSONResponse:
+        exc = api_error(error)
         headers = exc.headers
         model = getattr(request.state, "model", None)
         if model:  # the model (or A/B arm) the request had reached, named as an answer names it

@@ -49,6 +49,7 @@ def logging_config(fmt: str, level: str) -> dict:
         },
         "loggers": {
             "service": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            "runtime": {"handlers": ["default"], "level": level.upper(), "propagate": False},
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
             "uvicorn.access": {"handlers": ["default"], "level": level.upper(), "propagate": False},
         },

@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from service.sampling import SamplingParams
+from runtime.sampling import SamplingParams
 from service.settings import API_KEY, Settings
 
 # Something other than whitespace. Spelled out rather than \S: the OpenAPI schema's regex

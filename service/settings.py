@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.options import LoadOptions
+
 # RFC 6750's bearer token syntax: what every HTTP client can send in a header as it is.
 API_KEY = r"^([A-Za-z0-9._~+/-]+=*)?$"
 
@@ -198,3 +200,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level logged"
     )
+
+    def load_options(self) -> LoadOptions:
+        """How the runtime opens the models directory, from these settings."""
+        return LoadOptions(
+            models_dir=self.models_dir,
+            threads=self.threads,
+            thread_spin_us=self.thread_spin_us,
+            provider=self.provider,
+            quantize=self.quantize,
+            kv_cache=self.kv_cache,
+            cuda_tf32=self.cuda_tf32,
+        )

@@ -269,12 +269,12 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def _inference_rows(models_dir, names, lengths, threads, repeats, rng) -> list[dict]:
     from pathlib import Path
 
-    from training.onnx_model import OnnxModel
+    from runtime.loader import open_model
 
     rows = []
     for name in names:
         folder = Path(models_dir) / name
-        ort_model = OnnxModel(folder, threads)
+        ort_model = open_model(folder, threads)
         torch_model = torch_model_from_folder(folder)
         vocab = ort_model.card["config"]["vocab_size"]
         for length in lengths:

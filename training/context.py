@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from runtime.loader import LoadedModel, open_model
 from training.device import cpu_label
-from training.onnx_model import OnnxModel
 
 # Lengths up to SHORT come from windows of SHORT tokens (many targets each, see ``splice``); the
 # longer ones from windows of the model's context, so tables group them into ranges.
@@ -62,7 +62,7 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def context_curve(
-    model: OnnxModel,
+    model: LoadedModel,
     tokens: np.ndarray,
     length: int | None = None,
     coverage: int = 4,
@@ -135,7 +135,7 @@ def weights_sha256(folder: Path) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
 
 
-def check_tokenizer(model: OnnxModel, meta: dict[str, Any], data_dir: Path) -> None:
+def check_tokenizer(model: LoadedModel, meta: dict[str, Any], data_dir: Path) -> None:
     """Refuses a model whose tokenizer is not the one ``data_dir`` was prepared with."""
     if model.card["tokenizer"]["sha256"] != meta["tokenizer_sha256"]:
         raise ValueError(
@@ -176,7 +176,7 @@ def measure(
         "models": {},
     }
     for folder in folders:
-        model = OnnxModel(folder, threads)
+        model = open_model(folder, threads)
         check_tokenizer(model, meta, data_dir)
         curve = context_curve(model, tokens, coverage=coverage, progress=progress)
         if model.context > SHORT:

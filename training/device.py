@@ -11,29 +11,17 @@ import contextlib
 import ctypes
 import os
 import platform
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from runtime.hardware import cpu_info
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # The instruction sets that change CPU figures: matrix products in fp32, int8 and bf16.
 TOLD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-
-
-def cpu_info() -> tuple[str, set[str]]:
-    """The CPU's model name and instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    name, flags = "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return name, flags
 
 
 def cpu_label() -> str:

@@ -22,37 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.windows import stride_of, window_plan
 from training import data
 from training.checkpoint import load_checkpoint, read_config
 from training.device import keep_freed_memory
-
-
-def window_plan(n_tokens: int, length: int, reads: int | None = None) -> list[tuple[int, int]]:
-    """(start, first scored position within the window) for windows over a stream.
-
-    A window starting at ``s`` reads tokens ``s .. s+length-1`` and predicts ``s+1 .. s+length``.
-    Windows overlap by half, or by ``reads - 1`` tokens where that is less (see the docstring).
-    """
-    last_target = n_tokens - 1
-    if last_target < 1:
-        return []
-    length = min(length, last_target)
-    stride = stride_of(length, reads)
-    plan = [(0, 0)]
-    covered = length  # targets 1..covered are scored
-    while covered < last_target:
-        start = min(covered + stride - length, last_target - length)
-        plan.append((start, covered - start))
-        covered = start + length
-    return plan
-
-
-def stride_of(length: int, reads: int | None = None) -> int:
-    """Tokens between the starts of two windows of ``length`` (see window_plan)."""
-    overlap = length - max(1, length // 2)
-    if reads is not None:
-        overlap = min(overlap, reads - 1)
-    return length - overlap
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime.loader import LoadedModel, open_model
 from training.context import check_tokenizer, weights_sha256
 from training.device import cpu_label
-from training.onnx_model import OnnxModel
 
 EXAMPLE = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria."
 
@@ -60,7 +60,7 @@ def uniform(length: int) -> dict[str, float]:
 
 
 def measure_model(
-    model: OnnxModel, tokens: np.ndarray, windows: int = 64, batch: int = 8
+    model: LoadedModel, tokens: np.ndarray, windows: int = 64, batch: int = 8
 ) -> dict[str, Any]:
     """Every head's statistics over ``windows`` windows of the model's context, laid evenly."""
     length = model.context
@@ -70,7 +70,7 @@ def measure_model(
     totals: dict[str, np.ndarray] = {}
     for first in range(0, len(starts), batch):
         ids = np.stack([tokens[s : s + length] for s in starts[first : first + batch]])
-        for name, value in head_stats(model.attention_batch(ids)).items():
+        for name, value in head_stats(model.attention_weights(ids)).items():
             totals[name] = totals.get(name, 0) + value
     layers, heads = totals["distance"].shape
     return {
@@ -83,12 +83,12 @@ def measure_model(
     }
 
 
-def example_maps(model: OnnxModel, text: str = EXAMPLE) -> dict[str, Any]:
+def example_maps(model: LoadedModel, text: str = EXAMPLE) -> dict[str, Any]:
     """The attention maps (layer, head, query, key) of ``text``'s last context's worth of
     tokens, after an end-of-text token as the service reads a prompt."""
     eot = model.tokenizer.token_to_id("<|endoftext|>")
     ids = [eot, *model.tokenizer.encode(text).ids][-model.context :]
-    maps = model.attention_batch(np.asarray([ids], dtype=np.int64))[0]
+    maps = model.attention_weights(np.asarray([ids], dtype=np.int64))[0]
     return {
         "tokens": [model.tokenizer.decode([i], skip_special_tokens=False) for i in ids],
         "maps": np.round(maps.astype(np.float64), 3).tolist(),
@@ -107,7 +107,7 @@ def measure(
 
     meta = data.load_meta(data_dir)
     tokens = data.load_split(data_dir, split)
-    models = [OnnxModel(p.parent, threads) for p in sorted(models_dir.glob("*/card.json"))]
+    models = [open_model(p.parent, threads) for p in sorted(models_dir.glob("*/card.json"))]
     models = [m for m in models if m.card.get("has_attention")]
     if not models:
         raise FileNotFoundError(f"{models_dir} holds no model with attention")

@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.engine import Engine
+from runtime.loader import LoadedModel, open_model
+from runtime.results import GenerationRequest
+from runtime.sampling import SamplingParams
 from training.context import plot as plot_context
 from training.context import (
     range_label,
@@ -20,15 +24,22 @@ from training.context import (
 )
 from training.device import cpu_label
 from training.heads import plot as plot_heads
-from training.onnx_model import OnnxModel
 from training.plot import plot_curves
 from training.report_text import LATENCY_CONTEXT, render
 
 PROMPTS = ("Capitu olhou para mim", "Não tive filhos, não transmiti", "A vida é")
+SAMPLE_TOKENS = 40
+SAMPLED = SamplingParams(temperature=0.8, top_k=40)
 ORDER = {"attention": 0, "attention-seed": 1, "bengio": 2}
 
 
-def measure_latency(model: OnnxModel, context: int = LATENCY_CONTEXT, runs: int = 200) -> dict:
+def complete(engine: Engine, request: GenerationRequest) -> str:
+    """The completion's text, as the service's /generate makes it."""
+    *_, final = engine.generate(request)
+    return final.text
+
+
+def measure_latency(model: LoadedModel, context: int = LATENCY_CONTEXT, runs: int = 200) -> dict:
     """Median and p90 of one next-token call with ``context`` tokens of prompt, in ms."""
     text = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. " * 8
     ids = model.tokenizer.encode(text).ids[:context]
@@ -48,10 +59,6 @@ def measure_latency(model: OnnxModel, context: int = LATENCY_CONTEXT, runs: int 
     }
 
 
-def _metric(card: dict, split: str, key: str) -> float | None:
-    return card["metrics"].get(split, {}).get(key)
-
-
 def build_report(
     models_dir: Path,
     threads: int = 2,
@@ -69,7 +76,7 @@ def build_report(
         raise FileNotFoundError(f"{models_dir} holds no model folder with a card.json")
     models, histories, rows = {}, {}, []
     for folder in folders:
-        model = OnnxModel(folder, threads)
+        model = open_model(folder, threads)
         models[folder.name] = model
         metrics_file = folder / "metrics.jsonl"
         if metrics_file.is_file():
@@ -99,12 +106,12 @@ def build_report(
     for prompt in PROMPTS:
         samples[prompt] = {}
         for name, model in models.items():
-            ids = model.tokenizer.encode(prompt).ids
-            greedy = model.generate(ids, 40)
-            sampled = model.generate(ids, 40, temperature=0.8, top_k=40, seed=0)
+            engine = Engine(model)
             samples[prompt][name] = {
-                "greedy": model.tokenizer.decode(greedy),
-                "sampled": model.tokenizer.decode(sampled),
+                "greedy": complete(engine, GenerationRequest(prompt, SAMPLE_TOKENS)),
+                "sampled": complete(
+                    engine, GenerationRequest(prompt, SAMPLE_TOKENS, SAMPLED, seed=0)
+                ),
             }
     if histories:
         plot_curves(

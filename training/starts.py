@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from runtime.loader import LoadedModel, open_model
 from training import corpus
 from training.context import token_nll, weights_sha256
 from training.device import cpu_label
-from training.onnx_model import OnnxModel
 from training.tokenizer import END_OF_TEXT
 
 # (first, last) token positions within a text, counted from 1; LONGEST is the last of them.
@@ -59,7 +59,7 @@ def paragraphs(texts: list[str], tokenizer, minimum: int = LONGEST) -> list[dict
     return found
 
 
-def nll_of(model: OnnxModel, requests: list[tuple[list[int], list[int], list[int]]]) -> list:
+def nll_of(model: LoadedModel, requests: list[tuple[list[int], list[int], list[int]]]) -> list:
     """For each (window, positions, targets): the NLL in nats of each target predicted at its
     position of the window. Requests of one shape run as one batch."""
     out: list = [None] * len(requests)
@@ -79,7 +79,7 @@ def nll_of(model: OnnxModel, requests: list[tuple[list[int], list[int], list[int
     return out
 
 
-def requests_for(model: OnnxModel, prefix: list[int], ids: list[int]) -> list:
+def requests_for(model: LoadedModel, prefix: list[int], ids: list[int]) -> list:
     """What scores ``ids`` after ``prefix`` with this model, each target reading as much of
     what precedes it as the model's context holds (and no more than there is)."""
     context = model.context
@@ -100,7 +100,9 @@ def requests_for(model: OnnxModel, prefix: list[int], ids: list[int]) -> list:
     ]
 
 
-def measure_model(model: OnnxModel, texts: list[dict[str, Any]], eot: int, progress: bool) -> dict:
+def measure_model(
+    model: LoadedModel, texts: list[dict[str, Any]], eot: int, progress: bool
+) -> dict:
     """One model's bits per character by position, alone and in context (see the docstring)."""
     started = time.perf_counter()
     chars = np.asarray([t["chars"] for t in texts], dtype=np.float64)  # (N, LONGEST)
@@ -150,7 +152,7 @@ def measure(
         folders = [f for f in folders if f.name in names]
     if not folders:
         raise FileNotFoundError(f"no model folder (*/card.json) in {models_dir}")
-    models = [OnnxModel(folder, threads) for folder in folders]
+    models = [open_model(folder, threads) for folder in folders]
     tokenizer = models[0].tokenizer
     eot = tokenizer.token_to_id(END_OF_TEXT)
     texts = paragraphs(corpus.read_split(corpus_dir, split), tokenizer)

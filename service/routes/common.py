@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -15,10 +15,11 @@ from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from runtime.deadline import Deadline
+from runtime.engine import Engine
+from runtime.errors import TimedOut
 from service.ab import AB_MODEL, pick_arm
 from service.admission import Overloaded
-from service.deadline import Deadline, timed_out
-from service.engine import Engine
 from service.errors import APIError, internal_error
 from service.settings import Settings
 
@@ -75,15 +76,7 @@ def engine_for(request: Request, name: str) -> Engine:
 def check_token_ids(engine: Engine, ids: Iterable[int | str], field: str) -> None:
     """404 for a token id outside ``engine``'s vocabulary (as for a layer it does not have):
     the request's schema bounds ids for every model, the vocabulary is this model's."""
-    for token in map(int, ids):
-        if token >= engine.vocab_size:
-            raise APIError(
-                404,
-                "token_not_found",
-                f"token id {token} is not in the vocabulary of {engine.name}: its ids are "
-                f"0..{engine.vocab_size - 1}",
-                field,
-            )
+    engine.check_token_ids(ids, field)
 
 
 def check_answer_size(request: Request, items: int, what: str, field: str | None) -> None:
@@ -144,7 +137,7 @@ async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
     with anyio.move_on_after(timeout) as scope:
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        raise timed_out(timeout)
+        raise TimedOut(timeout)
     raise AssertionError("unreachable")
 
 
@@ -177,26 +170,27 @@ def event_stream(
     engine: Engine,
     arm: str | None,
     started: float,
-    slot: AbstractAsyncContextManager,
+    slot: AsyncExitStack,
     tally: StreamTally,
     events: Callable[[Callable[[], Awaitable[None]]], AsyncIterator[dict]],
 ) -> EventSourceResponse:
-    """Server-sent ``events(release)``, holding the inference slot (entered by the caller)
-    until the stream ends, or never starts; then the tokens in ``tally`` go to /metrics and
+    """Server-sent ``events(release)``, holding the inference slot (``slot``: the exit stack
+    that the caller's ``async with`` handed over with ``pop_all``) until the stream ends, or
+    never starts; then the tokens in ``tally`` go to /metrics and
     the A/B figures."""
 
     @once
     async def release() -> None:
         count_tokens(request, engine, tally.tokens, time.perf_counter() - started)
         record_ab(request, arm, started, tally.ok, tally.tokens, abandoned=not tally.ended)
-        await slot.__aexit__(None, None, None)
+        await slot.aclose()
 
     return EventSourceResponse(
         events(release),
         headers={"X-Model": engine.name},
         ping=15,
         # sse-starlette would end every stream the moment the server is signalled to stop: a
-        # stream goes on through the drain instead, and ends on its own (service.deadline.Drain).
+        # stream goes on through the drain instead, and ends on its own (runtime.deadline.Drain).
         shutdown_grace_period=settings_of(request).drain_timeout_s,
         background=BackgroundTask(release),
     )

@@ -5,12 +5,14 @@
 import asyncio
 import math
 import time
+from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from service.deadline import Deadline
-from service.engine import Engine
+from runtime.deadline import Deadline
+from runtime.engine import Engine
+from runtime.results import GenerationRequest
 from service.responses import (
     INFERENCE_ERRORS,
     CompareModelResult,
@@ -46,24 +48,25 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
 
         def run(engine: Engine, deadline: Deadline) -> tuple[CompareModelResult, list[int]]:
             started = time.perf_counter()
-            *_, generation = engine.generate(
-                body.prompt, body.max_new_tokens, params, body.seed, body.stop, 0, deadline
+            job = GenerationRequest(
+                body.prompt, body.max_new_tokens, params, tuple(body.stop), body.seed
             )
+            *_, generation = engine.generate(job, deadline)
             nxt = engine.next_token(body.prompt, body.top_n)
             scored = engine.score(
                 body.prompt, per_token=True, deadline=deadline, window=body.surprisal_window
             )
-            bits = [-t["logprob"] / math.log(2) for t in scored["token_logprobs"]]
+            bits = [-t.logprob / math.log(2) for t in scored.token_logprobs]
             result = CompareModelResult(
                 model=engine.name,
                 completion=generation.text,
                 finish_reason=generation.finish_reason,
-                next_tokens=[NextTokenCandidate(**c) for c in nxt["top"]],
+                next_tokens=[NextTokenCandidate(**asdict(c)) for c in nxt.top],
                 surprisal_bits=bits,
                 total_surprisal_bits=sum(bits),
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
-            return result, [t["id"] for t in scored["token_logprobs"]]
+            return result, [t.id for t in scored.token_logprobs]
 
         async with inference_slot(request) as deadline:
             # The models run at once, each in a worker thread of its own (ONNX Runtime releases

@@ -5,14 +5,18 @@
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import asdict
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
+from sse_starlette.sse import EventSourceResponse
 
-from service.deadline import CLIENT_CLOSED
-from service.engine import Engine, Generation, Step
-from service.errors import APIError, error_body
+from runtime.engine import Engine
+from runtime.errors import InferenceError
+from runtime.results import Generation, GenerationRequest, Step
+from service.errors import CLIENT_CLOSED, APIError, api_error, error_body
 from service.responses import (
     INFERENCE_ERRORS,
     AttentionResponse,
@@ -94,7 +98,8 @@ async def stream_steps(
             else:
                 yield on_done(item)
                 break
-    except APIError as exc:
+    except (APIError, InferenceError) as error:
+        exc = api_error(error)
         if exc.status == CLIENT_CLOSED:
             return  # nobody is there to read an error event: the stream was abandoned
         yield on_error(error_body(exc.type, exc.message, exc.field))
@@ -103,6 +108,60 @@ async def stream_steps(
     finally:
         steps.close()
         await release()
+
+
+def _generation_stream(
+    request: Request,
+    engine: Engine,
+    arm: str | None,
+    started: float,
+    steps: Iterator[Step | Generation],
+    slot: AsyncExitStack,
+) -> EventSourceResponse:
+    """/generate's server-sent events: a token event per step, then done (or error)."""
+    tally = StreamTally()
+
+    def on_step(step: Step) -> dict:
+        tally.tokens += 1
+        return {
+            "event": "token",
+            "data": json.dumps(
+                {
+                    "id": step.id,
+                    "text": step.text,
+                    "logprob": step.logprob,
+                    "top_logprobs": [{"id": i, "logprob": lp} for i, lp in step.top],
+                },
+                ensure_ascii=False,
+            ),
+        }
+
+    def on_done(result: Generation) -> dict:
+        tally.ended = True
+        final = generation_response(engine, result, time.perf_counter() - started)
+        return {
+            "event": "done",
+            "data": json.dumps(
+                {
+                    "model": engine.name,
+                    "text": final.text,
+                    "finish_reason": final.finish_reason,
+                    "prompt_truncated": final.prompt_truncated,
+                    "usage": final.usage.model_dump(),
+                    "seconds": final.seconds,
+                },
+                ensure_ascii=False,
+            ),
+        }
+
+    def on_error(error: dict) -> dict:
+        tally.ok, tally.ended = False, True
+        return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
+
+    def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
+        return stream_steps(request, steps, on_step, on_done, on_error, release)
+
+    return event_stream(request, engine, arm, started, slot, tally, events)
 
 
 def build_router(requests: Requests) -> APIRouter:
@@ -119,62 +178,19 @@ def build_router(requests: Requests) -> APIRouter:
         request.state.prompt = body.prompt
         params = body.params()
         started = time.perf_counter()
-        slot = inference_slot(request)
-        deadline = await slot.__aenter__()
-        steps = engine.generate(
-            body.prompt, body.max_new_tokens, params, body.seed, body.stop, body.logprobs, deadline
+        job = GenerationRequest(
+            body.prompt, body.max_new_tokens, params, tuple(body.stop), body.seed, body.logprobs
         )
-        if body.stream:
-            tally = StreamTally()
-
-            def on_step(step: Step) -> dict:
-                tally.tokens += 1
-                return {
-                    "event": "token",
-                    "data": json.dumps(
-                        {
-                            "id": step.id,
-                            "text": step.text,
-                            "logprob": step.logprob,
-                            "top_logprobs": [{"id": i, "logprob": lp} for i, lp in step.top],
-                        },
-                        ensure_ascii=False,
-                    ),
-                }
-
-            def on_done(result: Generation) -> dict:
-                tally.ended = True
-                final = generation_response(engine, result, time.perf_counter() - started)
-                return {
-                    "event": "done",
-                    "data": json.dumps(
-                        {
-                            "model": engine.name,
-                            "text": final.text,
-                            "finish_reason": final.finish_reason,
-                            "prompt_truncated": final.prompt_truncated,
-                            "usage": final.usage.model_dump(),
-                            "seconds": final.seconds,
-                        },
-                        ensure_ascii=False,
-                    ),
-                }
-
-            def on_error(error: dict) -> dict:
-                tally.ok, tally.ended = False, True
-                return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
-
-            def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
-                return stream_steps(request, steps, on_step, on_done, on_error, release)
-
-            return event_stream(request, engine, arm, started, slot, tally, events)
-        try:
-            result = await run_blocking(request, lambda: _last(steps))
-        except Exception:
-            record_ab(request, arm, started, False)
-            raise
-        finally:
-            await slot.__aexit__(None, None, None)
+        async with AsyncExitStack() as stack:
+            deadline = await stack.enter_async_context(inference_slot(request))
+            steps = engine.generate(job, deadline)
+            if body.stream:  # the stream holds the slot from here until it ends
+                return _generation_stream(request, engine, arm, started, steps, stack.pop_all())
+            try:
+                result = await run_blocking(request, lambda: _last(steps))
+            except Exception:
+                record_ab(request, arm, started, False)
+                raise
         final = generation_response(engine, result, time.perf_counter() - started)
         count_tokens(request, engine, len(final.tokens), final.seconds)
         record_ab(request, arm, started, True, len(final.tokens))
@@ -199,7 +215,7 @@ def build_router(requests: Requests) -> APIRouter:
                 raise
         record_ab(request, arm, started, True)
         response.headers["X-Model"] = engine.name
-        return NextTokenResponse(model=engine.name, **result)
+        return NextTokenResponse(model=engine.name, **asdict(result))
 
     @router.post("/attention", response_model=AttentionResponse, responses=INFERENCE_ERRORS)
     async def attention(body: requests.attention, request: Request) -> AttentionResponse:
@@ -212,7 +228,7 @@ def build_router(requests: Requests) -> APIRouter:
             result = await run_blocking(
                 request, lambda: engine.attention(body.prompt, limit, body.layer, body.head)
             )
-        return AttentionResponse(model=engine.name, **result)
+        return AttentionResponse(model=engine.name, **asdict(result))
 
     @router.post(
         "/score",
@@ -241,13 +257,13 @@ def build_router(requests: Requests) -> APIRouter:
                 record_ab(request, arm, started, False)
                 raise
             seconds = time.perf_counter() - scoring
-        record_ab(request, arm, started, True, bpc=result["bits_per_character"])
+        record_ab(request, arm, started, True, bpc=result.bits_per_character)
         response.headers["X-Model"] = engine.name
         return ScoreResponse(
             model=engine.name,
             seconds=seconds,
-            tokens_per_second=result["tokens"] / seconds if seconds > 0 else 0.0,
-            **result,
+            tokens_per_second=result.tokens / seconds if seconds > 0 else 0.0,
+            **asdict(result),
         )
 
     return router

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.engine import scoring_window
+from runtime.engine import scoring_window
+from runtime.kv_cache import uses_kv_cache
 from service.headers import PAGE_POLICY
-from service.kv_cache import uses_kv_cache
 from service.responses import Health, ModelInfo, ModelList, Readiness, error_responses
 from service.routes.common import require_api_key
 

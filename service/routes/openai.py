@@ -12,16 +12,19 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 from itertools import accumulate
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.deadline import CLIENT_CLOSED, Deadline
-from service.engine import Engine, Generation, Step
-from service.errors import APIError, error_body
+from runtime.deadline import Deadline
+from runtime.engine import Engine
+from runtime.errors import InferenceError
+from runtime.results import Generation, GenerationRequest, Step
+from runtime.sampling import SamplingParams
+from service.errors import CLIENT_CLOSED, APIError, api_error, error_body
 from service.openai_schemas import (
     Completion,
     CompletionChoice,
@@ -46,7 +49,6 @@ from service.routes.common import (
     resolve,
     run_blocking,
 )
-from service.sampling import SamplingParams
 from service.settings import Settings
 
 FINISH = {"length": "length", "stop": "stop", "end_of_text": "stop"}
@@ -185,29 +187,27 @@ def build_router(settings: Settings) -> APIRouter:
             ident=f"cmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
         )
-        slot = inference_slot(request)
-        deadline = await slot.__aenter__()
-        if body.stream:
-            tally = StreamTally()
-            usage = body.stream_options is not None and body.stream_options.include_usage
+        async with AsyncExitStack() as stack:
+            deadline = await stack.enter_async_context(inference_slot(request))
+            if body.stream:  # the stream holds the slot from here until it ends
+                tally = StreamTally()
+                usage = body.stream_options is not None and body.stream_options.include_usage
 
-            def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
-                return _stream(request, job, prompts, deadline, usage, tally, release)
+                def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
+                    return _stream(request, job, prompts, deadline, usage, tally, release)
 
-            return event_stream(request, engine, arm, started, slot, tally, events)
-        try:
-            choices, prompt_tokens, completion_tokens = [], 0, 0
-            for i, prompt in enumerate(prompts):
-                chosen = await run_blocking(request, lambda p=prompt: job.answer(p, deadline))
-                prompt_tokens += len(chosen[0].prompt_ids)
-                for k, generation in enumerate(chosen):
-                    completion_tokens += len(generation.steps)
-                    choices.append(job.choice(i * body.n + k, prompt, generation))
-        except Exception:
-            record_ab(request, arm, started, False)
-            raise
-        finally:
-            await slot.__aexit__(None, None, None)
+                return event_stream(request, engine, arm, started, stack.pop_all(), tally, events)
+            try:
+                choices, prompt_tokens, completion_tokens = [], 0, 0
+                for i, prompt in enumerate(prompts):
+                    chosen = await run_blocking(request, lambda p=prompt: job.answer(p, deadline))
+                    prompt_tokens += len(chosen[0].prompt_ids)
+                    for k, generation in enumerate(chosen):
+                        completion_tokens += len(generation.steps)
+                        choices.append(job.choice(i * body.n + k, prompt, generation))
+            except Exception:
+                record_ab(request, arm, started, False)
+                raise
         count_tokens(request, engine, completion_tokens, time.perf_counter() - started)
         record_ab(request, arm, started, True, completion_tokens)
         response.headers["X-Model"] = engine.name
@@ -243,15 +243,10 @@ class _Job:
 
     def steps(self, prompt: _Prompt, deadline: Deadline) -> Iterator[tuple[int, Step | Generation]]:
         """The prompt's completions as one batch: (choice, Step or Generation) events."""
-        return self.engine.generate_many(
-            prompt.ids,
-            self.seeds,
-            self.max_tokens,
-            self.params,
-            self.stops,
-            self.logprobs or 0,
-            deadline,
+        request = GenerationRequest(
+            prompt.ids, self.max_tokens, self.params, tuple(self.stops), None, self.logprobs or 0
         )
+        return self.engine.generate_many(request, self.seeds, deadline)
 
     def score(self, prompt: _Prompt, deadline: Deadline) -> None:
         """Blocking: the prompt's own log-probabilities, where echo shows them."""
@@ -367,7 +362,8 @@ async def _stream(
             yield {"data": json.dumps({**job.chunk(0, ""), "choices": [], "usage": total})}
         tally.ended = True
         yield {"data": "[DONE]"}
-    except APIError as exc:
+    except (APIError, InferenceError) as error:
+        exc = api_error(error)
         if exc.status == CLIENT_CLOSED:
             return  # nobody is there to read an error chunk: the stream was abandoned
         tally.ok, tally.ended = False, True

@@ -4,7 +4,7 @@
 
 from fastapi import APIRouter, Depends, Request
 
-from service.engine import Engine
+from runtime.engine import Engine
 from service.errors import APIError
 from service.responses import DetokenizeResponse, TokenizeResponse, error_responses
 from service.routes.common import (

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from runtime.options import LoadOptions
 from service.app import create_app
 from service.settings import Settings
 
@@ -29,6 +30,11 @@ def make_settings(**changes) -> Settings:
     )
     fields.update(changes)
     return Settings(**fields)
+
+
+def make_options(**changes) -> LoadOptions:
+    """How the runtime loads the models under the test settings with ``changes``."""
+    return make_settings(**changes).load_options()
 
 
 def context_of(client: TestClient, model: str) -> int:

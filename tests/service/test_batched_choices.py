@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from service.engine import Engine, Generation, Step
-from service.kv_cache import CachedContext
-from service.registry import load_models
-from service.sampling import SamplingParams
-from tests.service.conftest import make_settings
+from runtime.engine import Engine, Generation, Step
+from runtime.kv_cache import CachedContext
+from runtime.loader import load_models
+from runtime.results import GenerationRequest
+from runtime.sampling import SamplingParams
+from tests.service.conftest import make_options
 
 PROMPT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
 SHIPPED = ("attention", "attention-seed", "bengio")
@@ -20,18 +21,18 @@ SHIPPED = ("attention", "attention-seed", "bengio")
 
 @pytest.fixture(scope="module")
 def engines():
-    return {name: Engine(model) for name, model in load_models(make_settings()).items()}
+    return {name: Engine(model) for name, model in load_models(make_options()).items()}
 
 
 def _alone(engine: Engine, seed: int, **options) -> Generation:
-    *_, final = engine.generate(PROMPT, seed=seed, **options)
+    *_, final = engine.generate(GenerationRequest(PROMPT, seed=seed, **options))
     return final
 
 
 def _together(engine: Engine, seeds: list[int], **options):
     steps: dict[int, list[Step]] = {k: [] for k in range(len(seeds))}
     finals: dict[int, Generation] = {}
-    for choice, item in engine.generate_many(PROMPT, seeds, **options):
+    for choice, item in engine.generate_many(GenerationRequest(PROMPT, **options), seeds):
         assert choice not in finals, "a choice went on after it ended"
         if isinstance(item, Generation):
             finals[choice] = item
@@ -54,8 +55,7 @@ def test_each_choice_is_what_generate_makes_with_its_seed(engines, name, tempera
     engine = engines[name]
     options = dict(
         max_new_tokens=40,
-        params=SamplingParams(temperature=temperature, top_p=0.95),
-        stop=[],
+        sampling=SamplingParams(temperature=temperature, top_p=0.95),
         logprobs=2,
     )
     seeds = [11, 12, 13, 14]
@@ -74,9 +74,7 @@ def test_choices_that_end_early_leave_the_batch(engines, name):
     """With a stop string that sampling meets at different steps, each choice ends on its own
     step with its own reason, and the others go on unchanged (the cache drops its rows)."""
     engine = engines[name]
-    options = dict(
-        max_new_tokens=30, params=SamplingParams(temperature=1.0), stop=[","], logprobs=0
-    )
+    options = dict(max_new_tokens=30, sampling=SamplingParams(temperature=1.0), stop=(",",))
     seeds = list(range(8))
     _, finals = _together(engine, seeds, **options)
     lengths = {len(finals[k].steps) for k in finals}

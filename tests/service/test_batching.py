@@ -1,4 +1,4 @@
-"""Next-token calls of concurrent requests batched into one graph call (service.batching)."""
+"""Next-token calls of concurrent requests batched into one graph call (runtime.batching)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import DecodeBatcher, StepBatcher, _Call
-from service.engine import Engine
-from service.kv_cache import CachedContext
-from service.registry import load_models
-from service.sampling import SamplingParams
-from tests.service.conftest import make_settings
+from runtime.batching import DecodeBatcher, StepBatcher, _Call
+from runtime.engine import Engine
+from runtime.kv_cache import CachedContext
+from runtime.loader import load_models
+from runtime.results import GenerationRequest
+from runtime.sampling import SamplingParams
+from tests.service.conftest import make_options
 
 
 class FakeGraph:
@@ -292,7 +293,7 @@ def test_short_windows_do_not_wait_behind_long_ones():
 
 @pytest.fixture(scope="module")
 def models():
-    return load_models(make_settings(kv_cache=False))
+    return load_models(make_options(kv_cache=False))
 
 
 @pytest.mark.parametrize("name", ["attention", "attention-seed", "bengio"])
@@ -311,7 +312,7 @@ def test_right_padding_changes_no_logit(models, name):
 
 @pytest.fixture(scope="module")
 def cached_models():
-    return load_models(make_settings(kv_cache=True))
+    return load_models(make_options(kv_cache=True))
 
 
 def test_padded_prefills_change_no_logit(cached_models):
@@ -383,7 +384,7 @@ def test_concurrent_generations_match_their_solo_runs(models, cached_models, nam
     greedy = SamplingParams(temperature=0.0)
 
     def generate(engine: Engine, prompt: str) -> list[int]:
-        *_, final = engine.generate(prompt, 16, greedy, 0, [], 0)
+        *_, final = engine.generate(GenerationRequest(prompt, 16, greedy, seed=0))
         return [s.id for s in final.steps]
 
     expected = [generate(solo, p) for p in prompts]  # one after another: one row a call

@@ -9,18 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.engine import Engine
-from service.kv_cache import CachedContext
-from service.registry import MIN_CACHE_CONTEXT, load_models
-from service.sampling import SamplingParams
-from tests.service.conftest import MODELS, make_settings
+from runtime.engine import Engine
+from runtime.kv_cache import CachedContext
+from runtime.loader import MIN_CACHE_CONTEXT, load_models
+from runtime.results import GenerationRequest
+from runtime.sampling import SamplingParams
+from tests.service.conftest import MODELS, make_options, make_settings
 
 PROMPT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_models(make_settings(kv_cache=True)), load_models(make_settings(kv_cache=False))
+    return load_models(make_options(kv_cache=True)), load_models(make_options(kv_cache=False))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_sessions_keep_no_memory_pattern_per_shape(loaded):
 )
 def test_thread_spin_setting_reaches_every_session(spin_us, allow, duration):
     """-1: ONNX Runtime's own spinning (no duration given); 0: no spinning; N: N microseconds."""
-    models = load_models(make_settings(thread_spin_us=spin_us))
+    models = load_models(make_options(thread_spin_us=spin_us))
     sessions = [m.session for m in models.values()] + [
         m.decoder_session for m in models.values() if m.decoder_session is not None
     ]
@@ -86,7 +87,7 @@ def test_cached_generation_equals_full_windows_within_the_context(engines):
     """Prompt and new tokens inside the context: the same greedy tokens, the same logprobs."""
     cached, plain = engines
     runs = [
-        list(engine.generate(PROMPT, 60, SamplingParams(temperature=0.0), 0, [], 3))[-1]
+        list(engine.generate(GenerationRequest(PROMPT, 60, seed=0, logprobs=3)))[-1]
         for engine in (cached, plain)
     ]
     assert [s.id for s in runs[0].steps] == [s.id for s in runs[1].steps]
@@ -124,9 +125,9 @@ def test_cache_is_fresh_for_every_generation(engines):
     """Two generations in a row, and interleaved: each one its own cache."""
     cached, _ = engines
     params = SamplingParams(temperature=0.0)
-    first = list(cached.generate(PROMPT, 20, params, 0, [], 0))[-1].text
-    other = cached.generate("Capitu", 20, params, 0, [], 0)
-    again = cached.generate(PROMPT, 20, params, 0, [], 0)
+    first = list(cached.generate(GenerationRequest(PROMPT, 20, params, seed=0)))[-1].text
+    other = cached.generate(GenerationRequest("Capitu", 20, params, seed=0))
+    again = cached.generate(GenerationRequest(PROMPT, 20, params, seed=0))
     next(other)
     assert list(again)[-1].text == first
 
@@ -186,9 +187,9 @@ def test_a_broken_cache_graph_leaves_the_model_serving(tmp_path, caplog):
     shutil.copytree(MODELS / "attention", tmp_path / "attention")
     shutil.copy(MODELS / "tokenizer.json", tmp_path / "tokenizer.json")
     (tmp_path / "attention" / "decoder.onnx").write_bytes(b"not a graph")
-    with caplog.at_level("WARNING", logger="service.registry"):
-        model = load_models(make_settings(models_dir=tmp_path))["attention"]
+    with caplog.at_level("WARNING", logger="runtime.loader"):
+        model = load_models(make_options(models_dir=tmp_path))["attention"]
     assert model.ready and model.decoder_session is None
     assert "key/value cache graph did not load" in caplog.text
-    steps = list(Engine(model).generate(PROMPT, 5, SamplingParams(temperature=0.0), 0, [], 0))
+    steps = list(Engine(model).generate(GenerationRequest(PROMPT, 5, seed=0)))
     assert len(steps[-1].steps) == 5

@@ -12,11 +12,11 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
+from runtime.engine import Engine
+from runtime.loader import file_problems, load_models
+from runtime.results import GenerationRequest
 from service.app import create_app
-from service.engine import Engine
-from service.registry import file_problems, load_models
-from service.sampling import SamplingParams
-from tests.service.conftest import MODELS, make_settings
+from tests.service.conftest import MODELS, make_options, make_settings
 
 NAME = "attention-seed"  # the smallest shipped model with all three graphs
 
@@ -91,9 +91,9 @@ def test_model_files_a_card_without_checksums_loads_unchecked_and_says_so(folder
     and how to record them."""
     card = card_of(folder)
     del card["files"]
-    with caplog.at_level(logging.WARNING, logger="service.registry"):
+    with caplog.at_level(logging.WARNING, logger="runtime.folder"):
         assert file_problems(folder, card) == {}
-    [record] = [r for r in caplog.records if r.name == "service.registry"]
+    [record] = [r for r in caplog.records if r.name == "runtime.folder"]
     assert "records no checksums" in record.getMessage(), record.getMessage()
     assert f"python -m training checksums {folder}" in record.getMessage()
 
@@ -124,12 +124,12 @@ def test_model_files_a_damaged_cache_graph_leaves_the_model_serving_without_it(t
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0x01
     graph.write_bytes(data)
-    with caplog.at_level(logging.WARNING, logger="service.registry"):
-        model = load_models(make_settings(models_dir=tmp_path))["attention"]
+    with caplog.at_level(logging.WARNING, logger="runtime.loader"):
+        model = load_models(make_options(models_dir=tmp_path))["attention"]
     assert model.ready and model.decoder_session is None
     assert "key/value cache graph did not load" in caplog.text
     assert "decoder.onnx has sha256" in caplog.text, caplog.text
-    steps = list(Engine(model).generate("Capitu", 3, SamplingParams(temperature=0.0), 0, [], 0))
+    steps = list(Engine(model).generate(GenerationRequest("Capitu", 3, seed=0)))
     assert len(steps[-1].steps) == 3
 
 

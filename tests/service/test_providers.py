@@ -7,8 +7,8 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service import registry
-from service.registry import CPU, CUDA, ProviderChoice, load_model
+from runtime import loader as registry
+from runtime.loader import CPU, CUDA, ProviderChoice, load_model
 from service.settings import Settings
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -34,13 +34,15 @@ def test_cuda_provider_gets_use_tf32_from_the_setting(asked, tf32, expected):
     """TF32 moved the attention model's logits 1.8e-2 from the CPU's on an H200, beyond the
     1e-3 the provider check allows: it is off unless MACHADO_CUDA_TF32 turns it on."""
     settings = Settings(models_dir=MODELS, provider="cuda", cuda_tf32=tf32)
-    model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CUDA, CPU], "test"))
+    options = settings.load_options()
+    model = load_model(MODELS / "bengio", options, {}, ProviderChoice([CUDA, CPU], "test"))
     assert model.ready, model.error
     assert asked and all(p == [(CUDA, {"use_tf32": expected}), CPU] for p in asked)
 
 
 def test_cpu_provider_is_asked_for_by_name_alone(asked):
     settings = Settings(models_dir=MODELS, provider="cpu")
-    model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CPU], "test"))
+    options = settings.load_options()
+    model = load_model(MODELS / "bengio", options, {}, ProviderChoice([CPU], "test"))
     assert model.ready, model.error
     assert asked == [[CPU]]

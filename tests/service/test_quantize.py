@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-import service.registry
+import runtime.loader
+from runtime.engine import Engine
+from runtime.loader import CPU, CUDA, ProviderChoice, load_model, load_models
+from runtime.quantize import float32_constants, int8_weight_bits, quantize_int8
 from service.app import create_app
-from service.engine import Engine
-from service.quantize import float32_constants, int8_weight_bits, quantize_int8
-from service.registry import CPU, CUDA, ProviderChoice, load_model, load_models
-from tests.service.conftest import MODELS, make_settings
+from tests.service.conftest import MODELS, make_options, make_settings
 
 SHIPPED = ("attention", "attention-seed", "bengio")
 # Plain Portuguese prose written for this test (not the corpus), long enough for several windows.
@@ -39,12 +39,12 @@ def _session(source) -> ort.InferenceSession:
 
 @pytest.fixture(scope="module")
 def int8_models():
-    return load_models(make_settings(quantize="int8", provider="cpu"))
+    return load_models(make_options(quantize="int8", provider="cpu"))
 
 
 @pytest.fixture(scope="module")
 def float_models():
-    return load_models(make_settings(provider="cpu"))
+    return load_models(make_options(provider="cpu"))
 
 
 def test_float32_constants_leave_the_graph_exact():
@@ -128,8 +128,8 @@ def test_int8_scores_text_almost_as_well_as_float(name, int8_models, float_model
     likely next token mostly stays the same."""
     quantized, exact = Engine(int8_models[name]), Engine(float_models[name])
     a, b = quantized.score(TEXT, per_token=False), exact.score(TEXT, per_token=False)
-    assert a["tokens"] == b["tokens"] > quantized.score_window
-    assert abs(a["bits_per_character"] - b["bits_per_character"]) < 0.02, (a, b)
+    assert a.tokens == b.tokens > quantized.score_window
+    assert abs(a.bits_per_character - b.bits_per_character) < 0.02, (a, b)
     ids = quantized.prompt_ids(TEXT)
     same = sum(
         int(np.argmax(quantized.next_logits(ids[:end])) == np.argmax(exact.next_logits(ids[:end])))
@@ -145,8 +145,8 @@ def test_int8_real_corpus_cost_is_small(int8_models, float_models, real_corpus):
 
     document = read_split(real_corpus, "validation")[0][:20_000]
     for name in SHIPPED:
-        a = Engine(int8_models[name]).score(document, per_token=False)["bits_per_character"]
-        b = Engine(float_models[name]).score(document, per_token=False)["bits_per_character"]
+        a = Engine(int8_models[name]).score(document, per_token=False).bits_per_character
+        b = Engine(float_models[name]).score(document, per_token=False).bits_per_character
         assert abs(a - b) < 0.01, (name, a, b)
 
 
@@ -180,7 +180,8 @@ def test_cuda_probe_that_falls_back_still_quantizes():
     """Asked for CUDA where it is unusable: the model lands on the CPU, then gets int8 (on a
     machine where CUDA works it stays float32: int8 applies to the CPU provider only)."""
     settings = make_settings(quantize="int8")
-    model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CUDA, CPU], "test"))
+    options = settings.load_options()
+    model = load_model(MODELS / "bengio", options, {}, ProviderChoice([CUDA, CPU], "test"))
     assert model.ready, model.error
     assert model.precision == ("int8" if model.provider == CPU else "float32")
 
@@ -189,10 +190,11 @@ def test_failed_quantization_serves_float32_with_a_warning(monkeypatch, caplog):
     def broken(path):
         raise RuntimeError("no room")
 
-    monkeypatch.setattr(service.registry, "quantize_int8", broken)
+    monkeypatch.setattr(runtime.loader, "quantize_int8", broken)
     settings = make_settings(quantize="int8", provider="cpu")
-    with caplog.at_level(logging.WARNING, logger="service.registry"):
-        model = load_model(MODELS / "bengio", settings, {}, ProviderChoice([CPU], "test"))
+    options = settings.load_options()
+    with caplog.at_level(logging.WARNING, logger="runtime.loader"):
+        model = load_model(MODELS / "bengio", options, {}, ProviderChoice([CPU], "test"))
     assert model.ready and model.precision == "float32"
     assert "int8 quantization of model.onnx failed, serving float32" in caplog.text
     assert "no room" in caplog.text

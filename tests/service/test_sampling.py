@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from service.engine import Engine
-from service.sampling import (
+from runtime.engine import Engine
+from runtime.loader import LoadedModel
+from runtime.results import GenerationRequest
+from runtime.sampling import (
     NonFiniteLogits,
     SamplingParams,
     adjust,
@@ -196,7 +196,7 @@ class CountingSession:
     def __init__(self, vocab: int, end_at: int | None = None) -> None:
         self.vocab, self.end_at, self.calls = vocab, end_at, 0
 
-    def run(self, names, feeds):
+    def run(self, names, feeds, run_options=None):
         self.calls += 1
         ids, positions = feeds["input_ids"], feeds["positions"]
         last = np.take_along_axis(ids, positions, 1)  # (B, K)
@@ -210,13 +210,10 @@ class CountingSession:
 
 def _fake_engine(end_at: int | None = None) -> Engine:
     tokenizer = Tokenizer.from_file(str(MODELS / "tokenizer.json"))
-    model = SimpleNamespace(
+    model = LoadedModel(
         name="fake",
-        ready=True,
-        error=None,
+        folder=MODELS / "fake",
         tokenizer=tokenizer,
-        has_attention=False,
-        decoder_session=None,
         provider="CPUExecutionProvider",
         session=CountingSession(tokenizer.get_vocab_size(), end_at),
         card={"context": 4, "kind": "fake", "config": {"vocab_size": tokenizer.get_vocab_size()}},
@@ -225,16 +222,16 @@ def _fake_engine(end_at: int | None = None) -> Engine:
 
 
 def _finish(engine: Engine, prompt: str, n: int, **kw):
-    options = dict(params=SamplingParams(temperature=0), seed=None, stop=[], logprobs=0)
-    options.update(kw)
-    *steps, final = engine.generate(prompt, n, **options)
+    if "stop" in kw:
+        kw["stop"] = tuple(kw["stop"])
+    *steps, final = engine.generate(GenerationRequest(prompt, n, **kw))
     return steps, final
 
 
 class NaNSession(CountingSession):
     """The fake model broken: NaN in every logit, as damaged weights give."""
 
-    def run(self, names, feeds):
+    def run(self, names, feeds, run_options=None):
         return [np.full_like(super().run(names, feeds)[0], np.nan)]
 
 
@@ -245,7 +242,7 @@ def test_generate_from_non_finite_logits_fails_instead_of_drawing(temperature):
     engine = _fake_engine()
     engine.model.session = NaNSession(engine.vocab_size)
     with pytest.raises(NonFiniteLogits):
-        _finish(engine, "a", 3, params=SamplingParams(temperature=temperature), seed=1)
+        _finish(engine, "a", 3, sampling=SamplingParams(temperature=temperature), seed=1)
     with pytest.raises(NonFiniteLogits):
         engine.next_token("a", 5)
     with pytest.raises(NonFiniteLogits):
@@ -282,9 +279,9 @@ def test_generate_slides_the_window_past_the_context():
     seen = []
     original = engine.model.session.run
 
-    def spy(names, feeds):
+    def spy(names, feeds, run_options=None):
         seen.append(feeds["input_ids"].shape[1])
-        return original(names, feeds)
+        return original(names, feeds, run_options)
 
     engine.model.session.run = spy
     _, final = _finish(engine, "Capitu olhou para mim", 6)
@@ -294,9 +291,9 @@ def test_generate_slides_the_window_past_the_context():
 def test_generate_same_seed_same_tokens():
     engine = _fake_engine()
     hot = SamplingParams(temperature=3.0)
-    a = _finish(engine, "a", 8, params=hot, seed=11)[1]
-    b = _finish(engine, "a", 8, params=hot, seed=11)[1]
-    c = _finish(engine, "a", 8, params=hot, seed=12)[1]
+    a = _finish(engine, "a", 8, sampling=hot, seed=11)[1]
+    b = _finish(engine, "a", 8, sampling=hot, seed=11)[1]
+    c = _finish(engine, "a", 8, sampling=hot, seed=12)[1]
     assert [s.id for s in a.steps] == [s.id for s in b.steps]
     assert [s.id for s in a.steps] != [s.id for s in c.steps]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.engine import Engine, stride_of, window_plan
-from service.registry import load_models
-from service.sampling import log_softmax
-from tests.service.conftest import make_settings
+from runtime.engine import Engine, stride_of, window_plan
+from runtime.loader import load_models
+from runtime.sampling import log_softmax
+from tests.service.conftest import make_options
 
 TEXT = (
     "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. Capitu tinha "
@@ -19,7 +19,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def engines():
-    return {name: Engine(m) for name, m in load_models(make_settings()).items()}
+    return {name: Engine(m) for name, m in load_models(make_options()).items()}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.loader import LoadedModel, open_model
 from training.__main__ import main
 from training.context import (
     context_curve,
@@ -22,7 +23,6 @@ from training.context import (
     token_nll,
     weights_sha256,
 )
-from training.onnx_model import OnnxModel
 from training.report import load_context, render
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -33,11 +33,11 @@ TEXT = (
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, OnnxModel]:
-    return {name: OnnxModel(MODELS / name) for name in ("attention", "attention-seed", "bengio")}
+def models() -> dict[str, LoadedModel]:
+    return {name: open_model(MODELS / name) for name in ("attention", "attention-seed", "bengio")}
 
 
-def one_at_a_time(model: OnnxModel, tokens: np.ndarray, length: int, stride: int) -> list[float]:
+def one_at_a_time(model: LoadedModel, tokens: np.ndarray, length: int, stride: int) -> list[float]:
     """Mean NLL per context length, each prediction run alone on exactly its prefix."""
     means = []
     for reads in range(1, length + 1):

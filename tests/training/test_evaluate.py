@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.windows import window_plan
 from training.attention_lm import AttentionConfig, AttentionLM
 from training.bengio import BengioConfig, BengioLM
-from training.evaluate import metrics, stream_nll, window_plan
+from training.evaluate import metrics, stream_nll
 
 
 @pytest.mark.parametrize(

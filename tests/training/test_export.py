@@ -9,10 +9,12 @@ import onnx
 import pytest
 import torch
 
-from service.batching import decode_feed
+from runtime.batching import decode_feed
+from runtime.engine import Engine
+from runtime.loader import open_model
+from runtime.results import GenerationRequest
 from training.checkpoint import load_checkpoint
 from training.export import export_checkpoint, runtime_ops
-from training.onnx_model import OnnxModel
 from training.tokenizer import file_sha256, load_tokenizer
 from training.train import TrainConfig, train
 
@@ -86,7 +88,7 @@ def _torch_model(checkpoint, storage: str):
 def test_export_logits_match_torch_on_random_ids(exported, storage):
     """Max |ORT - torch| <= 1e-4 for every position, several lengths, batch 2."""
     _, checkpoint, folders, _ = exported
-    model, onnx = _torch_model(checkpoint, storage), OnnxModel(folders[storage])
+    model, onnx = _torch_model(checkpoint, storage), open_model(folders[storage])
     rng = np.random.default_rng(0)
     for steps in (1, 5, onnx.context):
         ids = rng.integers(0, onnx.card["config"]["vocab_size"], (2, steps))
@@ -98,7 +100,7 @@ def test_export_logits_match_torch_on_random_ids(exported, storage):
 
 def test_export_logits_match_torch_on_real_text(exported):
     _, checkpoint, folders, tokenizer = exported
-    model, onnx = _torch_model(checkpoint, "float16"), OnnxModel(folders["float16"])
+    model, onnx = _torch_model(checkpoint, "float16"), open_model(folders["float16"])
     ids = np.asarray(tokenizer.encode(TEXT).ids[: onnx.context])[None]
     with torch.no_grad():
         expected = model(torch.as_tensor(ids))[0].numpy()
@@ -109,7 +111,7 @@ def test_export_logits_match_torch_on_real_text(exported):
 def test_export_last_position_only(exported):
     """Asking for one position gives that position's logits and nothing else."""
     _, _, folders, _ = exported
-    onnx = OnnxModel(folders["float16"])
+    onnx = open_model(folders["float16"])
     ids = np.arange(1, 11)[None]
     last = onnx.logits(ids, np.asarray([[9]]))
     assert last.shape == (1, 1, onnx.card["config"]["vocab_size"])
@@ -120,27 +122,34 @@ def test_export_attention_weights_match_torch(exported):
     kind, checkpoint, folders, tokenizer = exported
     if kind != "attention":
         pytest.skip("the Bengio model has no attention")
-    model, onnx = _torch_model(checkpoint, "float16"), OnnxModel(folders["float16"])
+    model, onnx = _torch_model(checkpoint, "float16"), open_model(folders["float16"])
     ids = tokenizer.encode(TEXT).ids[: onnx.context]
     with torch.no_grad():
         _, weights = model.hidden_states(torch.as_tensor([ids]), return_weights=True)
     expected = torch.stack(weights, 1)[0].numpy()  # (L, H, T, T)
-    got = onnx.attentions(ids)
+    got = onnx.attention_weights(np.asarray([ids]))[0]
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_export_greedy_50_tokens_identical(exported):
-    """50 greedy tokens from ONNX Runtime are the 50 PyTorch picks."""
+    """50 greedy tokens from the runtime's engine (as the service generates) are the 50
+    PyTorch picks, after the end-of-text token that the engine puts before a prompt."""
     _, checkpoint, folders, tokenizer = exported
-    model, onnx = _torch_model(checkpoint, "float16"), OnnxModel(folders["float16"])
+    model, onnx = _torch_model(checkpoint, "float16"), open_model(folders["float16"])
     prompt = tokenizer.encode("Capitu olhou").ids
-    ids = list(prompt)
+    ids = [tokenizer.token_to_id("<|endoftext|>"), *prompt]
     with torch.no_grad():
         for _ in range(50):
             window = torch.as_tensor([ids[-onnx.context :]])
             ids.append(int(model(window)[0][0, -1].argmax()))
-    assert onnx.generate(prompt, 50) == ids[len(prompt) :]
+    *_, final = Engine(onnx).generate(GenerationRequest(prompt, 50))
+    got, expected = [s.id for s in final.steps], ids[len(prompt) + 1 :]
+    assert got == expected[: len(got)]
+    if final.finish_reason == "end_of_text":  # the engine stops where PyTorch chose the end
+        assert expected[len(got)] == ids[0]
+    else:
+        assert len(got) == 50
 
 
 def test_export_card_describes_the_model(exported, prepared):
@@ -203,7 +212,7 @@ def test_export_decoder_cache_matches_full_windows(exported, storage):
     import onnxruntime as ort
 
     model = _torch_model(checkpoint, storage)
-    onnx = OnnxModel(folders[storage])
+    onnx = open_model(folders[storage])
     decoder = ort.InferenceSession(
         str(folders[storage] / "decoder.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -250,7 +259,7 @@ def test_a_decoder_exported_before_positions_and_mask_still_serves(exported, tmp
         pytest.skip("the Bengio model has no key/value cache")
     import onnxruntime as ort
 
-    from service.kv_cache import CachedContext
+    from runtime.kv_cache import CachedContext
 
     class OldDecoder(torch.nn.Module):
         def __init__(self, model) -> None:
@@ -299,7 +308,7 @@ def test_exported_graphs_quantize_to_int8_and_still_agree(exported):
     stay apart from the embedding lookup that shares it)."""
     import onnxruntime as ort
 
-    from service.quantize import quantize_int8
+    from runtime.quantize import quantize_int8
 
     folder = exported[2]["float16"]
     rng = np.random.default_rng(2)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.loader import LoadedModel, open_model
 from training.__main__ import main
 from training.context import weights_sha256
 from training.heads import EXAMPLE, head_stats, measure, measure_model, uniform
-from training.onnx_model import OnnxModel
 from training.report import load_heads
 from training.report_text import render
 from training.tokenizer import file_sha256
@@ -62,8 +62,8 @@ def test_statistics_add_up_over_windows():
 
 
 @pytest.fixture(scope="module")
-def seed() -> OnnxModel:
-    return OnnxModel(MODELS / "attention-seed")
+def seed() -> LoadedModel:
+    return open_model(MODELS / "attention-seed")
 
 
 def test_measured_heads_are_the_mean_of_each_windows_maps(seed):
@@ -72,7 +72,7 @@ def test_measured_heads_are_the_mean_of_each_windows_maps(seed):
     result = measure_model(seed, tokens, windows=5, batch=2)
     n = seed.context
     starts = np.linspace(0, len(tokens) - n, 5).astype(np.int64)
-    alone = [head_stats(seed.attentions(list(tokens[s : s + n]))[None]) for s in starts]
+    alone = [head_stats(seed.attention_weights(tokens[None, s : s + n])) for s in starts]
     for name in ("distance", "entropy_bits", "self", "previous", "first"):
         expected = sum(a[name] for a in alone) / 5
         np.testing.assert_allclose(result[name], expected, atol=1e-4)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.loader import open_model
 from training.context import token_nll
-from training.onnx_model import OnnxModel
 from training.starts import LONGEST, nll_of, paragraphs, requests_for
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -43,7 +43,7 @@ def test_starts_paragraphs_keep_long_ones_with_what_came_before(tokenizer):
 def test_starts_scores_each_token_as_reading_it_alone_would(name):
     """The shortcut (one window for a long context, a window per token for a short one) gives
     every target the NLL that a next-token call on exactly what precedes it gives."""
-    model = OnnxModel(MODELS / name)
+    model = open_model(MODELS / name)
     rng = np.random.default_rng(0)
     prefix = [0, *rng.integers(2, 8000, 40).tolist()]
     ids = rng.integers(2, 8000, LONGEST).tolist()

@@ -23,8 +23,6 @@ What it costs and gains, per model, is measured by ``scripts/bench_quantize.py``
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import platform
 import tempfile
@@ -35,27 +33,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from runtime.hardware import cpu_info
+
 if TYPE_CHECKING:
     import onnx
 
-log = logging.getLogger("service.quantize")
+log = logging.getLogger("runtime.quantize")
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo's names
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
-
-
-@functools.cache
-def cpu_info() -> tuple[str, frozenset[str]]:
-    """The CPU's model name and instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    name, flags = "", frozenset()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = frozenset(value.split())
-    return name, flags
 
 
 def int8_weight_bits(machine: str | None = None, flags: set[str] | None = None) -> int:

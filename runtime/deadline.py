@@ -11,22 +11,13 @@ from __future__ import annotations
 import threading
 import time
 
-from service.errors import APIError
-
-# nginx's status for a request its client closed before the answer: no client ever reads it, but
-# the access log and the request metrics count these apart from the errors of the service.
-CLIENT_CLOSED = 499
-
-
-def timed_out(seconds: float) -> APIError:
-    """The 504 of a request that ran past its time limit of ``seconds``."""
-    return APIError(504, "timeout", f"the request ran past its time limit of {seconds:g} s")
+from runtime.errors import Cancelled, ShuttingDown, TimedOut
 
 
 class Drain:
     """The server's shutdown, as requests see it: once ``begin`` is called (on SIGTERM) the
     requests under way have until ``stop_at`` to finish; past it each one stops at its next
-    check with a 503, so that it still gets a proper ending (an answer, or a stream's error
+    check (ShuttingDown), so that it still gets a proper ending (an answer, or a stream's error
     event) before the server cancels what is left at the end of its drain time."""
 
     # Part of the drain time kept for the requests stopped at ``stop_at`` to send their ending.
@@ -46,22 +37,18 @@ class Drain:
             self.stop_at = time.monotonic() + max(0.0, seconds - min(self.MARGIN_S, seconds / 4))
 
     def check(self) -> None:
-        """Raises the 503 of a request that could not finish within the drain time."""
+        """Raises ShuttingDown for work that could not finish within the drain time."""
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
-            raise APIError(
-                503,
-                "shutting_down",
+            raise ShuttingDown(
                 f"the server is shutting down and this request could not finish within its "
                 f"drain time of {self.seconds:g} s; retry (another replica, or this one once "
-                "it is back)",
-                None,
-                {"Retry-After": "1"},
+                "it is back)"
             )
 
 
 class Deadline:
-    """A request's time limit, its hang-up flag (set by service.app.BodyGuard) and the server's
-    drain."""
+    """A request's time limit, its hang-up flag (set by whoever watches the caller: the
+    service's BodyGuard) and the server's drain."""
 
     def __init__(
         self, seconds: float, hung_up: threading.Event | None = None, drain: Drain | None = None
@@ -72,14 +59,12 @@ class Deadline:
         self.drain = drain or Drain()
 
     def check(self) -> None:
-        """Raises APIError 499 once the client has hung up, 504 once the time limit is past,
-        503 once the server's drain time is nearly over."""
+        """Raises Cancelled once the caller has hung up, TimedOut once the time limit is past,
+        ShuttingDown once the server's drain time is nearly over."""
         if self.hung_up.is_set():
-            raise APIError(
-                CLIENT_CLOSED,
-                "client_closed_request",
-                "the client closed the connection before the answer; its work was stopped",
+            raise Cancelled(
+                "the client closed the connection before the answer; its work was stopped"
             )
         if time.monotonic() > self.at:
-            raise timed_out(self.seconds)
+            raise TimedOut(self.seconds)
         self.drain.check()

@@ -1,33 +1,33 @@
-"""The models the service serves: every folder of the models directory with a card.json.
+"""Model folders opened with ONNX Runtime: every folder of a models directory with a card.json.
 
-Each graph gets one ONNX Runtime session at start-up. A model that fails to load is kept in the
-registry with its error, so /ready, /models and the log say what happened instead of the
-process dying and restarting in a loop.
+Each graph gets one ONNX Runtime session. A model that fails to load is kept with its error, so
+that whoever serves it (the service's /ready and /models, a report) can say what happened
+instead of the process dying. The options are explicit (LoadOptions): the service builds them
+from its settings, a report or a benchmark from its flags.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from service.quantize import int8_weight_bits, quantize_int8
-from service.settings import Settings
+from runtime.folder import CACHE_GRAPH, check_external_data, file_problems, inside, read_card
+from runtime.options import LoadOptions
+from runtime.quantize import int8_weight_bits, quantize_int8
 
-log = logging.getLogger("service.registry")
+log = logging.getLogger("runtime.loader")
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 # Below this context the key/value cache does not pay, so its graph is not loaded (each session
 # holds its own float32 weights): a window that short costs about one graph call either way
-# (attention-seed at context 8, as shipped until 2026-12-04: 0.34 ms a token cached, 0.32 ms
-# uncached, on 2 CPU threads; attention, context 256: 1.86 against 10.3 ms).
+# (BENCHMARKS.md, the key/value cache).
 MIN_CACHE_CONTEXT = 64
 
 
@@ -44,7 +44,7 @@ class LoadedModel:
     decoder_session: ort.InferenceSession | None = None  # generation with a key/value cache
     provider: str | None = None
     provider_reason: str = ""
-    precision: str = "float32"  # of the matrix products: float32, or int8 (MACHADO_QUANTIZE)
+    precision: str = "float32"  # of the matrix products: float32, or int8 (LoadOptions.quantize)
     files_checked: bool = False  # its files matched the checksums of its card before loading
     error: str | None = None
 
@@ -62,12 +62,38 @@ class LoadedModel:
     def has_attention(self) -> bool:
         return bool(self.card.get("has_attention")) and self.attention_session is not None
 
+    @property
+    def context(self) -> int:
+        return int(self.card["context"])
+
+    def logits(
+        self, ids: np.ndarray, positions: np.ndarray | None = None, run_options=None
+    ) -> np.ndarray:
+        """ids (B, T) -> logits (B, K, V) at ``positions`` (B, K) (default: every position)."""
+        if positions is None:
+            positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        feed = {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64)}
+        return self.session.run(["logits"], feed, run_options)[0]
+
+    def next_logits(self, ids: list[int]) -> np.ndarray:
+        """Logits (V,) of the token after ``ids``, reading at most the model's context."""
+        window = np.asarray(ids[-self.context :], dtype=np.int64)[None]
+        return self.logits(window, np.asarray([[window.shape[1] - 1]]))[0, 0]
+
+    def attention_weights(self, ids: np.ndarray) -> np.ndarray:
+        """ids (B, T), T at most the context -> attention weights (B, layer, head, query, key)."""
+        if self.attention_session is None:
+            raise ValueError(f"model {self.name} has no attention graph loaded")
+        positions = np.full((ids.shape[0], 1), ids.shape[1] - 1, dtype=np.int64)
+        feed = {"input_ids": ids.astype(np.int64), "positions": positions}
+        return self.attention_session.run(["attentions"], feed)[0]
+
 
 def choose_providers(preference: str) -> tuple[list[str], str]:
     """The providers to ask for, and why, from the preference and what this wheel offers."""
     available = ort.get_available_providers()
     if preference == "cpu":
-        return [CPU], "CPU asked for (MACHADO_PROVIDER=cpu)"
+        return [CPU], "CPU asked for"
     if CUDA not in available:
         why = "this onnxruntime build has no CUDA provider"
         if preference == "cuda":
@@ -76,10 +102,10 @@ def choose_providers(preference: str) -> tuple[list[str], str]:
     return [CUDA, CPU], "CUDA provider available"
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
+def session_options(load: LoadOptions) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = settings.threads
+    options.intra_op_num_threads = load.threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # The memory pattern planner records the allocations of each distinct set of input shapes
@@ -94,7 +120,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     # Idle threads spin (burning a core) before they sleep: briefly, so that they catch the next
     # operator of the same call but leave the cores to the next session, request or the event
     # loop (BENCHMARKS.md, threads).
-    spin_us = settings.thread_spin_us
+    spin_us = load.thread_spin_us
     spin = "0" if spin_us == 0 else "1"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     if spin_us > 0:
@@ -104,20 +130,20 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 
 
 def _open(
-    path: Path, settings: Settings, providers: list[str], int8: bool = False
+    path: Path, options: LoadOptions, providers: list[str], int8: bool = False
 ) -> ort.InferenceSession:
     source = quantize_int8(path) if int8 else str(path)
     # CUDA's provider rounds matrix products to TF32 unless told otherwise (use_tf32 is on by
-    # default): the logits would then drift from the CPU's beyond 1e-3 (MACHADO_CUDA_TF32).
-    tf32 = {"use_tf32": "1" if settings.cuda_tf32 else "0"}
+    # default): the logits would then drift from the CPU's beyond 1e-3 (LoadOptions.cuda_tf32).
+    tf32 = {"use_tf32": "1" if options.cuda_tf32 else "0"}
     chosen = [(name, tf32) if name == CUDA else name for name in providers]
-    return ort.InferenceSession(source, session_options(settings), providers=chosen)
+    return ort.InferenceSession(source, session_options(options), providers=chosen)
 
 
-def _open_int8(path: Path, settings: Settings, name: str) -> ort.InferenceSession | None:
+def _open_int8(path: Path, options: LoadOptions, name: str) -> ort.InferenceSession | None:
     """The graph with int8 weights on the CPU, or None (and a warning) where that fails."""
     try:
-        return _open(path, settings, [CPU], int8=True)
+        return _open(path, options, [CPU], int8=True)
     except Exception as exc:  # the caller serves float32 instead
         log.warning(
             f"model {name}: int8 quantization of {path.name} failed, serving float32: "
@@ -125,60 +151,6 @@ def _open_int8(path: Path, settings: Settings, name: str) -> ort.InferenceSessio
             extra={"model": name},
         )
         return None
-
-
-# Without its key/value cache graph a model still answers the same, a window a token: a problem
-# with that file alone leaves the model serving (a warning), a problem with any other refuses it.
-CACHE_GRAPH = "decoder.onnx"
-
-
-def file_problems(folder: Path, card: dict[str, Any]) -> dict[str, str]:
-    """What is wrong with each graph or weights file of ``folder`` against the size and sha256
-    its card records (``files``): missing, damaged, truncated or half-copied (or a Git LFS
-    pointer in its place), by file name; none for files as exported. Found before ONNX Runtime
-    reads them, which would load a damaged file and answer nonsense, or fail on a truncated one
-    with a message about its internals. A card that leaves out a file read, or lists one outside
-    the folder, is refused (ValueError). A card without checksums (an export older than them)
-    has its files loaded unchecked, and the log says so."""
-    files = card.get("files")
-    name = folder.name
-    if files is None:
-        log.warning(
-            f"model {name}: its card records no checksums (exported before cards had them), so "
-            f"its files load unchecked; `python -m training checksums {folder}` records them",
-            extra={"model": name},
-        )
-        return {}
-    read = {"model.onnx", *card.get("graphs", {})} | {
-        p.name for p in folder.glob("*.bin") if p.is_file()
-    }
-    left_out = sorted(read - set(files))
-    if left_out:
-        raise ValueError(f"the card records no checksum for {', '.join(left_out)}")
-    outside = [f for f in sorted(files) if (folder / f).parent != folder]
-    if outside:
-        raise ValueError(f"the card lists {outside[0]!r}, which is not a file of {name}/")
-    problems = {}
-    for file_name, expected in sorted(files.items()):
-        path = folder / file_name
-        if not path.is_file():
-            problems[file_name] = f"{file_name} is missing from {name}/"
-            continue
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            problems[file_name] = (
-                f"{file_name} has {size:,} bytes, the card records {expected['bytes']:,}: a "
-                "truncated or unfinished copy (or a Git LFS pointer instead of the file)"
-            )
-            continue
-        with path.open("rb") as stream:
-            digest = hashlib.file_digest(stream, "sha256").hexdigest()
-        if digest != expected["sha256"]:
-            problems[file_name] = (
-                f"{file_name} has sha256 {digest[:12]}, the card records "
-                f"{expected['sha256'][:12]}: the file is damaged or comes from another export"
-            )
-    return problems
 
 
 @dataclass
@@ -189,75 +161,19 @@ class ProviderChoice:
     reason: str
 
 
-# What the service reads of a card, each with the type it must have: a card without one of them
-# (or with another type) refuses its model, by name, before anything else of it is read.
-CARD_FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
-    "kind": ("a string", str),
-    "context": ("a positive integer", int),
-    "config": ("an object with vocab_size", dict),
-    "tokenizer": ("an object with file and sha256", dict),
-}
-
-
-def read_card(folder: Path) -> dict[str, Any]:
-    """The card of ``folder``, refused (ValueError) where a field the service reads is missing
-    or of the wrong type."""
-    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
-    if not isinstance(card, dict):
-        raise ValueError("card.json is not a JSON object")
-    for key, (what, kind) in CARD_FIELDS.items():
-        value = card.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"card.json: {key!r} must be {what}, found {value!r:.60}")
-    if card["context"] < 1:
-        raise ValueError(f"card.json: 'context' must be positive, found {card['context']}")
-    vocab = card["config"].get("vocab_size")
-    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 2:
-        raise ValueError(f"card.json: 'config.vocab_size' must be an integer, found {vocab!r:.60}")
-    tok = card["tokenizer"]
-    if not isinstance(tok.get("file"), str) or not isinstance(tok.get("sha256"), str):
-        raise ValueError("card.json: 'tokenizer' must name a file and its sha256")
-    return card
-
-
-def inside(path: Path, root: Path, what: str) -> Path:
-    """``path`` resolved (symbolic links followed), refused (ValueError) if that lands outside
-    ``root``: the service reads nothing from outside its models directory."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        raise ValueError(f"{what} resolves outside the models directory")
-    return resolved
-
-
-def check_external_data(graph: Path, root: Path) -> None:
-    """Every external-data file that ``graph`` names lies inside ``root`` (ONNX Runtime has a
-    check of its own; the service does not depend on it)."""
-    import onnx  # the graph's structure only: its weights stay on disk
-
-    def tensors(g: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-        yield from g.initializer
-        for node in g.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                    yield from tensors(sub)
-
-    proto = onnx.load(str(graph), load_external_data=False)
-    for tensor in tensors(proto.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        inside(graph.parent / location, root, f"{graph.name}'s external data {location!r:.80}")
-
-
 def load_model(
-    folder: Path, settings: Settings, tokenizers: dict[str, Tokenizer], choice: ProviderChoice
+    folder: Path,
+    options: LoadOptions,
+    tokenizers: dict[str, Tokenizer] | None = None,
+    choice: ProviderChoice | None = None,
 ) -> LoadedModel:
+    """The model of ``folder`` with its sessions, or with the reason it could not load;
+    ``tokenizers`` (by sha256) and ``choice`` are shared by the models of one directory."""
+    tokenizers = {} if tokenizers is None else tokenizers
+    choice = choice or ProviderChoice(*choose_providers(options.provider))
     model = LoadedModel(name=folder.name, folder=folder)
     try:
-        root = settings.models_dir.resolve()
+        root = options.models_dir.resolve()
         inside(folder, root, f"the folder {folder.name}/")
         inside(folder / "card.json", root, f"{folder.name}/card.json")
         model.card = read_card(folder)
@@ -286,15 +202,15 @@ def load_model(
                     check_external_data(folder / graph, root)
         model.files_checked = "files" in model.card
         probing = choice.providers[0] == CUDA
-        int8 = settings.quantize == "int8" and not probing  # on the CPU for sure
+        int8 = options.quantize == "int8" and not probing  # on the CPU for sure
         if int8:
-            model.session = _open_int8(folder / "model.onnx", settings, model.name)
+            model.session = _open_int8(folder / "model.onnx", options, model.name)
             int8 = model.session is not None
         if model.session is None:
             if probing:  # ONNX Runtime reports a CUDA provider that cannot load at length
                 ort.set_default_logger_severity(4)
             try:
-                model.session = _open(folder / "model.onnx", settings, choice.providers)
+                model.session = _open(folder / "model.onnx", options, choice.providers)
             finally:
                 ort.set_default_logger_severity(3)
         got = model.session.get_providers()[0]
@@ -305,14 +221,14 @@ def load_model(
                 "(no GPU, or CUDA 13 / cuDNN 9 libraries missing): CPU"
             )
         model.provider, model.provider_reason = got, choice.reason
-        if settings.quantize == "int8" and probing:
+        if options.quantize == "int8" and probing:
             if got == CPU:  # CUDA turned out unusable: quantize after all
-                session = _open_int8(folder / "model.onnx", settings, model.name)
+                session = _open_int8(folder / "model.onnx", options, model.name)
                 if session is not None:
                     model.session, int8 = session, True
             else:
                 log.info(
-                    f"model {model.name}: MACHADO_QUANTIZE=int8 applies to the CPU provider "
+                    f"model {model.name}: int8 quantization applies to the CPU provider "
                     f"only; float32 on {got}",
                     extra={"model": model.name},
                 )
@@ -321,9 +237,9 @@ def load_model(
         if model.card.get("has_attention"):
             # Always float32: the maps are read for study, one call each, and int8 weights
             # would change them.
-            model.attention_session = _open(folder / "attention.onnx", settings, [got])
+            model.attention_session = _open(folder / "attention.onnx", options, [got])
         if (
-            settings.kv_cache
+            options.kv_cache
             and CACHE_GRAPH in model.card.get("graphs", {})
             and int(model.card["context"]) >= MIN_CACHE_CONTEXT
         ):
@@ -331,7 +247,7 @@ def load_model(
                 if CACHE_GRAPH in problems:
                     raise ValueError(problems[CACHE_GRAPH])
                 check_external_data(folder / CACHE_GRAPH, root)
-                model.decoder_session = _open(folder / CACHE_GRAPH, settings, [got], int8)
+                model.decoder_session = _open(folder / CACHE_GRAPH, options, [got], int8)
             except Exception as exc:  # the model still generates, a window a token
                 log.warning(
                     f"model {model.name}: its key/value cache graph did not load, generating "
@@ -351,9 +267,9 @@ def load_model(
     return model
 
 
-def load_models(settings: Settings) -> dict[str, LoadedModel]:
+def load_models(options: LoadOptions) -> dict[str, LoadedModel]:
     """Every model folder of the models directory, loaded or with its error."""
-    root = settings.models_dir
+    root = options.models_dir
     if not root.is_dir():
         log.error(f"models directory {root} does not exist")
         return {}
@@ -362,5 +278,15 @@ def load_models(settings: Settings) -> dict[str, LoadedModel]:
     if not folders:
         log.error(f"models directory {root} holds no model folder (no */card.json)")
     ort.set_default_logger_severity(3)
-    choice = ProviderChoice(*choose_providers(settings.provider))
-    return {folder.name: load_model(folder, settings, tokenizers, choice) for folder in folders}
+    choice = ProviderChoice(*choose_providers(options.provider))
+    return {folder.name: load_model(folder, options, tokenizers, choice) for folder in folders}
+
+
+def open_model(folder: Path, threads: int = 2) -> LoadedModel:
+    """One model folder on the CPU, checked as the service checks it, for reports, benchmarks
+    and tests; ValueError where it does not load."""
+    folder = Path(folder)
+    model = load_model(folder, LoadOptions(models_dir=folder.parent, threads=threads))
+    if not model.ready:
+        raise ValueError(f"model {folder} did not load: {model.error}")
+    return model

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.batching import DecodeBatcher, decode_feed
-from service.registry import LoadedModel
+from runtime.batching import DecodeBatcher, decode_feed
+from runtime.loader import LoadedModel
 
 
 def uses_kv_cache(model: LoadedModel) -> bool:

@@ -23,6 +23,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
+GREEDY = SamplingParams(temperature=0.0)
+
+
 class NonFiniteLogits(ArithmeticError):
     """A model's output holds NaN or infinity: broken weights or graph, never a request's fault
     (answered as a 500 and logged, instead of tokens drawn from nonsense)."""
@@ -173,3 +176,16 @@ def first_stop(text: str, stops: Iterable[str]) -> int:
     """Index in ``text`` where the earliest stop string starts, or -1."""
     found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(found) if found else -1
+
+
+def likeliest(logp: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """The k likeliest (id, log-probability) of each row of ``logp`` (N, V), likeliest first
+    (equal ones by id); only those k are sorted, not the vocabulary."""
+    k = min(k, logp.shape[-1])
+    part = np.argpartition(-logp, k - 1, axis=-1)[:, :k]  # (N, k), unordered
+    values = np.take_along_axis(logp, part, -1)
+    rows = []
+    for ids, vals in zip(part, values, strict=True):
+        order = np.lexsort((ids, -vals))
+        rows.append([(int(ids[j]), float(vals[j])) for j in order])
+    return rows

@@ -1,6 +1,6 @@
 """Inference on one loaded model: next-token distributions, generation, scoring, attention.
 
-Blocking numpy and ONNX Runtime code: the routes run it in worker threads, off the event loop.
+Blocking numpy and ONNX Runtime code: a server runs it in worker threads, off its event loop.
 Every prompt starts after an end-of-text token, as every document did in training.
 """
 
@@ -9,92 +9,35 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 
-from service.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
-from service.deadline import Deadline
-from service.errors import APIError
-from service.kv_cache import CachedContext, uses_kv_cache
-from service.registry import CUDA, LoadedModel
-from service.sampling import SamplingParams, choose, entropy_bits, first_stop, log_softmax
+from runtime.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
+from runtime.deadline import Deadline
+from runtime.errors import HeadNotFound, LayerNotFound, NoAttention, TokenNotFound
+from runtime.kv_cache import CachedContext, uses_kv_cache
+from runtime.loader import CUDA, LoadedModel
+from runtime.results import (
+    AttentionMaps,
+    Candidate,
+    Generation,
+    GenerationRequest,
+    NextToken,
+    Score,
+    Step,
+    TokenScore,
+)
+from runtime.sampling import (
+    choose,
+    entropy_bits,
+    first_stop,
+    likeliest,
+    log_softmax,
+)
+from runtime.windows import scoring_window, stride_of, window_plan
 
 END_OF_TEXT = "<|endoftext|>"
-
-
-@dataclass
-class Step:
-    """One generated token."""
-
-    id: int
-    text: str
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)
-
-
-@dataclass
-class Generation:
-    prompt_ids: list[int]
-    prompt_truncated: bool
-    steps: list[Step] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str = "length"
-    end_logprob: float | None = None  # the end-of-text token's, when it ended the text
-
-    def mean_logprob(self) -> float:
-        """Log-probability per token of the completion, its end-of-text token included: how
-        best_of ranks completions."""
-        values = [s.logprob for s in self.steps]
-        if self.end_logprob is not None:
-            values.append(self.end_logprob)
-        return sum(values) / len(values) if values else 0.0
-
-
-def likeliest(logp: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """The k likeliest (id, log-probability) of each row of ``logp`` (N, V), likeliest first
-    (equal ones by id); only those k are sorted, not the vocabulary."""
-    k = min(k, logp.shape[-1])
-    part = np.argpartition(-logp, k - 1, axis=-1)[:, :k]  # (N, k), unordered
-    values = np.take_along_axis(logp, part, -1)
-    rows = []
-    for ids, vals in zip(part, values, strict=True):
-        order = np.lexsort((ids, -vals))
-        rows.append([(int(ids[j]), float(vals[j])) for j in order])
-    return rows
-
-
-def window_plan(n_tokens: int, length: int, reads: int | None = None) -> list[tuple[int, int]]:
-    """(start, first scored index) of windows predicting tokens 1..n-1, overlapping by half a
-    window, or by ``reads - 1`` tokens where that is less: a model that reads only its last
-    ``reads`` tokens (Bengio's n) then still reads all of them at every scored index, and
-    scores the same with fewer windows."""
-    last = n_tokens - 1
-    if last < 1:
-        return []
-    length = min(length, last)
-    stride = stride_of(length, reads)
-    plan, covered = [(0, 0)], length
-    while covered < last:
-        start = min(covered + stride - length, last - length)
-        plan.append((start, covered - start))
-        covered = start + length
-    return plan
-
-
-def stride_of(length: int, reads: int | None = None) -> int:
-    """Tokens between the starts of two scoring windows of ``length`` (see window_plan)."""
-    overlap = length - max(1, length // 2)
-    if reads is not None:
-        overlap = min(overlap, reads - 1)
-    return length - overlap
-
-
-def scoring_window(card: dict) -> int:
-    """Tokens per window of /score: the attention model's context; the Bengio model's training
-    block (it reads its n tokens out of any window, so a longer window only batches better)."""
-    return int(card["config"].get("block", card["context"]))
 
 
 # Logits elements (float32) from which a graph call is large (4 MiB), and how many large calls
@@ -128,7 +71,7 @@ class Engine:
     ) -> None:
         """``max_batch_rows`` > 1: next-token calls and cached generation steps of concurrent
         callers (threads) are batched, up to that many sequences a graph call
-        (service.batching), each reported to ``on_batch``; a batch waits up to ``batch_wait``
+        (runtime.batching), each reported to ``on_batch``; a batch waits up to ``batch_wait``
         seconds for the generations of the batch before it."""
         if not model.ready:
             raise ValueError(f"model {model.name} is not loaded: {model.error}")
@@ -188,16 +131,15 @@ class Engine:
 
     # Graph calls ------------------------------------------------------------------------
     def _logits(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64)}
         if positions.size * self.vocab_size < LARGE_CALL_ELEMENTS:
-            return self.model.session.run(["logits"], feed)[0]
+            return self.model.logits(ids, positions)
         # A call whose logits alone take megabytes (scoring windows, an echoed prompt): ONNX
         # Runtime's arena keeps, for good, the most memory that such calls ever took at once,
         # so at most LARGE_CALLS of them run at a time on a model (on two cores more would
         # only share them), and on the CPU each gives back what it freed when it ends.
         options = SHRINK_ARENA if self.shrinks else None
         with self.large_calls:
-            return self.model.session.run(["logits"], feed, options)[0]
+            return self.model.logits(ids, positions, options)
 
     def next_logits(self, ids: list[int]) -> np.ndarray:
         """Logits (V,) of the token after ``ids``; only the last position reaches the output
@@ -214,57 +156,48 @@ class Engine:
         return self._logits(window, positions)[:, 0]
 
     # Endpoints --------------------------------------------------------------------------
-    def next_token(self, prompt: str, top_k: int) -> dict:
+    def next_token(self, prompt: str, top_k: int) -> NextToken:
         ids = self.prompt_ids(prompt)
         seen = ids[-self.context :]
         logprobs = log_softmax(self.next_logits(ids))
         top = likeliest(logprobs[None], top_k)[0]
-        return {
-            "tokens": self.token_texts(seen),
-            "token_ids": seen,
-            "truncated": len(ids) > self.context,
-            "top": [
-                {
-                    "id": i,
-                    "token": self.decode([i]),
-                    "probability": math.exp(lp),
-                    "logprob": lp,
-                }
-                for i, lp in top
-            ],
-            "entropy_bits": entropy_bits(logprobs),
-        }
+        return NextToken(
+            tokens=self.token_texts(seen),
+            token_ids=seen,
+            truncated=len(ids) > self.context,
+            top=[Candidate(i, self.decode([i]), math.exp(lp), lp) for i, lp in top],
+            entropy_bits=entropy_bits(logprobs),
+        )
+
+    def check_token_ids(self, ids, field: str) -> None:
+        """TokenNotFound for an id outside this model's vocabulary."""
+        for token in map(int, ids):
+            if not 0 <= token < self.vocab_size:
+                raise TokenNotFound(
+                    f"token id {token} is not in the vocabulary of {self.name}: its ids are "
+                    f"0..{self.vocab_size - 1}",
+                    field,
+                )
 
     def generate(
-        self,
-        prompt: str | list[int],
-        max_new_tokens: int,
-        params: SamplingParams,
-        seed: int | None,
-        stop: list[str],
-        logprobs: int,
-        deadline: Deadline | None = None,
+        self, request: GenerationRequest, deadline: Deadline | None = None
     ) -> Iterator[Step | Generation]:
         """Yields each new token as it comes, then the finished Generation."""
-        for _, item in self.generate_many(
-            prompt, [seed], max_new_tokens, params, stop, logprobs, deadline
-        ):
+        for _, item in self.generate_many(request, [request.seed], deadline):
             yield item
 
     def generate_many(
         self,
-        prompt: str | list[int],
+        request: GenerationRequest,
         seeds: list[int | None],
-        max_new_tokens: int,
-        params: SamplingParams,
-        stop: list[str],
-        logprobs: int,
         deadline: Deadline | None = None,
     ) -> Iterator[tuple[int, Step | Generation]]:
-        """One completion of ``prompt`` per seed, computed as one batch: yields (choice, Step)
-        for each new token and (choice, Generation) when a choice ends. Each choice draws
-        from its own seed, so it is the completion ``generate`` makes with that seed."""
-        ids = self.prompt_ids(prompt)
+        """One completion of the request's prompt per seed (its own ``seed`` aside), computed
+        as one batch: yields (choice, Step) for each new token and (choice, Generation) when a
+        choice ends. Each choice draws from its own seed, so it is the completion ``generate``
+        makes with that seed."""
+        self.check_token_ids((token for token, _ in request.sampling.logit_bias), "logit_bias")
+        ids = self.prompt_ids(request.prompt)
         choices = [
             _Choice(
                 list(ids),
@@ -282,7 +215,7 @@ class Engine:
             else None
         )
         batcher = self.batcher if cache is None else self.decode_batcher
-        steps = self._steps(choices, cache, key, max_new_tokens, params, stop, logprobs, deadline)
+        steps = self._steps(choices, cache, key, request, deadline)
         finished = 0
         try:
             for c, item in steps:
@@ -300,14 +233,11 @@ class Engine:
         choices: list[_Choice],
         cache: CachedContext | None,
         key: object,
-        max_new_tokens: int,
-        params: SamplingParams,
-        stop: list[str],
-        logprobs: int,
+        request: GenerationRequest,
         deadline: Deadline | None,
     ) -> Iterator[tuple[int, Step | Generation]]:
         active = list(range(len(choices)))
-        for _ in range(max_new_tokens):
+        for _ in range(request.max_new_tokens):
             if deadline is not None:
                 deadline.check()
             rows = [choices[c].ids for c in active]
@@ -316,7 +246,7 @@ class Engine:
             )
             still = []
             for row, c in enumerate(active):
-                step = self._advance(choices[c], logits[row], params, stop, logprobs)
+                step = self._advance(choices[c], logits[row], request)
                 if step is not None:
                     yield c, step
                 if choices[c].result.finish_reason == "length":
@@ -336,26 +266,26 @@ class Engine:
         self,
         choice: _Choice,
         logits: np.ndarray,
-        params: SamplingParams,
-        stop: list[str],
-        logprobs: int,
+        request: GenerationRequest,
     ) -> Step | None:
         """Choose one token for ``choice``; the Step to stream, if any. A finished choice gets
         its finish_reason ("end_of_text", "stop")."""
-        token = choose(logits, params, choice.ids[-self.context :], choice.rng, choice.generated)
+        token = choose(
+            logits, request.sampling, choice.ids[-self.context :], choice.rng, choice.generated
+        )
         logp = log_softmax(logits)
         if token == self.eot:
             choice.result.finish_reason = "end_of_text"
             choice.result.end_logprob = float(logp[token])
             return None
-        top = likeliest(logp[None], logprobs)[0] if logprobs else []
+        top = likeliest(logp[None], request.logprobs)[0] if request.logprobs else []
         choice.ids.append(token)
         choice.generated.append(token)
         full = self.decode(choice.generated)
         piece = full[len(choice.text) :] if full.startswith(choice.text) else ""
         step = Step(token, piece, float(logp[token]), top)
         choice.result.steps.append(step)
-        cut = first_stop(full, stop)
+        cut = first_stop(full, request.stop)
         if cut >= 0:
             choice.text = full[:cut]
             choice.result.finish_reason = "stop"
@@ -414,7 +344,7 @@ class Engine:
         batch: int = 8,
         deadline: Deadline | None = None,
         window: int | None = None,
-    ) -> dict:
+    ) -> Score:
         """NLL of ``text`` after an end-of-text token, with the windows of token_logprobs of
         ``window`` tokens (default, and at most: the scoring length; the result says which)."""
         window = min(window or self.score_window, self.score_window)
@@ -422,34 +352,33 @@ class Engine:
         token_logprobs, _ = self.token_logprobs(ids, 0, batch, deadline, window)
         length = min(window, len(ids) - 1)
         nll = float(-token_logprobs.sum())
-        chars = (
-            len(self.tokenizer.normalizer.normalize_str(text))
-            if self.tokenizer.normalizer
-            else len(text)
-        )
-        result = {
-            "tokens": len(ids) - 1,
-            "characters": chars,
-            "nll_nats": nll,
-            "nll_bits": nll / math.log(2),
-            "perplexity": math.exp(nll / (len(ids) - 1)),
-            "bits_per_character": nll / math.log(2) / chars,
-            "window": length,
-            "stride": stride_of(length, self.context),
-        }
+        normalizer = self.tokenizer.normalizer
+        chars = len(normalizer.normalize_str(text)) if normalizer else len(text)
+        per = None
         if per_token:
             targets = ids[1:]
-            result["token_logprobs"] = [
-                {"id": t, "token": s, "logprob": float(lp)}
-                for t, s, lp in zip(targets, self.token_texts(targets), token_logprobs, strict=True)
+            texts = self.token_texts(targets)
+            per = [
+                TokenScore(t, s, float(lp))
+                for t, s, lp in zip(targets, texts, token_logprobs, strict=True)
             ]
-        return result
+        return Score(
+            tokens=len(ids) - 1,
+            characters=chars,
+            nll_nats=nll,
+            nll_bits=nll / math.log(2),
+            perplexity=math.exp(nll / (len(ids) - 1)),
+            bits_per_character=nll / math.log(2) / chars,
+            window=length,
+            stride=stride_of(length, self.context),
+            token_logprobs=per,
+        )
 
-    def attention(self, prompt: str, max_tokens: int, layer: int | None, head: int | None) -> dict:
+    def attention(
+        self, prompt: str, max_tokens: int, layer: int | None, head: int | None
+    ) -> AttentionMaps:
         if not self.model.has_attention:
-            raise APIError(
-                422,
-                "no_attention",
+            raise NoAttention(
                 f"model {self.name} ({self.card['kind']}) has no attention layers; "
                 "ask a model whose has_attention is true in GET /models",
                 "model",
@@ -457,36 +386,30 @@ class Engine:
         config = self.card["config"]
         layers, heads = int(config["n_layer"]), int(config["n_head"])
         if layer is not None and layer >= layers:
-            raise APIError(
-                404,
-                "layer_not_found",
+            raise LayerNotFound(
                 f"layer {layer} does not exist: {self.name} has layers 0..{layers - 1}",
                 "layer",
             )
         if head is not None and head >= heads:
-            raise APIError(
-                404,
-                "head_not_found",
+            raise HeadNotFound(
                 f"head {head} does not exist: {self.name} has heads 0..{heads - 1}",
                 "head",
             )
         ids = self.prompt_ids(prompt)
         keep = min(max_tokens, self.context)
         window = np.asarray(ids[-keep:], dtype=np.int64)[None]
-        weights = self.model.attention_session.run(
-            ["attentions"], {"input_ids": window, "positions": np.asarray([[window.shape[1] - 1]])}
-        )[0][0]  # (L, H, T, T)
+        weights = self.model.attention_weights(window)[0]  # (L, H, T, T)
         layer_ids = [layer] if layer is not None else list(range(layers))
         head_ids = [head] if head is not None else list(range(heads))
         selected = weights[np.ix_(layer_ids, head_ids)]  # (l, h, T, T)
-        return {
-            "tokens": self.token_texts(window[0].tolist()),
-            "token_ids": window[0].tolist(),
-            "truncated": len(ids) > keep,
-            "layers": layer_ids,
-            "heads": head_ids,
-            "attention": np.round(selected.astype(np.float64), 5).tolist(),
-        }
+        return AttentionMaps(
+            tokens=self.token_texts(window[0].tolist()),
+            token_ids=window[0].tolist(),
+            truncated=len(ids) > keep,
+            layers=layer_ids,
+            heads=head_ids,
+            attention=np.round(selected.astype(np.float64), 5).tolist(),
+        )
 
 
 # What a model is asked before it serves (and by `python -m service --check`).
@@ -496,6 +419,6 @@ PROBE = "Capitu olhou para mim"
 def probe(engine: Engine) -> None:
     """One next-token call, whose distribution must be finite: a model whose graphs load but
     cannot run, or answer nonsense, fails here instead of on its first request."""
-    result = engine.next_token(PROBE, 1)
-    if not math.isfinite(result["entropy_bits"]):
-        raise ValueError(f"its next-token entropy on {PROBE!r} is {result['entropy_bits']}")
+    entropy = engine.next_token(PROBE, 1).entropy_bits
+    if not math.isfinite(entropy):
+        raise ValueError(f"its next-token entropy on {PROBE!r} is {entropy}")
