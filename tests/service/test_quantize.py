@@ -18,6 +18,8 @@ from runtime.quantize import float32_constants, int8_weight_bits, quantize_int8
 from service.app import create_app
 from tests.service.conftest import MODELS, make_options, make_settings
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 SHIPPED = ("attention", "attention-seed", "bengio")
 # Plain Portuguese prose written for this test (not the corpus), long enough for several windows.
 TEXT = (

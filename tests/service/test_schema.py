@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from service.app import create_app
 from tests.service.conftest import make_settings
+
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
 
 # Small limits keep every generated request quick; the lifespan loads the models once.
 APP = create_app(

@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from tests.service.conftest import MODELS, make_settings
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 
 @pytest.fixture(scope="module")
 def test_documents(real_corpus):

@@ -128,6 +128,7 @@ def _server_cpu_seconds(base: str) -> float:
     return float(re.search(r"^process_cpu_seconds_total (\S+)", metrics, re.M).group(1))
 
 
+@pytest.mark.slow
 def test_client_that_hangs_up_on_a_long_answer_stops_its_work(server):
     """Not a stream: a client that gives up after 1 s on a /score of about a minute's work frees
     the CPU within a graph call (the request ends as 499), instead of computing on to its time
@@ -185,6 +186,7 @@ def test_client_that_hangs_up_is_abandoned_not_an_error_of_its_arm(server, strea
     assert after["errors"] == before.get("errors", 0), (before, after)
 
 
+@pytest.mark.slow
 def test_many_clients_that_hang_up_leave_nothing_behind(tmp_path):
     """Under concurrent load of every endpoint with 40 % of the requests abandoned mid-way
     (scripts/load_test.py --hang-up): no 5xx, no request left in flight, and every model answers

@@ -25,6 +25,8 @@ from training.context import (
 )
 from training.report import load_context, render
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TEXT = (
     "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. Capitu olhou "

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cpu_sweep.sh"
 
 

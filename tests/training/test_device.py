@@ -79,6 +79,7 @@ PAGE_FAULTS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _glibc(), reason="mallopt is glibc's")
 def test_kept_memory_is_reused_without_page_faults():
     """glibc's defaults map a 64 MiB tensor afresh each time: 16,384 page faults a time. Kept, the

@@ -18,6 +18,8 @@ from training.export import export_checkpoint, runtime_ops
 from training.tokenizer import file_sha256, load_tokenizer
 from training.train import TrainConfig, train
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 TEXT = "Não há coração que resista. Capitu olhou para Bentinho, e o mundo parou um instante."
 
 

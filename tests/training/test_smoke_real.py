@@ -8,6 +8,8 @@ import pytest
 from training.data import load_split
 from training.train import TrainConfig, train
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 
 def unigram_entropy_nats(tokens: np.ndarray) -> float:
     counts = np.bincount(tokens)

@@ -10,6 +10,8 @@ import pytest
 from training.__main__ import main
 from training.sweep import BASE, combination, format_table, plan, trial_name
 
+pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
+
 FACTORS = {"context": [4, 12], "d_hidden": [512, 2048], "direct": [False], "dropout": [0.1]}
 
 

@@ -269,6 +269,7 @@ def test_learning_rate_warmup_then_cosine():
     assert learning_rate(110, 110, cfg) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_train_distributed_two_cpu_processes(prepared, tmp_path):
     """torchrun with two processes on gloo trains one model and writes one checkpoint."""
     import socket
