@@ -114,7 +114,7 @@ def session_options(load: LoadOptions) -> ort.SessionOptions:
     # decoder). Over 300 random shapes run twice it left resident memory 53 MiB (windows) and
     # 77 MiB (decoder steps) higher than with it off, at the same speed. Turning the CPU arena
     # off as well holds less in a process of its own, but costs 14-15 % of the time, and in the
-    # service under load it held no less (scripts/bench_memory.py, benchmarks/memory-cpu.json;
+    # service under load it held no less (python -m bench memory, benchmarks/memory-cpu.json;
     # BENCHMARKS.md, memory).
     options.enable_mem_pattern = False
     # Idle threads spin (burning a core) before they sleep: briefly, so that they catch the next

@@ -17,7 +17,7 @@ ARM CPUs widen first, so they keep 8 bits. On an AVX2 EPYC 8-bit weights moved a
 model's logits by up to 21 % of the largest (tests/training/test_export.py); on the shipped models
 the two cost about the same (BENCHMARKS.md).
 
-What it costs and gains, per model, is measured by ``scripts/bench_quantize.py``
+What it costs and gains, per model, is measured by ``python -m bench quantize``
 (BENCHMARKS.md).
 """
 

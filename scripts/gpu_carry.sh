@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Prepares, on this machine, what a GPU session carries to the device machine for
-# scripts/gpu_finish.sh. The GPU image has PyTorch, numpy, tokenizers, httpx and
+# Prepares, on this machine, what a GPU session carries to the device machine to serve there
+# (the service on CUDA, python -m bench cuda-check). The GPU image has PyTorch, numpy, tokenizers, httpx and
 # prometheus-client, but neither onnxruntime-gpu nor FastAPI, and nothing can be fetched there.
 #   .carry/wheels/           the service's dependencies the image lacks (a few MiB)
 #   .carry/ort.tar.xz.NN     onnxruntime-gpu, unpacked, xz-compressed and split into parts small
@@ -8,7 +8,7 @@
 # Versions are the ones installed in this project's virtual environment, i.e. the pins.
 #     bash scripts/gpu_carry.sh [PART_MIB]      (default 56)
 # PYVER (3.12, the GPU image's Python) and DEST (.carry) change the target, e.g. to rehearse
-# scripts/gpu_finish.sh here.
+# the unpacking here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -48,4 +48,4 @@ mkdir "$tmp/site"
 rm -f "$tmp"/site/onnxruntime/capi/libonnxruntime_providers_tensorrt.so  # TensorRT: not used
 tar -C "$tmp/site" -cf - . | xz -T0 -6 | split -b "${PART_MIB}m" -d - "$dest/ort.tar.xz."
 ls -la "$dest" "$dest/wheels"
-echo "carry one ort part per call with scripts/gpu_finish.sh (see its header)"
+echo "carry one ort part per call; on the device: cat ort.tar.xz.* | tar -xJ"

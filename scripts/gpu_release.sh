@@ -31,8 +31,8 @@ stamp "hardware"
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-stamp "bench-attention"
-$PY -m training bench-attention --loop-repeats 1 "${LOOPS[@]}" --json "$OUT/bench_attention.json"
+stamp "attention benchmark"
+$PY -m bench attention --loop-repeats 1 "${LOOPS[@]}" --json "$OUT/bench_attention.json"
 
 stamp "throughput of the $BIG preset"
 common=(--data data --no-progress --log-interval 50 --eval-interval 100000 --eval-windows 8)

@@ -224,57 +224,6 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: {error}") from None
         print(format_table(result))
         write_json(result, args.json)
-    elif args.command == "bench-train":
-        from training.bench import bench_train
-        from training.evaluate import write_json
-
-        _check_config(args.model, args.preset)
-        result = bench_train(
-            args.model,
-            args.preset,
-            args.batch_size,
-            args.compile_mode,
-            args.steps,
-            args.warmup,
-            args.device,
-            args.profile,
-            precision=args.precision,
-            keep_memory=args.malloc == "keep",
-        )
-        table = result.pop("profile", None)
-        print(json.dumps(result, indent=2))
-        if table:
-            print(table)
-            result["profile"] = table
-        write_json(result, args.json)
-    elif args.command == "bench-inference":
-        from training.bench import bench_inference, format_inference_table
-        from training.evaluate import write_json
-
-        result = bench_inference(
-            args.models,
-            args.names or ["attention", "bengio"],
-            args.lengths or [16, 128, 256],
-            args.threads,
-            args.repeats,
-        )
-        print(format_inference_table(result))
-        write_json(result, args.json)
-    elif args.command == "bench-attention":
-        from training.bench import bench_attention, format_table
-        from training.evaluate import write_json
-
-        result = bench_attention(
-            args.batch,
-            args.steps,
-            args.d_model,
-            args.heads,
-            args.loop_repeats,
-            args.repeats,
-            args.device,
-        )
-        print(format_table(result))
-        write_json(result, args.json)
     return 0
 
 

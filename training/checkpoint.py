@@ -127,3 +127,36 @@ def load_checkpoint(
         state["head.weight"] = state["token_embedding.weight"]
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval()
+
+
+def torch_model_from_folder(folder) -> torch.nn.Module:
+    """The PyTorch model of an exported model folder, its weights read back from the ONNX graph
+    (float16-stored weights come back as the float32 the graph computes with)."""
+    import json
+    from pathlib import Path
+
+    import onnx
+    from onnx import numpy_helper
+
+    from training.attention_lm import AttentionConfig, AttentionLM
+    from training.bengio import BengioConfig, BengioLM
+
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text())
+    if card["kind"] == "attention":
+        model = AttentionLM(AttentionConfig(**card["config"]))
+    else:
+        model = BengioLM(BengioConfig(**card["config"]))
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    state = {}
+    for init in graph.initializer:
+        name = init.name.removesuffix("__fp16").removeprefix("model.")
+        state[name] = torch.from_numpy(numpy_helper.to_array(init).astype("float32"))
+    if card["kind"] == "attention":  # the head is tied to the embedding: either name holds it
+        tied = state.get("token_embedding.weight", state.get("head.weight"))
+        if tied is not None:
+            state["token_embedding.weight"] = state["head.weight"] = tied
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise ValueError(f"{folder}: weights missing {missing}, unexpected {unexpected}")
+    return model.eval()

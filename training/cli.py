@@ -33,13 +33,13 @@ def _whole(minimum: int):
     return whole
 
 
-_count = _whole(1)  # steps, sequences, threads, windows, repeats: none of them can be 0
-_whole_from_zero = _whole(0)  # warm-up steps
+positive = _whole(1)  # steps, sequences, threads, windows, repeats: none of them can be 0
+non_negative = _whole(0)  # warm-up steps
 
 
 def _vocab_size(text: str) -> int:
     """A byte-level BPE vocabulary: the 256 bytes, the end-of-text token, and merges."""
-    value = _count(text)
+    value = positive(text)
     if value < 257:
         raise argparse.ArgumentTypeError(
             f"must be at least 257 (the 256 bytes and the end-of-text token), got {value}"
@@ -112,12 +112,12 @@ def _add_study_args(parser: argparse.ArgumentParser, split_help: str) -> None:
     the split, ONNX Runtime's threads, the JSON result and the prepared data."""
     parser.add_argument("--models", type=Path, default=Path("models"), help="models folder")
     parser.add_argument("--split", choices=corpus.SPLITS, default="test", help=split_help)
-    parser.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads (2)")
+    parser.add_argument("--threads", type=positive, default=2, help="ONNX Runtime threads (2)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     _add_data_args(parser)
 
 
-def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     from training.device import PRECISIONS
 
     parser.add_argument(
@@ -160,11 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run folder (runs/MODEL-PRESET)")
     _add_data_args(p)
     for name, kind, text in (
-        ("batch-size", _count, "sequences per step and process"),
+        ("batch-size", positive, "sequences per step and process"),
         ("lr", _within(0, above=True), "peak learning rate"),
         ("min-lr-ratio", _within(0, 1), "final learning rate as a fraction of the peak"),
-        ("warmup-steps", _whole_from_zero, "linear warm-up steps"),
-        ("max-steps", _count, "step budget"),
+        ("warmup-steps", non_negative, "linear warm-up steps"),
+        ("max-steps", positive, "step budget"),
         (
             "time-budget",
             _within(0, above=True),
@@ -173,16 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("weight-decay", _within(0), "AdamW weight decay on matrices"),
         ("beta2", _within(0, 1, below=True), "AdamW beta2"),
         ("grad-clip", _within(0, above=True), "gradient norm clip"),
-        ("eval-interval", _count, "steps between validations"),
+        ("eval-interval", positive, "steps between validations"),
         (
             "save-interval",
-            _count,
+            positive,
             "steps between saves of OUT/last without validating, so that a run killed outright "
             "(SIGKILL) loses fewer steps; None: at validations and on SIGTERM only",
         ),
-        ("eval-windows", _count, "validation windows per evaluation (default: whole split)"),
-        ("patience", _count, "evaluations without improvement before early stopping"),
-        ("log-interval", _count, "steps between progress updates"),
+        ("eval-windows", positive, "validation windows per evaluation (default: whole split)"),
+        ("patience", positive, "evaluations without improvement before early stopping"),
+        ("log-interval", positive, "steps between progress updates"),
         ("seed", int, "random seed"),
         (
             "text-starts",
@@ -208,10 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the model; MODE defaults to reduce-overhead (CUDA graphs: "
         "the step loop stops paying Python's launch overhead)",
     )
-    _add_precision_arg(p)
+    add_precision_arg(p)
     p.add_argument(
         "--stop-at",
-        type=_count,
+        type=positive,
         default=None,
         help="leave off at this step with the schedule unchanged (then --resume)",
     )
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a config field and the values to try besides the preset's (repeatable)",
     )
     p.add_argument("--out", type=Path, required=True, help="sweep folder")
-    p.add_argument("--parallel", type=_count, default=1, help="trials trained at once (1)")
+    p.add_argument("--parallel", type=positive, default=1, help="trials trained at once (1)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the chosen trial")
     p.add_argument(
         "--resume",
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", type=_checkpoint, help="checkpoint folder (config.json + safetensors)"
     )
     p.add_argument("--split", choices=corpus.SPLITS, default="test", help="split (test)")
-    p.add_argument("--batch-size", type=_count, default=32, help="windows per forward pass")
+    p.add_argument("--batch-size", type=positive, default=32, help="windows per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument(
         "--storage",
@@ -305,19 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="regenerate models/README.md from the model cards")
     p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
-    p.add_argument("--threads", type=_count, default=2, help="ONNX Runtime threads for latency")
+    p.add_argument("--threads", type=positive, default=2, help="ONNX Runtime threads for latency")
     p.add_argument(
         "--cuda-check",
         type=Path,
         default=Path("benchmarks/ort-cuda.json"),
-        help="scripts/ort_cuda_check.py result to include, if the file exists "
+        help="python -m bench cuda-check result to include, if the file exists "
         "(benchmarks/ort-cuda.json)",
     )
     p.add_argument(
         "--quantize-bench",
         type=Path,
         default=Path("benchmarks/quantize-cpu.json"),
-        help="scripts/bench_quantize.py result to include, if the file exists "
+        help="python -m bench quantize result to include, if the file exists "
         "(benchmarks/quantize-cpu.json)",
     )
 
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs="+", default=None, help="only these model folders")
     p.add_argument(
         "--coverage",
-        type=_count,
+        type=positive,
         default=4,
         help="windows per window length of stream: each token is scored this many times (4)",
     )
@@ -369,67 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_args(p, "split to read (test)")
     p.add_argument(
         "--windows",
-        type=_count,
+        type=positive,
         default=64,
         help="windows of each model's context, laid evenly (64)",
     )
 
-    p = sub.add_parser("bench-attention", help="loops vs matrix vs fused self-attention")
-    p.add_argument("--batch", type=_count, default=32, help="B (32)")
-    p.add_argument("--steps", type=_count, default=32, help="T (32)")
-    p.add_argument("--d-model", type=_count, default=128, help="d (128)")
-    p.add_argument("--heads", type=_count, default=1, help="heads (1)")
-    p.add_argument("--repeats", type=_count, default=100, help="timed runs of matrix and fused")
-    p.add_argument("--loop-repeats", type=_count, default=3, help="timed runs of the loops")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    p.add_argument("--json", type=Path, default=None, help="also write the result here")
-
-    p = sub.add_parser(
-        "bench-inference", help="ONNX Runtime vs PyTorch eager on the shipped models (CPU)"
-    )
-    p.add_argument("--models", type=Path, default=Path("models"), help="models folder")
-    p.add_argument(
-        "--model",
-        dest="names",
-        action="append",
-        default=None,
-        help="model to measure (repeatable; default: attention, bengio)",
-    )
-    p.add_argument(
-        "--tokens",
-        dest="lengths",
-        type=_count,
-        action="append",
-        default=None,
-        help="sequence length (repeatable; default: 16, 128, 256)",
-    )
-    p.add_argument("--threads", type=_count, default=2, help="threads for both (2)")
-    p.add_argument("--repeats", type=_count, default=50, help="timed calls per figure (50)")
-    p.add_argument("--json", type=Path, default=None, help="also write the result here")
-
-    p = sub.add_parser("bench-train", help="training throughput of a preset (tokens/s)")
-    p.add_argument("--model", choices=("attention", "bengio"), default="attention")
-    p.add_argument("--preset", default="base", help="preset (base)")
-    p.add_argument("--batch-size", type=_count, default=64, help="sequences per step (64)")
-    p.add_argument(
-        "--compile",
-        dest="compile_mode",
-        default=None,
-        nargs="?",
-        const="default",
-        help="torch.compile, optionally with a mode (max-autotune-no-cudagraphs, ...)",
-    )
-    p.add_argument("--steps", type=_count, default=50, help="timed steps (50)")
-    p.add_argument("--warmup", type=_whole_from_zero, default=10, help="untimed steps first (10)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    _add_precision_arg(p)
-    p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
-    p.add_argument(
-        "--malloc",
-        choices=("keep", "default"),
-        default="keep",
-        help="on a CPU: keep freed memory for the next step, as train does (keep), or leave "
-        "glibc's defaults (default), to compare",
-    )
-    p.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser

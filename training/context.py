@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from runtime.hardware import cpu_label
 from runtime.loader import LoadedModel, open_model
-from training.device import cpu_label
 
 # Lengths up to SHORT come from windows of SHORT tokens (many targets each, see ``splice``); the
 # longer ones from windows of the model's context, so tables group them into ranges.

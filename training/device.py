@@ -18,19 +18,8 @@ import torch.distributed as dist
 from runtime.hardware import cpu_info
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# The instruction sets that change CPU figures: matrix products in fp32, int8 and bf16.
-TOLD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-
-
-def cpu_label() -> str:
-    """The CPU's model name and the instruction sets of TOLD_FLAGS it has: what a speed figure
-    measured on it needs to be read by (Linux; elsewhere the platform's name)."""
-    name, flags = cpu_info()
-    told = " ".join(flag for flag in TOLD_FLAGS if flag in flags)
-    name = name or platform.processor() or platform.machine()
-    return name + (f", {told}" if told else "")
 
 
 def cpu_has_bf16() -> bool:

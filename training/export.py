@@ -25,7 +25,7 @@ Runtime folds the cast at load: half the disk, full-precision arithmetic.
 The graphs come from ``torch.export`` (``torch.onnx.export(..., dynamo=True)``, opset 20), its
 symbolic lengths named as above. Opset 20 has GELU as one operator, which ONNX Runtime fuses with
 the bias before it (``BiasGelu``); at opset 18 GELU is spelled out as Div, Erf, Add, Mul, Mul in an
-order its fusion does not recognise (``scripts/bench_export.py``). Graphs exported before by the
+order its fusion does not recognise (``python -m bench export``). Graphs exported before by the
 TorchScript exporter (opset 17, the models shipped so far) load and serve the same way.
 """
 

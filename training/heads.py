@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime.hardware import cpu_label
 from runtime.loader import LoadedModel, open_model
 from training.context import check_tokenizer, weights_sha256
-from training.device import cpu_label
 
 EXAMPLE = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria."
 

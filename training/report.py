@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.engine import Engine
+from runtime.hardware import cpu_label
 from runtime.loader import LoadedModel, open_model
 from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
@@ -22,7 +23,6 @@ from training.context import (
     summary,
     weights_sha256,
 )
-from training.device import cpu_label
 from training.heads import plot as plot_heads
 from training.plot import plot_curves
 from training.report_text import LATENCY_CONTEXT, render

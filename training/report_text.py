@@ -146,7 +146,7 @@ def _int8_section(bench: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        f"Measured by `python scripts/bench_quantize.py --json {bench['file']}` "
+        f"Measured by `python -m bench quantize --json {bench['file']}` "
         "(medians; BENCHMARKS.md has the rest).",
         "",
     ]
@@ -196,7 +196,7 @@ def _cuda_section(cuda: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Every difference is {verdict} the tolerance of {cuda['tolerance']:g}. Measured by "
-        f"`python scripts/ort_cuda_check.py --json {cuda['file']}` (scripts/gpu_finish.sh).",
+        f"`python -m bench cuda-check --json {cuda['file']}` (scripts/gpu_finish.sh).",
         "",
     ]
     return lines

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from runtime.hardware import cpu_label
 from runtime.loader import LoadedModel, open_model
 from training import corpus
 from training.context import token_nll, weights_sha256
-from training.device import cpu_label
 from training.tokenizer import END_OF_TEXT
 
 # (first, last) token positions within a text, counted from 1; LONGEST is the last of them.

@@ -16,20 +16,19 @@ from training.report import render
 pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECK = ROOT / "scripts" / "ort_cuda_check.py"
 
 
 def _run_check(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "check.json"
     result = subprocess.run(
         [
-            *(sys.executable, str(CHECK), "--runs", "5", "--warmup", "1"),
+            *(sys.executable, "-m", "bench", "cuda-check", "--runs", "5", "--warmup", "1"),
             *("--greedy-tokens", "8", "--generations", "2", "--json", str(out), *extra),
         ],
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=tmp_path,
+        cwd=ROOT,
     )
     return result, json.loads(out.read_text())
 
@@ -160,40 +159,7 @@ def test_report_renders_cuda_check_int8_and_sweep():
     assert "within the tolerance of 0.001" in text
     assert "| `bengio` | 1.8196 → 1.8198 (+0.0002) | 1.47 → 0.30 | 95.8 → 17.5 |" in text
     assert "| `attention` | measured on weights since replaced: rerun | | |" in text
-    assert "python scripts/bench_quantize.py --json benchmarks/quantize-cpu.json" in text
+    assert "python -m bench quantize --json benchmarks/quantize-cpu.json" in text
     assert "## How `bengio` was tuned (validation split only)" in text
     assert "| context=12 (chosen) |" in text
     assert "--vary context=4,12 -- --batch-size 16 --max-steps 17500" in text
-
-
-def test_gpu_finish_status_runs_without_carried_files(tmp_path):
-    """`status` lists .carry; where nothing was carried (a rehearsal, a restarted machine) it
-    must not end the script, which runs under set -e and packs the results after it."""
-    (tmp_path / "scripts").mkdir()
-    for script in ("gpu_finish.sh", "recipes.sh"):  # the script and the recipes it sources
-        shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts")
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "sweep.log").write_text("sweep: done base\n")
-    (work / "sweep.rc").write_text("0\n")
-    done = subprocess.run(
-        ["bash", str(tmp_path / "scripts" / "gpu_finish.sh"), "status"],
-        env={"PATH": "/usr/bin:/bin", "WORK": str(work), "OUT": str(tmp_path / "out")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "sweep: done base" in done.stdout and "finished with exit code 0" in done.stdout
-
-
-@pytest.mark.parametrize("args", [[], ["gpu/out", "--sweep", "runs/sweep-bengio-cpu"]])
-def test_ship_sweep_takes_a_device_folder_or_a_local_sweep(args):
-    """One source of sweep results: what came back from the GPU, or a sweep run here."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "ship_sweep.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2 and "either DEVICE_OUT or --sweep" in done.stderr

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.conftest import start_server
+from bench.common import start_server
 
 pytestmark = pytest.mark.slow  # real weights on a real port, training runs, or a browser
 

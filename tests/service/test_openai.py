@@ -11,7 +11,7 @@ import httpx
 import pytest
 from openai import NotFoundError, OpenAI
 
-from tests.service.conftest import start_server
+from bench.common import start_server
 
 PROMPT = "Capitu olhou para mim"
 

@@ -60,7 +60,7 @@ def test_sampling_top_k_keeps_only_k():
 
 def top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
     """The definition, sorting every logit: what filter_top_p must equal (and what it did
-    before; scripts/bench_sampling.py times both)."""
+    before; python -m bench sampling times both)."""
     order = np.argsort(-logits, kind="stable")
     probs = np.exp(log_softmax(logits[order]))
     keep = np.cumsum(probs) - probs < p

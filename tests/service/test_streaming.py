@@ -16,9 +16,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from bench.common import start_server
 from service.ab import pick_arm
 from service.errors import APIError
-from tests.service.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,12 +189,12 @@ def test_client_that_hangs_up_is_abandoned_not_an_error_of_its_arm(server, strea
 @pytest.mark.slow
 def test_many_clients_that_hang_up_leave_nothing_behind(tmp_path):
     """Under concurrent load of every endpoint with 40 % of the requests abandoned mid-way
-    (scripts/load_test.py --hang-up): no 5xx, no request left in flight, and every model answers
+    (python -m bench load --hang-up): no 5xx, no request left in flight, and every model answers
     its probes (greedy /generate, /next-token, /score) exactly as before the load."""
     out = tmp_path / "load.json"
-    command = [sys.executable, str(ROOT / "scripts" / "load_test.py"), "--clients", "12"]
+    command = [sys.executable, "-m", "bench", "load", "--clients", "12"]
     command += ["--seconds", "8", "--hang-up", "0.4", "--json", str(out)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["statuses"].get("hung up", 0) > 0, figures["statuses"]

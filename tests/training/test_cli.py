@@ -42,8 +42,6 @@ def test_cli_bad_override_is_rejected(prepared, tmp_path):
         (["checksums", "tests"], "tests has no card.json: a model folder is what `export` writes"),
         (["heads", "--windows", "0"], "--windows: must be at least 1, got 0"),
         (["context", "--threads", "0"], "--threads: must be at least 1, got 0"),
-        (["bench-attention", "--repeats", "0"], "--repeats: must be at least 1, got 0"),
-        (["bench-train", "--warmup", "-1"], "--warmup: must be at least 0, got -1"),
         (["prepare", "--vocab-size", "10"], "--vocab-size: must be at least 257 (the 256 bytes"),
     ],
 )
@@ -78,11 +76,6 @@ def test_cli_model_config_errors_stop_before_anything_starts(args, said, tmp_pat
         main(["train", *args, "--data", str(tmp_path / "no-data"), "--out", str(out)])
     assert str(ended.value.code).startswith("error: ") and said in str(ended.value.code)
     assert not out.exists() and not (tmp_path / "no-data").exists()
-
-
-def test_cli_bench_train_refuses_an_unknown_preset():
-    with pytest.raises(SystemExit, match="bengio preset 'huge' is not one of"):
-        main(["bench-train", "--model", "bengio", "--preset", "huge"])
 
 
 def test_cli_sweep_refuses_a_value_no_trial_could_train(tmp_path):

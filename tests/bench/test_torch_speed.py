@@ -1,11 +1,13 @@
-"""bench-attention: the notebook's table, as data."""
+"""python -m bench attention / inference: the notebook's table and ORT against torch, as data."""
 
 from __future__ import annotations
 
 import json
 
-from training.__main__ import main
-from training.bench import bench_attention, format_table
+import pytest
+
+from bench.__main__ import main
+from bench.torch_speed import bench_attention, format_table
 
 
 def test_bench_attention_reports_times_speedups_and_differences():
@@ -20,7 +22,7 @@ def test_bench_attention_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(
         [
-            "bench-attention",
+            "attention",
             "--batch",
             "2",
             "--steps",
@@ -55,8 +57,8 @@ def test_bench_inference_rebuilds_the_shipped_models_in_torch():
 
     import torch
 
-    from training.bench import bench_inference, format_inference_table
-    from training.device import cpu_label
+    from bench.torch_speed import bench_inference, format_inference_table
+    from runtime.hardware import cpu_label
 
     models = Path(__file__).resolve().parents[2] / "models"
     threads = torch.get_num_threads()
@@ -72,3 +74,32 @@ def test_bench_inference_rebuilds_the_shipped_models_in_torch():
         assert row["max_abs_diff"] < 1e-4, row
         assert row["onnxruntime_ms"] > 0 and row["pytorch_ms"] > 0
     assert "| `attention` (13.9 M) | 4 |" in format_inference_table(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["attention", "--repeats", "0"], "--repeats: must be at least 1, got 0"),
+        (["train", "--warmup", "-1"], "--warmup: must be at least 0, got -1"),
+    ],
+)
+def test_bench_values_out_of_range_are_usage_errors(args, said, capsys):
+    with pytest.raises(SystemExit) as ended:
+        main(args)
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and said in err
+    assert f"python -m bench {args[0]}" in err  # argparse's prog names the command
+
+
+def test_bench_train_refuses_an_unknown_preset():
+    with pytest.raises(SystemExit, match="bengio preset 'huge' is not one of"):
+        main(["train", "--model", "bengio", "--preset", "huge"])
+
+
+def test_bench_lists_its_benchmarks_and_refuses_an_unknown_one(capsys):
+    """`python -m bench` names every benchmark; an unknown name is a usage error naming them."""
+    assert main([]) == 0
+    listed = capsys.readouterr().out
+    assert "attention" in listed and "service" in listed and "docker" in listed
+    assert main(["nope"]) == 2
+    assert "no benchmark 'nope'" in capsys.readouterr().err

@@ -5,7 +5,7 @@ next-token latency at 64 tokens of context on each provider.
 Every model of the models directory is loaded twice, once on each provider, the way the
 service loads it. Run on a machine with a GPU and onnxruntime-gpu:
 
-    python scripts/ort_cuda_check.py --json benchmarks/ort-cuda-h100.json
+    python -m bench cuda-check --json benchmarks/ort-cuda-h100.json
 
 Exits 1 if a model did not load on CUDA or a difference passes the tolerance. ``--allow-cpu``
 rehearses the script where there is no GPU (both sides then run on the CPU provider).
@@ -20,20 +20,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import onnxruntime as ort  # noqa: E402
-
-from runtime.engine import Engine  # noqa: E402
-from runtime.kv_cache import CachedContext, uses_kv_cache  # noqa: E402
-from runtime.loader import CPU, CUDA, ProviderChoice, load_model  # noqa: E402
-from runtime.sampling import SamplingParams  # noqa: E402
-from service.settings import Settings  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_service import cpu_name, timed, write_figures  # noqa: E402
+from bench.common import MODELS, cpu_name, timed, write_figures
+from runtime.engine import Engine
+from runtime.kv_cache import CachedContext, uses_kv_cache
+from runtime.loader import CPU, CUDA, ProviderChoice, load_model
+from runtime.sampling import SamplingParams
+from service.settings import Settings
 
 TEXT = (
     "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. "
@@ -143,11 +137,11 @@ def compare_model(cpu: Engine, gpu: Engine, rng: np.random.Generator, args) -> d
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |logit diff| (1e-3)")
     parser.add_argument("--threads", type=int, default=2, help="CPU provider threads (2)")
     parser.add_argument("--runs", type=int, default=300, help="timed next-token calls (300)")
@@ -158,7 +152,7 @@ def main() -> int:
     )
     parser.add_argument("--allow-cpu", action="store_true", help="rehearse without a GPU")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cuda")
 
@@ -208,7 +202,3 @@ def main() -> int:
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 0 if not failures else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

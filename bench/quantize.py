@@ -11,7 +11,7 @@ this CPU (7 on x86 without VNNI, else 8: service/quantize.py), or ``--int8-bits`
 ``--uint8-weights`` tries ONNX Runtime's other remedy for saturation, 8-bit unsigned weights
 (U8U8 products), which the service does not use.
 
-    python scripts/bench_quantize.py --json benchmarks/quantize-cpu.json
+    python -m bench quantize --json benchmarks/quantize-cpu.json
 """
 
 from __future__ import annotations
@@ -28,18 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
-
-import runtime.loader  # noqa: E402
-from runtime.engine import Engine  # noqa: E402
-from runtime.loader import load_models  # noqa: E402
-from runtime.quantize import int8_weight_bits, quantize_int8  # noqa: E402
-from runtime.sampling import SamplingParams  # noqa: E402
-from service.settings import Settings  # noqa: E402
+import runtime.loader
+from bench.common import MODELS, ROOT, TEXT, cpu_name, percentiles, timed, write_figures
+from runtime.engine import Engine
+from runtime.loader import load_models
+from runtime.quantize import int8_weight_bits, quantize_int8
+from runtime.sampling import SamplingParams
+from service.settings import Settings
 
 PRECISIONS = {"float32": "none", "int8": "int8"}
 
@@ -87,20 +82,14 @@ def footprint(models_dir: Path, precision: str, threads: int, weights: list[str]
     """Load time and resident memory of a fresh process that loads every model, its weights
     made as ``weights`` ([bits or "", "unsigned" or ""]) says."""
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from bench_quantize import load, rss_mib, use_weights; from pathlib import Path;"
-        "use_weights(int(sys.argv[5]) if sys.argv[5] else None, sys.argv[6] == 'unsigned');"
-        "models, seconds = load(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]));"
+        "import json, sys;"
+        "from bench.quantize import load, rss_mib, use_weights; from pathlib import Path;"
+        "use_weights(int(sys.argv[4]) if sys.argv[4] else None, sys.argv[5] == 'unsigned');"
+        "models, seconds = load(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]));"
         "print(json.dumps({'load_s': seconds, 'rss_mib': rss_mib()}))"
     )
-    scripts = str(ROOT / "scripts")
-    command = [sys.executable, "-c", code, scripts, str(models_dir), precision, str(threads)]
-    out = subprocess.run(
-        command + weights,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    command = [sys.executable, "-c", code, str(models_dir), precision, str(threads)]
+    out = subprocess.run(command + weights, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -140,11 +129,11 @@ def measure(engine: Engine, documents: list[str], requests: int, generations: in
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--corpus", type=Path, default=None, help="corpus (../shared/...)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
     parser.add_argument("--requests", type=int, default=200, help="next-token calls timed")
@@ -163,7 +152,7 @@ def main() -> None:
         help="8-bit unsigned weights instead (U8U8 products: no saturation; not the service's)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     bits = use_weights(args.int8_bits, args.uint8_weights)
     weights = [str(args.int8_bits or ""), "unsigned" if args.uint8_weights else ""]
 
@@ -220,7 +209,3 @@ def main() -> None:
         f"RSS {loaded['float32']['rss_mib']:.0f} → {loaded['int8']['rss_mib']:.0f} MiB"
     )
     write_figures(result, args.json)
-
-
-if __name__ == "__main__":
-    main()

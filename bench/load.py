@@ -16,8 +16,8 @@ model's greedy /generate, /next-token and /score of a fixed text, taken before t
 exactly as they did before it: nothing that the abandoned requests held (concurrency slots,
 places in line, batches, key/value caches) stayed behind.
 
-    python scripts/load_test.py --clients 32 --seconds 60 --json benchmarks/load-cpu.json
-    python scripts/load_test.py --clients 32 --seconds 120 --hang-up 0.3 \
+    python -m bench load --clients 32 --seconds 60 --json benchmarks/load-cpu.json
+    python -m bench load --clients 32 --seconds 120 --hang-up 0.3 \
         --json benchmarks/load-cpu-hang-ups.json
 """
 
@@ -36,14 +36,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import write_figures  # noqa: E402
-
-from tests.service.conftest import start_server  # noqa: E402
+from bench.common import start_server, write_figures
 
 PROMPTS = [
     "Capitu olhou para mim",
@@ -220,7 +213,7 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -234,7 +227,7 @@ def main() -> None:
         help="probability that a client gives up on a request after 20 to 500 ms (default 0)",
     )
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     base, proc = start_server(
         {"MACHADO_AB_WEIGHTS": "attention=50,bengio=50", "MACHADO_LOG_LEVEL": "warning"}
     )
@@ -305,7 +298,3 @@ def main() -> None:
         else "FAIL: 5xx, a rejection other than 429, requests left in flight or changed probes"
     )
     sys.exit(0 if ok else 1)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@
 # build arguments' values from the environment, else the stand-ins of scripts/docker_standins.sh
 # (no registry here); the base's own size is recorded beside each image's.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.."  # the repository root: the build context
 out=${1:-benchmarks/docker-images.json}
 python_image=${PYTHON_IMAGE:-machado-standin/python:bookworm}
 cuda_image=${CUDA_IMAGE:-machado-standin/python:bookworm}
@@ -21,7 +21,7 @@ measure() {  # name dockerfile arg base
 
 cpu=$(measure machado-lm:cpu docker/Dockerfile PYTHON_IMAGE "$python_image")
 gpu=$(measure machado-lm:gpu docker/Dockerfile.gpu CUDA_IMAGE "$cuda_image")
-printf '{"engine": "%s", "cpu": "%s", "images": [%s, %s], "command": "bash scripts/bench_docker.sh %s"}\n' \
+printf '{"engine": "%s", "cpu": "%s", "images": [%s, %s], "command": "python -m bench docker %s"}\n' \
   "$(docker version -f '{{.Server.Version}}')" "$(nproc) cores" "$cpu" "$gpu" "$out" \
   | python3 -m json.tool > "$out"
 cat "$out"

@@ -6,16 +6,22 @@ implementation on the same weights and input, and the largest difference between
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import resource
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
+from bench.common import MODELS, write_figures
+from runtime.hardware import cpu_label
 from training.attention import IMPLEMENTATIONS, CausalSelfAttention
-from training.device import cpu_label
+from training.checkpoint import preset, torch_model_from_folder
+from training.cli import add_precision_arg, non_negative, positive
 
 
 def _time_ms(fn, repeats: int, device: torch.device) -> float:
@@ -111,7 +117,7 @@ def bench_train(
     only in a fresh process means them); the batches are random ids already on the device.
     ``compile_mode`` is None (eager) or a ``torch.compile`` mode ("default", ...).
     """
-    from training.checkpoint import build_model, parameter_count, preset
+    from training.checkpoint import build_model, parameterpositive, preset
     from training.device import (
         autocast_for,
         enable_tf32,
@@ -160,7 +166,7 @@ def bench_train(
     result = {
         "kind": kind,
         "preset": preset_name,
-        "parameters": parameter_count(model),
+        "parameters": parameterpositive(model),
         "batch_size": batch_size,
         "sequence": length,
         "compile": compile_mode,
@@ -191,39 +197,6 @@ def bench_train(
         sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
         result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=25)
     return result
-
-
-def torch_model_from_folder(folder) -> torch.nn.Module:
-    """The PyTorch model of an exported model folder, its weights read back from the ONNX graph
-    (float16-stored weights come back as the float32 the graph computes with)."""
-    import json
-    from pathlib import Path
-
-    import onnx
-    from onnx import numpy_helper
-
-    from training.attention_lm import AttentionConfig, AttentionLM
-    from training.bengio import BengioConfig, BengioLM
-
-    folder = Path(folder)
-    card = json.loads((folder / "card.json").read_text())
-    if card["kind"] == "attention":
-        model = AttentionLM(AttentionConfig(**card["config"]))
-    else:
-        model = BengioLM(BengioConfig(**card["config"]))
-    graph = onnx.load(str(folder / "model.onnx")).graph
-    state = {}
-    for init in graph.initializer:
-        name = init.name.removesuffix("__fp16").removeprefix("model.")
-        state[name] = torch.from_numpy(numpy_helper.to_array(init).astype("float32"))
-    if card["kind"] == "attention":  # the head is tied to the embedding: either name holds it
-        tied = state.get("token_embedding.weight", state.get("head.weight"))
-        if tied is not None:
-            state["token_embedding.weight"] = state["head.weight"] = tied
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or missing:
-        raise ValueError(f"{folder}: weights missing {missing}, unexpected {unexpected}")
-    return model.eval()
 
 
 @torch.no_grad()
@@ -313,3 +286,124 @@ def format_inference_table(result: dict) -> str:
             f"| {r['max_abs_diff']:.1e} |"
         )
     return "\n".join(lines)
+
+
+def check_preset(kind: str, name: str) -> None:
+    """The preset's config built before anything runs: one that cannot train ends the command
+    with its reason."""
+    try:
+        preset(kind, name)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _parser(name: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"python -m bench {name}", description=description)
+
+
+def attention_main(argv: list[str] | None = None) -> None:
+    """The notebook's table: self-attention by loops, matrix products and the fused kernel."""
+    p = _parser("attention", "loops vs matrix vs fused self-attention (torch)")
+    p.add_argument("--batch", type=positive, default=32, help="B (32)")
+    p.add_argument("--steps", type=positive, default=32, help="T (32)")
+    p.add_argument("--d-model", type=positive, default=128, help="d (128)")
+    p.add_argument("--heads", type=positive, default=1, help="heads (1)")
+    p.add_argument("--repeats", type=positive, default=100, help="timed runs of matrix and fused")
+    p.add_argument("--loop-repeats", type=positive, default=3, help="timed runs of the loops")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    result = bench_attention(
+        args.batch,
+        args.steps,
+        args.d_model,
+        args.heads,
+        args.loop_repeats,
+        args.repeats,
+        args.device,
+    )
+    print(format_table(result))
+    write_figures(result, args.json)
+
+
+def inference_main(argv: list[str] | None = None) -> None:
+    """ONNX Runtime against PyTorch eager on the shipped models, on the CPU."""
+    p = _parser("inference", "ONNX Runtime vs PyTorch eager on the shipped models (CPU)")
+    p.add_argument("--models", type=Path, default=MODELS, help="models folder")
+    p.add_argument(
+        "--model",
+        dest="names",
+        action="append",
+        default=None,
+        help="model to measure (repeatable; default: attention, bengio)",
+    )
+    p.add_argument(
+        "--tokens",
+        dest="lengths",
+        type=positive,
+        action="append",
+        default=None,
+        help="sequence length (repeatable; default: 16, 128, 256)",
+    )
+    p.add_argument("--threads", type=positive, default=2, help="threads for both (2)")
+    p.add_argument("--repeats", type=positive, default=50, help="timed calls per figure (50)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    result = bench_inference(
+        args.models,
+        args.names or ["attention", "bengio"],
+        args.lengths or [16, 128, 256],
+        args.threads,
+        args.repeats,
+    )
+    print(format_inference_table(result))
+    write_figures(result, args.json)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """Training throughput of a preset, in tokens per second."""
+    p = _parser("train", "training throughput of a preset (tokens/s)")
+    p.add_argument("--model", choices=("attention", "bengio"), default="attention")
+    p.add_argument("--preset", default="base", help="preset (base)")
+    p.add_argument("--batch-size", type=positive, default=64, help="sequences per step (64)")
+    p.add_argument(
+        "--compile",
+        dest="compile_mode",
+        default=None,
+        nargs="?",
+        const="default",
+        help="torch.compile, optionally with a mode (max-autotune-no-cudagraphs, ...)",
+    )
+    p.add_argument("--steps", type=positive, default=50, help="timed steps (50)")
+    p.add_argument("--warmup", type=non_negative, default=10, help="untimed steps first (10)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_precision_arg(p)
+    p.add_argument("--profile", action="store_true", help="add a profiler table of 5 steps")
+    p.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="on a CPU: keep freed memory for the next step, as train does (keep), or leave "
+        "glibc's defaults (default), to compare",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    check_preset(args.model, args.preset)
+    result = bench_train(
+        args.model,
+        args.preset,
+        args.batch_size,
+        args.compile_mode,
+        args.steps,
+        args.warmup,
+        args.device,
+        args.profile,
+        precision=args.precision,
+        keep_memory=args.malloc == "keep",
+    )
+    table = result.pop("profile", None)
+    print(json.dumps(result, indent=2))
+    if table:
+        print(table)
+        result["profile"] = table
+    write_figures(result, args.json)

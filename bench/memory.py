@@ -13,7 +13,7 @@ a setting holds once it has met a set of shapes, whether memory still grows when
 come again (the memory pattern planner pre-allocates a shape's plan the second time it sees it),
 and whether new shapes still add to it. Each setting runs in a fresh process.
 
-    python scripts/bench_memory.py --json benchmarks/memory-cpu.json
+    python -m bench memory --json benchmarks/memory-cpu.json
 """
 
 from __future__ import annotations
@@ -28,13 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import cpu_name, write_figures  # noqa: E402
-
-from runtime.batching import decode_feed  # noqa: E402
+from bench.common import MODELS, ROOT, cpu_name, write_figures
+from runtime.batching import decode_feed
 
 # (model folder, graph, workload): the graph calls that take most of the service's traffic.
 WORKLOADS = [
@@ -86,9 +81,9 @@ def worker(folder: Path, graph: str, workload: str, setup: str, shapes: int, row
     import onnxruntime as ort
 
     from runtime.loader import session_options
-    from service.settings import Settings
+    from runtime.options import LoadOptions
 
-    options = session_options(Settings(threads=2))
+    options = session_options(LoadOptions(models_dir=folder.parent, threads=2, thread_spin_us=50))
     if SETUPS[setup] is not None:
         options.enable_mem_pattern, options.enable_cpu_mem_arena = SETUPS[setup]
     before = rss_mib()
@@ -121,14 +116,14 @@ def worker(folder: Path, graph: str, workload: str, setup: str, shapes: int, row
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--models", type=Path, default=MODELS)
     parser.add_argument("--shapes", type=int, default=150, help="distinct shapes in A and in B")
     parser.add_argument("--rows", type=int, default=16, help="largest batch (max_batch_rows)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--worker", nargs=4, metavar=("FOLDER", "GRAPH", "WORKLOAD", "SETUP"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         folder, graph, workload, setup = args.worker
         print(json.dumps(worker(Path(folder), graph, workload, setup, args.shapes, args.rows)))
@@ -139,10 +134,13 @@ def main() -> None:
     for name, graph, workload in WORKLOADS:
         for setup in SETUPS:
             command = [
-                sys.executable, __file__, "--shapes", str(args.shapes), "--rows", str(args.rows),
+                sys.executable, "-m", "bench", "memory",
+                "--shapes", str(args.shapes), "--rows", str(args.rows),
                 "--worker", str(args.models / name), graph, workload, setup,
             ]  # fmt: skip
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                command, check=True, capture_output=True, text=True, cwd=ROOT
+            ).stdout
             run = {"model": name, "graph": graph, "workload": workload, "setup": setup}
             run |= json.loads(out.splitlines()[-1])
             runs.append(run)
@@ -153,7 +151,6 @@ def main() -> None:
             )
     write_figures(
         {
-            "command": "python scripts/bench_memory.py " + " ".join(sys.argv[1:]),
             "cpu": cpu_name(),
             "onnxruntime": ort.__version__,
             "threads": 2,
@@ -161,7 +158,3 @@ def main() -> None:
         },
         args.json,
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -5,29 +5,23 @@ Takes the next-token logits of the shipped attention model after a few prompts, 
 a full sort of the vocabulary (its definition, and how it was computed before). Writes JSON and
 prints a Markdown table.
 
-    python scripts/bench_sampling.py --json benchmarks/sampling-cpu.json
+    python -m bench sampling --json benchmarks/sampling-cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import cpu_name, percentiles, timed, write_figures  # noqa: E402
-
-from runtime.engine import Engine  # noqa: E402
-from runtime.loader import load_models  # noqa: E402
-from runtime.sampling import SamplingParams, choose, filter_top_p  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from tests.service.test_sampling import top_p_by_full_sort  # noqa: E402
+from bench.common import MODELS, cpu_name, percentiles, timed, write_figures
+from runtime.engine import Engine
+from runtime.loader import load_models
+from runtime.sampling import SamplingParams, choose, filter_top_p
+from service.settings import Settings
+from tests.service.test_sampling import top_p_by_full_sort
 
 PROMPTS = ["Capitu olhou para mim", "Era uma vez", "Não tive filhos, não transmiti"]
 SETTINGS = {
@@ -45,14 +39,14 @@ SETTINGS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--calls", type=int, default=2000, help="timed calls of each (2000)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model = load_models(Settings(models_dir=args.models_dir, provider="cpu").load_options())[
         "attention"
@@ -105,7 +99,3 @@ def main() -> None:
             f"| {figures['full_sort_us']:.1f} |"
         )
     write_figures(result, args.json)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,9 +2,9 @@
 echo a long prompt with alternatives (the largest kind of scoring work), in one process, with the
 resident memory after each round and the peak, above the process's size once its models loaded.
 
-    python scripts/bench_burst_memory.py --json benchmarks/burst-memory-cpu.json
-    python scripts/bench_burst_memory.py --large-calls 1 --json ...   # one large call at a time
-    python scripts/bench_burst_memory.py --no-arena --json ...        # ONNX Runtime's arena off
+    python -m bench burst-memory --json benchmarks/burst-memory-cpu.json
+    python -m bench burst-memory --large-calls 1 --json ...   # one large call at a time
+    python -m bench burst-memory --no-arena --json ...        # ONNX Runtime's arena off
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="bursts, one after the other")
     parser.add_argument("--clients", type=int, default=8, help="requests at once in a burst")
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--large-calls", type=int, help="large graph calls of a model at once")
     parser.add_argument("--no-arena", action="store_true", help="ONNX Runtime's CPU arena off")
     parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.large_calls is not None:
         runtime.engine.LARGE_CALLS = args.large_calls
     if args.no_arena:
@@ -94,7 +94,3 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,7 @@ request shapes:
 For each: the request's wall time (p50, p99) and each model's own ``latency_ms`` (p50).
 
     git worktree add /tmp/compare-before COMMIT
-    python scripts/bench_compare.py --setup before=/tmp/compare-before \
+    python -m bench compare --setup before=/tmp/compare-before \
         --setup spin-long=.,MACHADO_THREAD_SPIN_US=-1 --setup now=. \
         --json benchmarks/compare-cpu.json
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,13 +26,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import cpu_name, percentiles, prompt_of, write_figures  # noqa: E402
-
-from tests.service.conftest import MODELS, start_server  # noqa: E402
+from bench.common import MODELS, cpu_name, percentiles, prompt_of, start_server, write_figures
 
 SHAPES = {
     "playground": {"tokens": 24, "max_new_tokens": 1, "top_n": 8},
@@ -100,10 +93,10 @@ def describe_setups(checkouts: dict[str, Path], envs: dict[str, dict[str, str]])
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_arguments(parser, rounds=8, block=5, per="shape")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     checkouts, envs = parse_setups(args.setup, args.threads)
     with served(checkouts, envs) as servers:
@@ -162,7 +155,3 @@ def main() -> None:
                 f"{entry['request']['p50_ms']:.1f} ms | {entry['request']['p99_ms']:.1f} ms | "
                 f"{each} |"
             )
-
-
-if __name__ == "__main__":
-    main()

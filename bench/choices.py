@@ -6,26 +6,20 @@ new tokens of one 64-token prompt, made by `Engine.generate_many` as one batch (
 Both give the same completions (tests/service/test_batched_choices.py); this measures time.
 Writes JSON and prints a Markdown table.
 
-    python scripts/bench_choices.py --json benchmarks/choices-cpu.json
+    python -m bench choices --json benchmarks/choices-cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import TEXT, cpu_name, percentiles, timed, write_figures  # noqa: E402
-
-from runtime.engine import Engine, Generation  # noqa: E402
-from runtime.loader import load_models  # noqa: E402
-from runtime.sampling import SamplingParams  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from bench.common import MODELS, TEXT, cpu_name, percentiles, timed, write_figures
+from runtime.engine import Engine, Generation
+from runtime.loader import load_models
+from runtime.sampling import SamplingParams
+from service.settings import Settings
 
 NEW_TOKENS = 64
 
@@ -49,16 +43,16 @@ def measure(engine: Engine, prompt: str, n: int, params: SamplingParams, repeats
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 4], help="choices (1 4)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of each (10)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cpu")
     params = SamplingParams(temperature=1.0)
@@ -88,7 +82,3 @@ def main() -> None:
         "models": results,
     }
     write_figures(result, args.json)
-
-
-if __name__ == "__main__":
-    main()

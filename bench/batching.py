@@ -19,31 +19,25 @@ stays out of a long batch). Also the cost of one attention-model call against it
 least-squares line): the figure behind ``CALL_COST_TOKENS``, the padding a prompt or window may
 add to join a batch. Writes JSON and prints a Markdown table.
 
-    python scripts/bench_batching.py --json benchmarks/batching-cpu.json
+    python -m bench batching --json benchmarks/batching-cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import cpu_name, percentiles, write_figures  # noqa: E402
-
-from runtime.batching import decode_feed  # noqa: E402
-from runtime.engine import Engine  # noqa: E402
-from runtime.kv_cache import CachedContext  # noqa: E402
-from runtime.loader import load_models  # noqa: E402
-from runtime.sampling import SamplingParams  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from bench.common import MODELS, cpu_name, percentiles, write_figures
+from runtime.batching import decode_feed
+from runtime.engine import Engine
+from runtime.kv_cache import CachedContext
+from runtime.loader import load_models
+from runtime.sampling import SamplingParams
+from service.settings import Settings
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPT = "Capitu olhou para mim e disse que"
@@ -165,18 +159,18 @@ def throughput(engine: Engine, clients: int, seconds: float) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
     parser.add_argument("--wait-ms", type=float, default=2.0, help="batch wait (2 ms)")
     parser.add_argument("--seconds", type=float, default=9.0, help="per throughput figure (9)")
     parser.add_argument("--rounds", type=int, default=3, help="turns the seconds are split in (3)")
     parser.add_argument("--repeats", type=int, default=12, help="lone generations each (12)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     settings = Settings(models_dir=args.models_dir, threads=args.threads, provider="cpu")
     models = load_models(settings.load_options())
@@ -277,7 +271,3 @@ def main() -> None:
         },
         args.json,
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -7,8 +7,8 @@ Starts `python -m service` on a free loopback port, then measures for one model:
 - the same next-token computation called in-process on ONNX Runtime, no HTTP.
 Writes the figures as JSON and prints a Markdown table.
 
-    python scripts/bench_service.py --model attention --json benchmarks/service-cpu.json
-    python scripts/bench_service.py --model attention --quantize int8 --json ...   (int8 weights)
+    python -m bench service --model attention --json benchmarks/service-cpu.json
+    python -m bench service --model attention --quantize int8 --json ...   (int8 weights)
 """
 
 from __future__ import annotations
@@ -16,72 +16,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import statistics
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.service.conftest import start_server  # noqa: E402
-
-TEXT = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. " * 12
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": statistics.median(ordered),
-        "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        "n": len(ordered),
-    }
-
-
-def prompt_of(tokens: int, models_dir: Path) -> str:
-    """A prompt that is exactly ``tokens`` tokens after the end-of-text token."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(models_dir / "tokenizer.json"))
-    ids = tokenizer.encode(TEXT, add_special_tokens=False).ids[: tokens - 1]
-    return tokenizer.decode(ids)
-
-
-# The instruction sets that change these figures: wide vectors, int8 dot products, bf16.
-TOLD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
-
-
-def cpu_name() -> str:
-    """The CPU's model name, cores and the instruction sets of TOLD_FLAGS it has (Linux)."""
-    from runtime.quantize import cpu_info
-
-    name, flags = cpu_info()
-    told = " ".join(flag for flag in TOLD_FLAGS if flag in flags)
-    name = name or platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores" + (f" ({told})" if told else "")
-
-
-def write_figures(result: dict, path: Path | None) -> None:
-    """The benchmark's figures as JSON at ``path`` (none: not written)."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def timed(fn, n: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
+from bench.common import (
+    MODELS,
+    cpu_name,
+    percentiles,
+    prompt_of,
+    start_server,
+    timed,
+    write_figures,
+)
 
 
 async def throughput(
@@ -154,12 +103,12 @@ def raw_onnx(
     return {**result, "provider": loaded.provider, "precision": loaded.precision}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="attention", help="model to measure (attention)")
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (2)")
     parser.add_argument(
         "--provider", choices=("auto", "cuda", "cpu"), default="cpu", help="MACHADO_PROVIDER (cpu)"
@@ -180,7 +129,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=20, help="sequential /generate calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     args.models_dir = args.models_dir.resolve()  # the server runs in another directory
     prompt = prompt_of(64, args.models_dir)
@@ -271,7 +220,3 @@ def main() -> None:
             f"{rate['new_tokens_per_s']:.0f} new tokens/s, statuses {rate['statuses']} | | |"
         )
     write_figures(result, args.json)
-
-
-if __name__ == "__main__":
-    main()

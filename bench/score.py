@@ -1,7 +1,7 @@
 """/score benchmark (not a test): how fast each model scores a long text, in several setups.
 
 Each setup is a checkout (its own `service/`) with environment variables of its own, as in
-scripts/bench_compare.py; all of them run at once on free loopback ports with the same models,
+python -m bench compare; all of them run at once on free loopback ports with the same models,
 and take turns, one request at a time, so that every setup sees the machine in the same state.
 The text is `--chars` characters of a fixed Portuguese passage, repeated (scoring time depends on
 its tokens, not on what they say), or of a file (`--text`: a work of the corpus has more tokens
@@ -10,30 +10,25 @@ per character than the repeated passage). For each setup and model: the request'
 a change of speed must leave as it was).
 
     git worktree add /tmp/score-before COMMIT
-    python scripts/bench_score.py --setup before=/tmp/score-before --setup now=. \
+    python -m bench score --setup before=/tmp/score-before --setup now=. \
         --json benchmarks/score-cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_compare import add_setup_arguments, describe_setups, parse_setups, served  # noqa: E402
-from bench_service import TEXT, cpu_name, percentiles, write_figures  # noqa: E402
+from bench.common import TEXT, cpu_name, percentiles, write_figures
+from bench.compare import add_setup_arguments, describe_setups, parse_setups, served
 
 MODELS = ("attention", "attention-seed", "bengio")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_arguments(parser, rounds=5, block=2, per="model")
     parser.add_argument("--chars", type=int, default=20_000, help="characters of the text")
@@ -44,7 +39,7 @@ def main() -> None:
         help="take the text from this file (its first --chars characters; e.g. a work of the "
         "corpus) instead of repeating a fixed passage",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     source = args.text.read_text() if args.text else TEXT * (args.chars // len(TEXT) + 1)
     text = source[: args.chars]
@@ -103,7 +98,3 @@ def main() -> None:
                 f"{entry['bits_per_character']:.6f} |"
             )
     print(f"{len(text):,} characters, {args.threads} threads, {cpu_name()}")
-
-
-if __name__ == "__main__":
-    main()

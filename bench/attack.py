@@ -1,6 +1,6 @@
 """Attack a running service the way a careless or hostile client would, and check it holds.
 
-    python scripts/attack.py --base http://127.0.0.1:8000 --json benchmarks/attack-cpu.json
+    python -m bench attack --base http://127.0.0.1:8000 --json benchmarks/attack-cpu.json
 
 Classes of attack, each with several cases: bad bodies on every POST endpoint, raw HTTP that is
 not HTTP, request heads over the limits, paths that climb out of /static, a Host header that
@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import socket
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from bench.common import write_figures
 
 POST_PATHS = [
     "/generate",
@@ -342,14 +343,14 @@ class Attack:
             list(pool.map(client, range(32)))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="http://127.0.0.1:8000", help="the service's URL")
     parser.add_argument("--api-key", help="the service's API key, if it has one")
     parser.add_argument("--model", default="attention", help="model for the load parts")
     parser.add_argument("--load-seconds", type=float, default=30, help="mixed load duration")
     parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     attack = Attack(args.base.rstrip("/"), args.api_key, args.model)
     rss = {"before_mib": attack.metric("process_resident_memory_bytes") / 2**20}
     timings = {}
@@ -379,13 +380,7 @@ def main() -> int:
         "ready_after": ready,
         "in_flight_after": in_flight,
         "failures": attack.failures,
-        "command": "python " + " ".join(sys.argv),
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_figures(result, args.json)
     return 1 if attack.failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ again with ``training/export.py`` as it stands, and the two folders are compared
 
 Run it before a release re-exports the shipped models: a new exporter must not make them slower.
 
-    python scripts/bench_export.py --json benchmarks/export-cpu.json
+    python -m bench export --json benchmarks/export-cpu.json
 """
 
 from __future__ import annotations
@@ -18,25 +18,18 @@ import argparse
 import collections
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_service import cpu_name, write_figures  # noqa: E402
-
-from runtime.loader import open_model  # noqa: E402
-from training import export  # noqa: E402
-from training.bench import torch_model_from_folder  # noqa: E402
-from training.checkpoint import save_checkpoint  # noqa: E402
-from training.report import LATENCY_CONTEXT, measure_latency  # noqa: E402
-from training.tokenizer import file_sha256  # noqa: E402
+from bench.common import MODELS, cpu_name, write_figures
+from runtime.loader import open_model
+from training import export
+from training.checkpoint import save_checkpoint, torch_model_from_folder
+from training.report import LATENCY_CONTEXT, measure_latency
+from training.tokenizer import file_sha256
 
 
 def reexport(folder: Path, out: Path, work: Path) -> Path:
@@ -89,15 +82,15 @@ def compare(shipped: Path, again: Path, threads: int, rounds: int, runs: int) ->
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--models", nargs="+", default=["attention", "attention-seed", "bengio"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds per model")
     parser.add_argument("--runs", type=int, default=200, help="calls per round")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     figures: dict = {
         "cpu": cpu_name(),
@@ -125,7 +118,3 @@ def main() -> None:
                 flush=True,
             )
     write_figures(figures, args.json)
-
-
-if __name__ == "__main__":
-    main()
