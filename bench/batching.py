@@ -36,6 +36,7 @@ from runtime.batching import decode_feed
 from runtime.engine import Engine
 from runtime.kv_cache import CachedContext
 from runtime.loader import load_models
+from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
 from service.settings import Settings
 
@@ -49,7 +50,7 @@ def lone(engines: dict[str, Engine], repeats: int) -> dict[str, dict]:
     for repeat in range(repeats + 2):
         for label, engine in engines.items():
             start = time.perf_counter()
-            *_, final = engine.generate(PROMPT, 64, GREEDY, 0, [], 0)
+            *_, final = engine.generate(GenerationRequest(PROMPT, 64, GREEDY, seed=0))
             assert len(final.steps) == 64
             if repeat >= 2:  # warm-up
                 samples[label].append((time.perf_counter() - start) * 1e3)
@@ -149,7 +150,7 @@ def throughput(engine: Engine, clients: int, seconds: float) -> dict:
     def work(i: int) -> None:
         prompt = f"Capítulo {i + 1}. {'Era uma vez ' * (i + 1)}um homem que"
         while time.monotonic() < stop:
-            *_, final = engine.generate(prompt, 32, GREEDY, 0, [], 0)
+            *_, final = engine.generate(GenerationRequest(prompt, 32, GREEDY, seed=0))
             tokens[i] += len(final.steps)
 
     elapsed = run_threads(work, clients)

@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.common import MODELS, TEXT, cpu_name, percentiles, timed, write_figures
 from runtime.engine import Engine, Generation
 from runtime.loader import load_models
+from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
 from service.settings import Settings
 
@@ -28,12 +29,12 @@ def measure(engine: Engine, prompt: str, n: int, params: SamplingParams, repeats
     seeds = list(range(n))
 
     def batch() -> None:
-        events = engine.generate_many(prompt, seeds, NEW_TOKENS, params, [], 0)
+        events = engine.generate_many(GenerationRequest(prompt, NEW_TOKENS, params), seeds)
         assert sum(isinstance(item, Generation) for _, item in events) == n
 
     def one_by_one() -> None:
         for seed in seeds:
-            for _ in engine.generate(prompt, NEW_TOKENS, params, seed, [], 0):
+            for _ in engine.generate(GenerationRequest(prompt, NEW_TOKENS, params, seed=seed)):
                 pass
 
     return {

@@ -26,6 +26,7 @@ from bench.common import MODELS, cpu_name, timed, write_figures
 from runtime.engine import Engine
 from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CPU, CUDA, ProviderChoice, load_model
+from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
 from service.settings import Settings
 
@@ -96,7 +97,7 @@ def compare_model(cpu: Engine, gpu: Engine, rng: np.random.Generator, args) -> d
         result["attention"] = {"shape": list(a.shape), "max_abs_diff": float(np.max(np.abs(a - b)))}
     greedy = SamplingParams(temperature=0.0)
     runs = [
-        list(engine.generate(TEXT[:200], args.greedy_tokens, greedy, 0, [], 0))[-1]
+        list(engine.generate(GenerationRequest(TEXT[:200], args.greedy_tokens, greedy, seed=0)))[-1]
         for engine in (cpu, gpu)
     ]
     ids_cpu = [s.id for s in runs[0].steps]
@@ -119,7 +120,7 @@ def compare_model(cpu: Engine, gpu: Engine, rng: np.random.Generator, args) -> d
     text = cpu.decode(prompt[1:])  # the 64-token prompt, after its end-of-text token
 
     def generate(engine: Engine) -> None:
-        for _ in engine.generate(text, 64, greedy, 0, [], 0):
+        for _ in engine.generate(GenerationRequest(text, 64, greedy, seed=0)):
             pass
 
     result["generate_64_tokens"] = {

@@ -1,13 +1,13 @@
 """int8 weights (MACHADO_QUANTIZE=int8) against the shipped float weights, on the CPU (not a test).
 
-For each shipped model, loaded through the service's own registry and engine:
+For each shipped model, loaded through the runtime's loader and engine:
 - bits per character on the whole test split (the service's /score computation, document by
   document), float32 and int8: what quantization costs;
 - one next-token call at 64 tokens of context (the graph call alone) and 64 greedy new tokens
   (the engine, with the key/value cache where the model has one): what it gains;
 and, for all models together, the seconds to load them and the process's resident memory after.
 Writes JSON and prints a Markdown table. The int8 weights take the bits the service gives them on
-this CPU (7 on x86 without VNNI, else 8: service/quantize.py), or ``--int8-bits``;
+this CPU (7 on x86 without VNNI, else 8: runtime/quantize.py), or ``--int8-bits``;
 ``--uint8-weights`` tries ONNX Runtime's other remedy for saturation, 8-bit unsigned weights
 (U8U8 products), which the service does not use.
 
@@ -33,6 +33,7 @@ from bench.common import MODELS, ROOT, TEXT, cpu_name, percentiles, timed, write
 from runtime.engine import Engine
 from runtime.loader import load_models
 from runtime.quantize import int8_weight_bits, quantize_int8
+from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
 from service.settings import Settings
 
@@ -97,8 +98,8 @@ def test_bpc(engine: Engine, documents: list[str]) -> float:
     nll, chars = 0.0, 0
     for text in documents:
         result = engine.score(text, per_token=False)
-        nll += result["nll_nats"]
-        chars += result["characters"]
+        nll += result.nll_nats
+        chars += result.characters
     return nll / math.log(2) / chars
 
 
@@ -115,7 +116,7 @@ def measure(engine: Engine, documents: list[str], requests: int, generations: in
     prompt = engine.decode(ids[1:])
 
     def generate() -> None:
-        *_, last = engine.generate(prompt, 64, params, 0, [], 0)
+        *_, last = engine.generate(GenerationRequest(prompt, 64, params, seed=0))
         assert len(last.steps) == 64
 
     return {

@@ -14,7 +14,7 @@ from runtime.loader import LoadedModel
 
 
 def uses_kv_cache(model: LoadedModel) -> bool:
-    """Whether generation on this model goes through its key/value cache graph (the registry
+    """Whether generation on this model goes through its key/value cache graph (the loader
     loads it where asked for and worth it)."""
     return model.decoder_session is not None
 

@@ -24,8 +24,8 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   fi
 fi
-.venv/bin/ruff check training service tests scripts
-.venv/bin/ruff format --check training service tests scripts
+.venv/bin/ruff check runtime service training bench tests scripts
+.venv/bin/ruff format --check runtime service training bench tests scripts
 .venv/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.train
 .venv/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 exec .venv/bin/pytest "$@"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import Settings, settings_table
 
 
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
@@ -85,8 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             help="serve nothing: load every model as serving would, run each once, print one "
             "line per model, and exit 1 if any failed",
         )
+        parser.add_argument(
+            "--settings-table",
+            action="store_true",
+            help="serve nothing: print every setting as a Markdown table (docs/settings.md)",
+        )
         args = vars(parser.parse_args(argv))
         checking = args.pop("check")
+        if args.pop("settings_table"):
+            print(settings_table(), end="")
+            return 0
         settings = Settings(**args)
     except ValidationError as error:
         for problem in error.errors():

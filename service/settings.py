@@ -28,21 +28,17 @@ class Settings(BaseSettings):
         ge=-1,
         le=100_000,
         description="microseconds an idle ONNX Runtime intra-op thread spins, waiting for the "
-        "next operator, before it sleeps. Short spins catch the next operator of the same call; "
-        "long ones take the cores that the service's other sessions (every model, several "
-        "graphs each), request threads and event loop need. 0: sleep at once; -1: ONNX "
-        "Runtime's own default, which spins far longer and answered 42 % fewer requests than "
-        "no spin in the load run (BENCHMARKS.md)",
+        "next operator, before it sleeps: short spins catch the next operator of the same call, "
+        "long ones take the cores that the other sessions, request threads and event loop need. "
+        "0: sleep at once; -1: ONNX Runtime's own default (a far longer spin)",
     )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="execution provider: auto (CUDA where usable, else CPU), cuda, cpu"
     )
     cuda_tf32: bool = Field(
         False,
-        description="on CUDA, let matrix products round their inputs to TF32: the attention "
-        "model's logits then moved up to 1.8e-2 from the CPU's on an H200, where exact float32 "
-        "kept them within 2.5e-5 (benchmarks/ort-cuda-tf32.json, ort-cuda.json); false: float32 "
-        "as on the CPU",
+        description="on CUDA, let matrix products round their inputs to TF32: faster, but the "
+        "logits move from the CPU provider's by more than 1e-3; false: float32 as on the CPU",
     )
     kv_cache: bool = Field(
         True,
@@ -54,21 +50,18 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="int8: on the CPU provider, quantize each graph's matrix-product weights to "
-        "int8 at load (ONNX Runtime dynamic quantization): the attention and Bengio models "
-        "generated 1.4-2.9x and 2.8-5.0x faster on two CPUs for about 0.001 more bits per "
-        "character (BENCHMARKS.md); "
-        "7-bit weights on x86 CPUs without VNNI, where 8 bits could saturate; /attention's maps "
-        "stay float32; ignored on CUDA. none: the shipped weights as they are",
+        "int8 at load (ONNX Runtime dynamic quantization; 7-bit weights on x86 CPUs without "
+        "VNNI, where 8 bits could saturate); /attention's maps stay float32; ignored on CUDA. "
+        "none: the shipped weights as they are",
     )
     malloc_arenas: int = Field(
         2,
         ge=0,
         le=1024,
         description="glibc malloc arenas the process's threads share (mallopt M_ARENA_MAX, set "
-        "before the models load): otherwise each request thread gets one and keeps what it "
-        "frees; 2 held 70-80 MiB less in the load run at the same throughput (BENCHMARKS.md). "
-        "0: glibc's default, 8 per core. MALLOC_ARENA_MAX in the environment wins; no effect "
-        "outside glibc",
+        "before the models load), so that request threads do not each keep an arena of freed "
+        "memory. 0: glibc's default, 8 per core. MALLOC_ARENA_MAX in the environment wins; no "
+        "effect outside glibc",
     )
     max_batch_rows: int = Field(
         16,
@@ -83,7 +76,8 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         le=100,
-        description="a batch waits up to this long for the generations of the batch before it "
+        description="a batch waits up to this many milliseconds for the generations of the "
+        "batch before it "
         "that have not asked for their next step yet, so that concurrent generations keep "
         "sharing calls; 0: never wait. A request alone never waits",
     )
@@ -105,22 +99,22 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=3600,
-        description="longest a request waits in line for a slot before a 429; its time limit "
-        "(request_timeout_s) starts once it has one",
+        description="longest a request waits in line for a slot, in seconds, before a 429; "
+        "its time limit (request_timeout_s) starts once it has one",
     )
     request_timeout_s: float = Field(
         60.0,
         gt=0,
         le=3600,
-        description="per-request time limit (504 past it): the largest /score the other "
-        "limits accept takes about 31 s on the attention model on 2 CPU cores",
+        description="per-request time limit in seconds, from the moment it has a slot (504 "
+        "past it)",
     )
     drain_timeout_s: float = Field(
         10.0,
         ge=0,
         le=600,
         description="on SIGTERM: new connections are refused at once, and requests under way "
-        "have this long to finish; what is still running shortly before it ends gets a 503 "
+        "have this many seconds to finish; what is still running shortly before it ends gets a 503 "
         "(or a stream its error event) saying the server is shutting down. The process then "
         "exits 0. A container's stop grace period must be longer",
     )
@@ -128,7 +122,8 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         le=3600,
-        description="longest an answer may wait for its client to read (the connection's "
+        description="longest an answer may wait for its client to read, in seconds (the "
+        "connection's "
         "buffers full, nothing taken): past it the connection is cut, its request stopped "
         "and its inference slot freed (machado_connections_closed_total{reason='slow_reader'})",
     )
@@ -147,12 +142,15 @@ class Settings(BaseSettings):
         "with per_token): a request whose answer would hold more is refused with a 422 "
         "before any work, so that no answer takes more than tens of megabytes",
     )
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="request body limit (413 above)")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="largest request body, in bytes (413 above)"
+    )
     head_timeout_s: float = Field(
         10.0,
         gt=0,
         le=3600,
-        description="longest a client may take to send a request's line and headers, from the "
+        description="longest a client may take to send a request's line and headers, in "
+        "seconds, from the "
         "moment it connects or from the end of its last answer; past it the connection is "
         "closed (uvicorn alone waits for ever, so idle or trickling connections would pile up)",
     )
@@ -160,11 +158,12 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         le=3600,
-        description="longest a client may take to send a request body (408 past it, and the "
+        description="longest a client may take to send a request body, in seconds (408 past "
+        "it, and the "
         "connection closed): a client that trickles a body, or stops, holds no connection for "
         "ever",
     )
-    max_prompt_chars: int = Field(8_000, ge=1, description="longest prompt accepted")
+    max_prompt_chars: int = Field(8_000, ge=1, description="longest prompt, in characters")
     max_new_tokens: int = Field(512, ge=1, description="most tokens one /generate may ask for")
     max_top_k: int = Field(100, ge=1, description="largest top_k of /next-token and /generate")
     max_logprobs: int = Field(20, ge=0, description="most alternatives per generated token")
@@ -212,3 +211,18 @@ class Settings(BaseSettings):
             kv_cache=self.kv_cache,
             cuda_tf32=self.cuda_tf32,
         )
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (docs/settings.md is this, written by
+    `python -m service --settings-table`): variable and flag, default, what it does."""
+    rows = [
+        "| variable (flag) | default | what it does |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(empty)" if default in (None, "") else f"`{default}`"
+        flag = "--" + name.replace("_", "-")
+        rows.append(f"| `MACHADO_{name.upper()}` (`{flag}`) | {shown} | {field.description} |")
+    return "\n".join(rows) + "\n"

@@ -196,7 +196,7 @@ def _cuda_section(cuda: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Every difference is {verdict} the tolerance of {cuda['tolerance']:g}. Measured by "
-        f"`python -m bench cuda-check --json {cuda['file']}` (scripts/gpu_finish.sh).",
+        f"`python -m bench cuda-check --json {cuda['file']}`, on the GPU.",
         "",
     ]
     return lines
