@@ -21,7 +21,7 @@ from bench.common import MODELS, write_figures
 from runtime.hardware import cpu_label
 from training.attention import IMPLEMENTATIONS, CausalSelfAttention
 from training.checkpoint import preset, torch_model_from_folder
-from training.cli import add_precision_arg, non_negative, positive
+from training.flags import add_precision_arg, non_negative, positive
 
 
 def _time_ms(fn, repeats: int, device: torch.device) -> float:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from training import corpus, data
 from training.cli import build_parser, parse_value
+from training.flags import flag_values
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        COMMANDS[args.command](args)
+        return 0
     except corpus.CorpusNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -51,180 +53,190 @@ def _check_config(kind: str, name: str, overrides: dict | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "prepare":
-        data.prepare(
-            corpus.resolve_corpus_dir(args.corpus),
-            data.resolve_data_dir(args.data),
-            args.vocab_size,
+def _prepare(args: argparse.Namespace) -> None:
+    data.prepare(
+        corpus.resolve_corpus_dir(args.corpus),
+        data.resolve_data_dir(args.data),
+        args.vocab_size,
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.train import TrainConfig, train
+
+    overrides = _overrides(args.overrides)
+    _check_config(args.model, args.preset, overrides)
+    cfg = TrainConfig(
+        kind=args.model,
+        preset=args.preset,
+        overrides=overrides,
+        out=args.out or Path("runs") / f"{args.model}-{args.preset}",
+        data=data.resolve_data_dir(args.data),
+        corpus=args.corpus,
+        progress=not args.no_progress,
+        **flag_values(TrainConfig, args),
+    )
+    train(cfg)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from training.sweep import sweep
+
+    factors = _factors(args.vary)
+    for field, values in factors.items():  # every trial's, before the first one trains
+        for value in values:
+            _check_config(args.model, args.preset, {field: value})
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    data_dir = data.resolve_data_dir(args.data)
+    data.ensure_prepared(data_dir, None)
+    if "--time-budget" in train_args:
+        raise SystemExit(
+            "sweep: give a step budget (--max-steps), not --time-budget, so "
+            "every trial sees the same tokens however many share the device"
         )
-    elif args.command == "train":
-        from training.train import TrainConfig, train
-
-        overrides = _overrides(args.overrides)
-        _check_config(args.model, args.preset, overrides)
-        cfg = TrainConfig(
-            kind=args.model,
-            preset=args.preset,
-            overrides=overrides,
-            out=args.out or Path("runs") / f"{args.model}-{args.preset}",
-            data=data.resolve_data_dir(args.data),
-            corpus=args.corpus,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            min_lr_ratio=args.min_lr_ratio,
-            warmup_steps=args.warmup_steps,
-            max_steps=args.max_steps,
-            time_budget=args.time_budget,
-            weight_decay=args.weight_decay,
-            beta2=args.beta2,
-            grad_clip=args.grad_clip,
-            eval_interval=args.eval_interval,
-            save_interval=args.save_interval,
-            eval_windows=args.eval_windows,
-            patience=args.patience,
-            log_interval=args.log_interval,
-            seed=args.seed,
-            text_starts=args.text_starts,
-            device=args.device,
-            compile=args.compile,
-            precision=args.precision,
-            stop_at=args.stop_at,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
-        train(cfg)
-    elif args.command == "sweep":
-        from training.sweep import sweep
-
-        factors = _factors(args.vary)
-        for field, values in factors.items():  # every trial's, before the first one trains
-            for value in values:
-                _check_config(args.model, args.preset, {field: value})
-        train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-        data_dir = data.resolve_data_dir(args.data)
-        data.ensure_prepared(data_dir, None)
-        if "--time-budget" in train_args:
-            raise SystemExit(
-                "sweep: give a step budget (--max-steps), not --time-budget, so "
-                "every trial sees the same tokens however many share the device"
-            )
-        try:
-            sweep(
-                args.model,
-                args.preset,
-                factors,
-                args.out,
-                [*train_args, "--data", str(data_dir)],
-                args.parallel,
-                data_dir,
-                evaluate=not args.no_eval,
-                resume=args.resume,
-            )
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
-    elif args.command == "evaluate":
-        from training.evaluate import evaluate_checkpoint, write_json
-
-        data_dir = data.resolve_data_dir(args.data)
-        data.ensure_prepared(data_dir, args.corpus)
-        result = evaluate_checkpoint(
-            args.checkpoint, data_dir, args.split, args.batch_size, args.device, args.storage
-        )
-        print(json.dumps(result, indent=2))
-        write_json(result, args.json)
-    elif args.command == "export":
-        import shutil
-
-        from training.export import export_checkpoint
-
-        tokenizer = args.tokenizer or data.resolve_data_dir(args.data) / "tokenizer.json"
-        card = export_checkpoint(
-            args.checkpoint,
+    try:
+        sweep(
+            args.model,
+            args.preset,
+            factors,
             args.out,
-            tokenizer,
-            args.name,
-            args.storage,
-            args.evaluations,
-            {"note": args.note} if args.note else None,
+            [*train_args, "--data", str(data_dir)],
+            args.parallel,
+            data_dir,
+            evaluate=not args.no_eval,
+            resume=args.resume,
         )
-        history = args.checkpoint.parent / "metrics.jsonl"
-        if history.is_file():
-            shutil.copyfile(history, args.out / "metrics.jsonl")
-        print(json.dumps({k: card[k] for k in ("name", "kind", "parameters", "context")}))
-    elif args.command == "checksums":
-        from training.export import record_checksums
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
-        for folder in args.folders:
-            for name, file in record_checksums(folder).items():
-                print(f"{folder / name}: {file['bytes']:,} bytes, sha256 {file['sha256']}")
-    elif args.command == "report":
-        from training.report import write_report
 
-        try:
-            written = write_report(
-                args.models,
-                args.threads,
-                args.cuda_check,
-                args.quantize_bench,
-                args.context_bench,
-                args.heads_bench,
-                args.starts_bench,
-            )
-        except FileNotFoundError as error:
-            raise SystemExit(f"error: {error}") from None
-        print(f"wrote {written}")
-    elif args.command == "heads":
-        from training.evaluate import write_json
-        from training.heads import format_table, measure
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import evaluate_checkpoint, write_json
 
-        data_dir = data.resolve_data_dir(args.data)
-        data.ensure_prepared(data_dir, args.corpus)
-        try:
-            result = measure(args.models, data_dir, args.split, args.windows, args.threads)
-        except (ValueError, FileNotFoundError) as error:
-            raise SystemExit(f"error: {error}") from None
-        for name in result["models"]:
-            print(f"{name} (cells: tokens back · entropy · weight on the previous token)")
-            print(format_table(result, name))
-        write_json(result, args.json)
-    elif args.command == "starts":
-        from training.evaluate import write_json
-        from training.starts import format_table, measure
+    data_dir = data.resolve_data_dir(args.data)
+    data.ensure_prepared(data_dir, args.corpus)
+    result = evaluate_checkpoint(
+        args.checkpoint, data_dir, args.split, args.batch_size, args.device, args.storage
+    )
+    print(json.dumps(result, indent=2))
+    write_json(result, args.json)
 
-        try:
-            result = measure(
-                args.models,
-                corpus.resolve_corpus_dir(args.corpus),
-                args.split,
-                args.threads,
-                args.names,
-            )
-        except (FileNotFoundError, corpus.CorpusNotFoundError) as error:
-            raise SystemExit(f"error: {error}") from None
-        print(format_table(result))
-        write_json(result, args.json)
-    elif args.command == "context":
-        from training.context import format_table, measure
-        from training.evaluate import write_json
 
-        data_dir = data.resolve_data_dir(args.data)
-        data.ensure_prepared(data_dir, args.corpus)
-        try:
-            result = measure(
-                args.models,
-                data_dir,
-                args.split,
-                args.coverage,
-                args.threads,
-                args.names,
-                progress=True,
-            )
-        except (ValueError, FileNotFoundError) as error:
-            raise SystemExit(f"error: {error}") from None
-        print(format_table(result))
-        write_json(result, args.json)
-    return 0
+def _export(args: argparse.Namespace) -> None:
+    import shutil
+
+    from training.export import export_checkpoint
+
+    tokenizer = args.tokenizer or data.resolve_data_dir(args.data) / "tokenizer.json"
+    card = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        tokenizer,
+        args.name,
+        args.storage,
+        args.evaluations,
+        {"note": args.note} if args.note else None,
+    )
+    history = args.checkpoint.parent / "metrics.jsonl"
+    if history.is_file():
+        shutil.copyfile(history, args.out / "metrics.jsonl")
+    print(json.dumps({k: card[k] for k in ("name", "kind", "parameters", "context")}))
+
+
+def _checksums(args: argparse.Namespace) -> None:
+    from training.export import record_checksums
+
+    for folder in args.folders:
+        for name, file in record_checksums(folder).items():
+            print(f"{folder / name}: {file['bytes']:,} bytes, sha256 {file['sha256']}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from training.report import write_report
+
+    try:
+        written = write_report(
+            args.models,
+            args.threads,
+            args.cuda_check,
+            args.quantize_bench,
+            args.context_bench,
+            args.heads_bench,
+            args.starts_bench,
+        )
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"wrote {written}")
+
+
+def _heads(args: argparse.Namespace) -> None:
+    from training.evaluate import write_json
+    from training.heads import format_table, measure
+
+    data_dir = data.resolve_data_dir(args.data)
+    data.ensure_prepared(data_dir, args.corpus)
+    try:
+        result = measure(args.models, data_dir, args.split, args.windows, args.threads)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for name in result["models"]:
+        print(f"{name} (cells: tokens back · entropy · weight on the previous token)")
+        print(format_table(result, name))
+    write_json(result, args.json)
+
+
+def _starts(args: argparse.Namespace) -> None:
+    from training.evaluate import write_json
+    from training.starts import format_table, measure
+
+    try:
+        result = measure(
+            args.models,
+            corpus.resolve_corpus_dir(args.corpus),
+            args.split,
+            args.threads,
+            args.names,
+        )
+    except (FileNotFoundError, corpus.CorpusNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(format_table(result))
+    write_json(result, args.json)
+
+
+def _context(args: argparse.Namespace) -> None:
+    from training.context import format_table, measure
+    from training.evaluate import write_json
+
+    data_dir = data.resolve_data_dir(args.data)
+    data.ensure_prepared(data_dir, args.corpus)
+    try:
+        result = measure(
+            args.models,
+            data_dir,
+            args.split,
+            args.coverage,
+            args.threads,
+            args.names,
+            progress=True,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(format_table(result))
+    write_json(result, args.json)
+
+
+COMMANDS = {
+    "prepare": _prepare,
+    "train": _train,
+    "sweep": _sweep,
+    "evaluate": _evaluate,
+    "export": _export,
+    "checksums": _checksums,
+    "report": _report,
+    "heads": _heads,
+    "starts": _starts,
+    "context": _context,
+}
 
 
 if __name__ == "__main__":

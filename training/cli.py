@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from training import corpus, data
+from training.flags import add_flags, positive, vocab_size
 
 
 def parse_value(text: str):
@@ -16,56 +17,6 @@ def parse_value(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
-
-
-def _whole(minimum: int):
-    """An argparse type: a whole number, at least ``minimum``."""
-
-    def whole(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return whole
-
-
-positive = _whole(1)  # steps, sequences, threads, windows, repeats: none of them can be 0
-non_negative = _whole(0)  # warm-up steps
-
-
-def _vocab_size(text: str) -> int:
-    """A byte-level BPE vocabulary: the 256 bytes, the end-of-text token, and merges."""
-    value = positive(text)
-    if value < 257:
-        raise argparse.ArgumentTypeError(
-            f"must be at least 257 (the 256 bytes and the end-of-text token), got {value}"
-        )
-    return value
-
-
-def _within(low: float, high: float | None = None, *, above: bool = False, below: bool = False):
-    """An argparse type: a number from ``low`` (``above``: more than it) to ``high`` (``below``:
-    less than it), whose error says which."""
-    bounds = f"{'more than' if above else 'at least'} {low:g}"
-    if high is not None:
-        bounds += f" and {'below' if below else 'at most'} {high:g}"
-
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        too_low = value <= low if above else value < low
-        too_high = high is not None and (value >= high if below else value > high)
-        if too_low or too_high or value != value:  # NaN compares false with everything
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return number
 
 
 def _folder_holding(marker: str, meaning: str) -> Callable[[str], Path]:
@@ -117,30 +68,15 @@ def _add_study_args(parser: argparse.ArgumentParser, split_help: str) -> None:
     _add_data_args(parser)
 
 
-def add_precision_arg(parser: argparse.ArgumentParser) -> None:
-    from training.device import PRECISIONS
-
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="bf16 autocast or full fp32; auto (the default): bf16 on CUDA and on CPUs with "
-        "bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     from training.train import TrainConfig
 
-    defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="clean the corpus, train the tokenizer, tokenize the splits")
     _add_data_args(p)
-    p.add_argument(
-        "--vocab-size", type=_vocab_size, default=8192, help="BPE vocabulary size (8192)"
-    )
+    p.add_argument("--vocab-size", type=vocab_size, default=8192, help="BPE vocabulary size (8192)")
 
     p = sub.add_parser("train", help="train a model (CPU or CUDA; torchrun for several processes)")
     p.add_argument(
@@ -159,63 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=None, help="run folder (runs/MODEL-PRESET)")
     _add_data_args(p)
-    for name, kind, text in (
-        ("batch-size", positive, "sequences per step and process"),
-        ("lr", _within(0, above=True), "peak learning rate"),
-        ("min-lr-ratio", _within(0, 1), "final learning rate as a fraction of the peak"),
-        ("warmup-steps", non_negative, "linear warm-up steps"),
-        ("max-steps", positive, "step budget"),
-        (
-            "time-budget",
-            _within(0, above=True),
-            "seconds; the cosine schedule is stretched to end there",
-        ),
-        ("weight-decay", _within(0), "AdamW weight decay on matrices"),
-        ("beta2", _within(0, 1, below=True), "AdamW beta2"),
-        ("grad-clip", _within(0, above=True), "gradient norm clip"),
-        ("eval-interval", positive, "steps between validations"),
-        (
-            "save-interval",
-            positive,
-            "steps between saves of OUT/last without validating, so that a run killed outright "
-            "(SIGKILL) loses fewer steps; None: at validations and on SIGTERM only",
-        ),
-        ("eval-windows", positive, "validation windows per evaluation (default: whole split)"),
-        ("patience", positive, "evaluations without improvement before early stopping"),
-        ("log-interval", positive, "steps between progress updates"),
-        ("seed", int, "random seed"),
-        (
-            "text-starts",
-            _within(0, 1),
-            "share of each batch's windows that start a text as the service reads a prompt: "
-            "end-of-text, then the stream from a paragraph's start",
-        ),
-    ):
-        field = name.replace("-", "_")
-        p.add_argument(
-            f"--{name}",
-            type=kind,
-            default=getattr(defaults, field),
-            help=f"{text} (default {getattr(defaults, field)})",
-        )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
-    p.add_argument(
-        "--compile",
-        default=None,
-        nargs="?",
-        const="reduce-overhead",
-        metavar="MODE",
-        help="torch.compile the model; MODE defaults to reduce-overhead (CUDA graphs: "
-        "the step loop stops paying Python's launch overhead)",
-    )
-    add_precision_arg(p)
-    p.add_argument(
-        "--stop-at",
-        type=positive,
-        default=None,
-        help="leave off at this step with the schedule unchanged (then --resume)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    add_flags(p, TrainConfig)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser(

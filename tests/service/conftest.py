@@ -37,6 +37,17 @@ def make_options(**changes) -> LoadOptions:
     return make_settings(**changes).load_options()
 
 
+def error_of(response, status: int, type_: str, field: str | None = None) -> dict:
+    """The error body of ``response``, checked: its status, type, a message, and its field."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == type_, error
+    assert error["message"]
+    if field is not None:
+        assert error["field"] == field, error
+    return error
+
+
 def context_of(client: TestClient, model: str) -> int:
     """A shipped model's context, as /models reports it (the tests follow the models)."""
     models = {m["name"]: m for m in client.get("/models").json()["models"]}

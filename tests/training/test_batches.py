@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.train import Batches
+from training.batches import Batches
 
 EOT, NEWLINE = 0, 1
 
