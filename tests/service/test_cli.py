@@ -22,7 +22,15 @@ def test_help_lists_every_setting_with_its_environment_variable():
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in text
         assert f"MACHADO_{name.upper()}" in text
-    assert "42 % fewer" in text
+
+
+def test_help_prints_a_description_holding_a_percent_sign(monkeypatch):
+    """argparse formats help with %: a description holding one once made --help raise."""
+    from service.__main__ import build_parser
+
+    field = Settings.model_fields["threads"]
+    monkeypatch.setattr(field, "description", "threads (100 % of a core each)")
+    assert "100 % of a core each" in build_parser(Settings()).format_help()
 
 
 @pytest.fixture
