@@ -19,9 +19,8 @@ import numpy as np
 from bench.common import MODELS, cpu_name, percentiles, timed, write_figures
 from runtime.engine import Engine
 from runtime.loader import load_models
-from runtime.sampling import SamplingParams, choose, filter_top_p
+from runtime.sampling import SamplingParams, choose, filter_top_p, log_softmax
 from service.settings import Settings
-from tests.service.test_sampling import top_p_by_full_sort
 
 PROMPTS = ["Capitu olhou para mim", "Era uma vez", "Não tive filhos, não transmiti"]
 SETTINGS = {
@@ -37,6 +36,18 @@ SETTINGS = {
         1.0, logit_bias=tuple((i, -1.0) for i in range(0, 3000, 10))
     ),
 }
+
+
+def top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
+    """The definition, sorting every logit: what filter_top_p must equal (what the
+    benchmark times it against)."""
+    order = np.argsort(-logits, kind="stable")
+    probs = np.exp(log_softmax(logits[order]))
+    keep = np.cumsum(probs) - probs < p
+    keep[0] = True
+    out = np.full_like(logits, -np.inf, dtype=np.float64)
+    out[order[keep]] = logits[order[keep]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,17 +1,18 @@
-"""What every inference route shares: the model (or A/B arm), the API key, the concurrency
-limit, the time limit."""
+"""What every inference route shares, as one typed dependency (``Serving``): the model (or A/B
+arm), the API key, the concurrency slot, the time limit, the answer's size, the metrics and the
+A/B figures. Handlers take it as a parameter and never reach into ``request.app.state``."""
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Request
+from fastapi import Depends, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
@@ -26,13 +27,9 @@ from service.settings import Settings
 T = TypeVar("T")
 
 
-def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 async def require_api_key(request: Request) -> None:
     """With MACHADO_API_KEY set, the model endpoints want 'Authorization: Bearer <key>'."""
-    key = settings_of(request).api_key
+    key = request.app.state.settings.api_key
     if not key:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -50,95 +47,195 @@ async def require_api_key(request: Request) -> None:
         )
 
 
-def engine_for(request: Request, name: str) -> Engine:
-    """The engine serving ``name``: 404 if no such model, 503 if it failed to load."""
-    engines: dict[str, Engine] = request.app.state.engines
-    if name in engines:
-        request.state.model = name
-        return engines[name]
-    models = request.app.state.models
-    if name in models:
+@dataclass
+class StreamTally:
+    """What a stream has sent: tokens, whether it sent its last event (done or error: a stream
+    that did not was left by its client), and whether that was not an error."""
+
+    tokens: int = 0
+    ok: bool = True
+    ended: bool = False
+
+
+class Serving:
+    """The service as one request sees it: its settings, engines, admission, metrics and A/B
+    experiment (set up in service.app's lifespan), and the request itself."""
+
+    def __init__(self, request: Request) -> None:
+        state = request.app.state
+        self.request = request
+        self.settings: Settings = state.settings
+        self.engines: dict[str, Engine] = state.engines
+        self.models: dict[str, Any] = state.models
+        self.admission = state.admission
+        self.metrics = state.metrics
+        self.drain = state.drain
+        self.ab_weights: dict[str, float] = state.ab_weights
+        self.ab_error: str | None = state.ab_error
+        self.ab_stats = state.ab_stats
+        self.started: float = state.started
+
+    def note(self, model: str | None = None, prompt: str | list | None = None) -> None:
+        """What the access log and the error handler name: the model reached, the prompt."""
+        if model is not None:
+            self.request.state.model = model
+        if prompt is not None:
+            self.request.state.prompt = prompt
+
+    def engine_for(self, name: str) -> Engine:
+        """The engine serving ``name``: 404 if no such model, 503 if it failed to load."""
+        if name in self.engines:
+            self.note(model=name)
+            return self.engines[name]
+        if name in self.models:
+            raise APIError(
+                503,
+                "not_ready",
+                f"model {name!r} failed to load: {self.models[name].error}",
+                "model",
+            )
+        known = ", ".join(sorted(self.engines)) or "none"
+        # A path segment has no length limit of its own: an error quotes at most its start.
+        shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}… ({len(name)} characters)"
         raise APIError(
-            503, "not_ready", f"model {name!r} failed to load: {models[name].error}", "model"
-        )
-    known = ", ".join(sorted(engines)) or "none"
-    # A path segment has no length limit of its own: an error quotes at most the start of it.
-    shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}… ({len(name)} characters)"
-    raise APIError(
-        404,
-        "model_not_found",
-        f"no model named {shown}; served models: {known} (or 'ab' for the A/B "
-        "experiment where the endpoint offers it)",
-        "model",
-    )
-
-
-def check_token_ids(engine: Engine, ids: Iterable[int | str], field: str) -> None:
-    """404 for a token id outside ``engine``'s vocabulary (as for a layer it does not have):
-    the request's schema bounds ids for every model, the vocabulary is this model's."""
-    engine.check_token_ids(ids, field)
-
-
-def check_answer_size(request: Request, items: int, what: str, field: str | None) -> None:
-    """422 before any work for a request whose answer would hold more than max_answer_items
-    token entries (``what`` says how they add up): the answer's size, and the memory it takes
-    to build, stay bounded whatever the request combines."""
-    limit = settings_of(request).max_answer_items
-    if items > limit:
-        raise APIError(
-            422,
-            "answer_too_large",
-            f"the answer would hold {items:,} token entries ({what}); one answer may hold at "
-            f"most {limit:,} (MACHADO_MAX_ANSWER_ITEMS): ask for fewer tokens, choices, "
-            "alternatives or prompts",
-            field,
-        )
-
-
-def resolve(request: Request, name: str, client_id: str | None = None) -> tuple[Engine, str | None]:
-    """The engine for ``name``, or for the client's A/B arm when ``name`` is 'ab' (the client
-    is ``client_id``, else the X-Client-Id header, else anonymous and random)."""
-    if name != AB_MODEL:
-        return engine_for(request, name), None
-    weights = request.app.state.ab_weights
-    if not weights:
-        raise APIError(
-            503,
-            "not_ready",
-            f"the A/B experiment has no arm: {request.app.state.ab_error or 'no model loaded'}",
+            404,
+            "model_not_found",
+            f"no model named {shown}; served models: {known} (or 'ab' for the A/B "
+            "experiment where the endpoint offers it)",
             "model",
         )
-    arm = pick_arm(weights, client_id or request.headers.get("x-client-id"))
-    return engine_for(request, arm), arm
+
+    def resolve(self, name: str, client_id: str | None = None) -> tuple[Engine, str | None]:
+        """The engine for ``name``, or for the client's A/B arm when ``name`` is 'ab' (the
+        client is ``client_id``, else the X-Client-Id header, else anonymous and random)."""
+        if name != AB_MODEL:
+            return self.engine_for(name), None
+        if not self.ab_weights:
+            raise APIError(
+                503,
+                "not_ready",
+                f"the A/B experiment has no arm: {self.ab_error or 'no model loaded'}",
+                "model",
+            )
+        arm = pick_arm(self.ab_weights, client_id or self.request.headers.get("x-client-id"))
+        return self.engine_for(arm), arm
+
+    def check_answer_size(self, items: int, what: str, field: str | None) -> None:
+        """422 before any work for a request whose answer would hold more than
+        max_answer_items token entries (``what`` says how they add up): the answer's size, and
+        the memory it takes to build, stay bounded whatever the request combines."""
+        limit = self.settings.max_answer_items
+        if items > limit:
+            raise APIError(
+                422,
+                "answer_too_large",
+                f"the answer would hold {items:,} token entries ({what}); one answer may hold "
+                f"at most {limit:,} (MACHADO_MAX_ANSWER_ITEMS): ask for fewer tokens, choices, "
+                "alternatives or prompts",
+                field,
+            )
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Deadline]:
+        """Holds one of the max_concurrency slots, waiting in line for one if every slot is
+        taken (429 when the line is full or the wait too long: service.admission); yields the
+        request's Deadline: its time limit, from now, and whether its client has hung up."""
+        hung_up = getattr(self.request.state, "hung_up", None)
+        try:
+            waited = await self.admission.enter(hung_up)
+        except Overloaded as error:
+            self.metrics.rejected.labels(error.reason).inc()
+            raise
+        self.metrics.queue_wait.observe(waited)
+        try:
+            yield Deadline(self.settings.request_timeout_s, hung_up, self.drain)
+        finally:
+            self.admission.leave()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn`` in a worker thread, off the event loop, under the request time limit."""
+        timeout = self.settings.request_timeout_s
+        with anyio.move_on_after(timeout) as scope:
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            raise TimedOut(timeout)
+        raise AssertionError("unreachable")
+
+    def count_tokens(self, engine: Engine, tokens: int, seconds: float) -> None:
+        """Tokens generated, and the time per token, for /metrics."""
+        if tokens:
+            self.metrics.tokens.labels(engine.name).inc(tokens)
+            self.metrics.token_time.labels(engine.name).observe(seconds / tokens)
+
+    def record_ab(
+        self,
+        arm: str | None,
+        started: float,
+        ok: bool,
+        tokens: int = 0,
+        bpc: float | None = None,
+        abandoned: bool | None = None,
+    ) -> None:
+        """A/B figures for GET /ab and Prometheus, when the request went through an arm. A
+        request whose client hung up before its answer is abandoned (default: a failure after
+        the hang-up), not an error of the arm; its time stays out of the latencies."""
+        if arm is None:
+            return
+        if abandoned is None:
+            hung_up = getattr(self.request.state, "hung_up", None)
+            abandoned = not ok and hung_up is not None and hung_up.is_set()
+        seconds = time.perf_counter() - started
+        self.ab_stats.record(arm, seconds, ok, tokens, bpc, abandoned)
+        outcome = "abandoned" if abandoned else "ok" if ok else "error"
+        self.metrics.ab_requests.labels(arm, outcome).inc()
+        if tokens:
+            self.metrics.ab_tokens.labels(arm).inc(tokens)
+        if abandoned:
+            return
+        self.metrics.ab_latency.labels(arm).observe(seconds)
+        if bpc is not None:
+            self.metrics.ab_bpc.labels(arm).observe(bpc)
+
+    def failure(self, error: Exception) -> dict:
+        """The error body of an unexpected failure once a stream has started, logged as
+        RequestContext logs one before the answer starts."""
+        request = self.request
+        where = f"{request.method} {request.url.path}"
+        return internal_error(request.state.request_id, where, error)
+
+    def event_stream(
+        self,
+        engine: Engine,
+        arm: str | None,
+        started: float,
+        slot: AsyncExitStack,
+        tally: StreamTally,
+        events: Callable[[Callable[[], Awaitable[None]]], AsyncIterator[dict]],
+    ) -> EventSourceResponse:
+        """Server-sent ``events(release)``, holding the inference slot (``slot``: the exit
+        stack that the caller's ``async with`` handed over with ``pop_all``) until the stream
+        ends, or never starts; then the tokens in ``tally`` go to /metrics and the A/B
+        figures."""
+
+        @once
+        async def release() -> None:
+            self.count_tokens(engine, tally.tokens, time.perf_counter() - started)
+            self.record_ab(arm, started, tally.ok, tally.tokens, abandoned=not tally.ended)
+            await slot.aclose()
+
+        return EventSourceResponse(
+            events(release),
+            headers={"X-Model": engine.name},
+            ping=15,
+            # sse-starlette would end every stream the moment the server is signalled to stop:
+            # a stream goes on through the drain instead, and ends on its own (Drain).
+            shutdown_grace_period=self.settings.drain_timeout_s,
+            background=BackgroundTask(release),
+        )
 
 
-@asynccontextmanager
-async def inference_slot(request: Request) -> AsyncIterator[Deadline]:
-    """Holds one of the max_concurrency slots, waiting in line for one if every slot is taken
-    (429 when the line is full or the wait too long: service.admission); yields the request's
-    Deadline: its time limit, from now, and whether its client has hung up."""
-    state, settings = request.app.state, settings_of(request)
-    hung_up = getattr(request.state, "hung_up", None)
-    try:
-        waited = await state.admission.enter(hung_up)
-    except Overloaded as error:
-        state.metrics.rejected.labels(error.reason).inc()
-        raise
-    state.metrics.queue_wait.observe(waited)
-    try:
-        yield Deadline(settings.request_timeout_s, hung_up, state.drain)
-    finally:
-        state.admission.leave()
-
-
-async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
-    """``fn`` in a worker thread, off the event loop, under the request time limit."""
-    timeout = settings_of(request).request_timeout_s
-    with anyio.move_on_after(timeout) as scope:
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
-    if scope.cancelled_caught:
-        raise TimedOut(timeout)
-    raise AssertionError("unreachable")
+# The dependency every handler that serves a model takes.
+ServingDep = Annotated[Serving, Depends(Serving)]
 
 
 def once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
@@ -153,89 +250,3 @@ def once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]
             await release()
 
     return run
-
-
-@dataclass
-class StreamTally:
-    """What a stream has sent: tokens, whether it sent its last event (done or error: a stream
-    that did not was left by its client), and whether that was not an error."""
-
-    tokens: int = 0
-    ok: bool = True
-    ended: bool = False
-
-
-def event_stream(
-    request: Request,
-    engine: Engine,
-    arm: str | None,
-    started: float,
-    slot: AsyncExitStack,
-    tally: StreamTally,
-    events: Callable[[Callable[[], Awaitable[None]]], AsyncIterator[dict]],
-) -> EventSourceResponse:
-    """Server-sent ``events(release)``, holding the inference slot (``slot``: the exit stack
-    that the caller's ``async with`` handed over with ``pop_all``) until the stream ends, or
-    never starts; then the tokens in ``tally`` go to /metrics and
-    the A/B figures."""
-
-    @once
-    async def release() -> None:
-        count_tokens(request, engine, tally.tokens, time.perf_counter() - started)
-        record_ab(request, arm, started, tally.ok, tally.tokens, abandoned=not tally.ended)
-        await slot.aclose()
-
-    return EventSourceResponse(
-        events(release),
-        headers={"X-Model": engine.name},
-        ping=15,
-        # sse-starlette would end every stream the moment the server is signalled to stop: a
-        # stream goes on through the drain instead, and ends on its own (runtime.deadline.Drain).
-        shutdown_grace_period=settings_of(request).drain_timeout_s,
-        background=BackgroundTask(release),
-    )
-
-
-def failure(request: Request, error: Exception) -> dict:
-    """The error body of an unexpected failure once a stream has started, logged as
-    RequestContext logs one before the answer starts."""
-    return internal_error(request.state.request_id, f"{request.method} {request.url.path}", error)
-
-
-def count_tokens(request: Request, engine: Engine, tokens: int, seconds: float) -> None:
-    """Tokens generated, and the time per token, for /metrics."""
-    metrics = request.app.state.metrics
-    if tokens:
-        metrics.tokens.labels(engine.name).inc(tokens)
-        metrics.token_time.labels(engine.name).observe(seconds / tokens)
-
-
-def record_ab(
-    request: Request,
-    arm: str | None,
-    started: float,
-    ok: bool,
-    tokens: int = 0,
-    bpc: float | None = None,
-    abandoned: bool | None = None,
-) -> None:
-    """A/B figures for GET /ab and Prometheus, when the request went through an arm. A request
-    whose client hung up before its answer is abandoned (default: a failure after the hang-up),
-    not an error of the arm; its time stays out of the latencies."""
-    if arm is None:
-        return
-    if abandoned is None:
-        hung_up = getattr(request.state, "hung_up", None)
-        abandoned = not ok and hung_up is not None and hung_up.is_set()
-    seconds = time.perf_counter() - started
-    state = request.app.state
-    state.ab_stats.record(arm, seconds, ok, tokens, bpc, abandoned)
-    outcome = "abandoned" if abandoned else "ok" if ok else "error"
-    state.metrics.ab_requests.labels(arm, outcome).inc()
-    if tokens:
-        state.metrics.ab_tokens.labels(arm).inc(tokens)
-    if abandoned:
-        return
-    state.metrics.ab_latency.labels(arm).observe(seconds)
-    if bpc is not None:
-        state.metrics.ab_bpc.labels(arm).observe(bpc)

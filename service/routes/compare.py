@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from runtime.deadline import Deadline
@@ -19,31 +19,25 @@ from service.responses import (
     CompareResponse,
     NextTokenCandidate,
 )
-from service.routes.common import (
-    check_token_ids,
-    engine_for,
-    inference_slot,
-    require_api_key,
-    run_blocking,
-)
+from service.routes.common import ServingDep, require_api_key
 
 
 def build_router(compare_request: type[BaseModel]) -> APIRouter:
     router = APIRouter(tags=["comparison"], dependencies=[Depends(require_api_key)])
 
     @router.post("/compare", response_model=CompareResponse, responses=INFERENCE_ERRORS)
-    async def compare(body: compare_request, request: Request) -> CompareResponse:
+    async def compare(body: compare_request, serving: ServingDep) -> CompareResponse:
         """The same prompt, settings and seed through several models: completions, next-token
         candidates, the prompt's surprisal token by token, and which model each token surprised
         least."""
-        names = body.models or sorted(request.app.state.engines)
-        engines = [engine_for(request, name) for name in dict.fromkeys(names)]
+        names = body.models or sorted(serving.engines)
+        engines = [serving.engine_for(name) for name in dict.fromkeys(names)]
         # One label value for every set of models: the ordered list would grow the metrics'
         # label values with the permutations of the served models.
-        request.state.model = engines[0].name if len(engines) == 1 else "(several)"
+        serving.note(model=engines[0].name if len(engines) == 1 else "(several)")
         for engine in engines:
-            check_token_ids(engine, body.logit_bias, "logit_bias")
-        request.state.prompt = body.prompt
+            engine.check_token_ids(body.logit_bias, "logit_bias")
+        serving.note(prompt=body.prompt)
         params = body.params()
 
         def run(engine: Engine, deadline: Deadline) -> tuple[CompareModelResult, list[int]]:
@@ -68,11 +62,11 @@ def build_router(compare_request: type[BaseModel]) -> APIRouter:
             )
             return result, [t.id for t in scored.token_logprobs]
 
-        async with inference_slot(request) as deadline:
+        async with serving.slot() as deadline:
             # The models run at once, each in a worker thread of its own (ONNX Runtime releases
             # the GIL): with cores for every model's threads the answer takes as long as the
             # slowest model, not the sum of them (BENCHMARKS.md, /compare).
-            runs = [run_blocking(request, lambda e=e: run(e, deadline)) for e in engines]
+            runs = [serving.run(lambda e=e: run(e, deadline)) for e in engines]
             finished = await asyncio.gather(*runs, return_exceptions=True)
         for outcome in finished:
             if isinstance(outcome, BaseException):

@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict
 
 import anyio
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.engine import Engine
@@ -28,21 +28,7 @@ from service.responses import (
     Usage,
     sse_doc,
 )
-from service.routes.common import (
-    StreamTally,
-    check_answer_size,
-    check_token_ids,
-    count_tokens,
-    engine_for,
-    event_stream,
-    failure,
-    inference_slot,
-    record_ab,
-    require_api_key,
-    resolve,
-    run_blocking,
-    settings_of,
-)
+from service.routes.common import Serving, ServingDep, StreamTally, require_api_key
 from service.schemas import Requests
 
 SSE_DOC = sse_doc(
@@ -81,7 +67,7 @@ def generation_response(engine: Engine, result: Generation, seconds: float) -> G
 
 
 async def stream_steps(
-    request: Request, steps, on_step, on_done, on_error, release
+    serving: Serving, steps, on_step, on_done, on_error, release
 ) -> AsyncIterator[dict]:
     """Server-sent events from a blocking step generator, one step per worker-thread call.
 
@@ -104,14 +90,14 @@ async def stream_steps(
             return  # nobody is there to read an error event: the stream was abandoned
         yield on_error(error_body(exc.type, exc.message, exc.field))
     except Exception as exc:  # the stream has started: logged, and said in its last event
-        yield on_error(failure(request, exc))
+        yield on_error(serving.failure(exc))
     finally:
         steps.close()
         await release()
 
 
 def _generation_stream(
-    request: Request,
+    serving: Serving,
     engine: Engine,
     arm: str | None,
     started: float,
@@ -159,9 +145,9 @@ def _generation_stream(
         return {"event": "error", "data": json.dumps(error, ensure_ascii=False)}
 
     def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
-        return stream_steps(request, steps, on_step, on_done, on_error, release)
+        return stream_steps(serving, steps, on_step, on_done, on_error, release)
 
-    return event_stream(request, engine, arm, started, slot, tally, events)
+    return serving.event_stream(engine, arm, started, slot, tally, events)
 
 
 def build_router(requests: Requests) -> APIRouter:
@@ -170,63 +156,61 @@ def build_router(requests: Requests) -> APIRouter:
     @router.post(
         "/generate", response_model=GenerateResponse, responses={**INFERENCE_ERRORS, **SSE_DOC}
     )
-    async def generate(body: requests.generate, request: Request, response: Response):
+    async def generate(body: requests.generate, serving: ServingDep, response: Response):
         """Continue a prompt: greedy or sampled, with stop strings and per-token
         log-probabilities; `stream: true` sends each token as a server-sent event."""
-        engine, arm = resolve(request, body.model)
-        check_token_ids(engine, body.logit_bias, "logit_bias")
-        request.state.prompt = body.prompt
+        engine, arm = serving.resolve(body.model)
+        engine.check_token_ids(body.logit_bias, "logit_bias")
+        serving.note(prompt=body.prompt)
         params = body.params()
         started = time.perf_counter()
         job = GenerationRequest(
             body.prompt, body.max_new_tokens, params, tuple(body.stop), body.seed, body.logprobs
         )
         async with AsyncExitStack() as stack:
-            deadline = await stack.enter_async_context(inference_slot(request))
+            deadline = await stack.enter_async_context(serving.slot())
             steps = engine.generate(job, deadline)
             if body.stream:  # the stream holds the slot from here until it ends
-                return _generation_stream(request, engine, arm, started, steps, stack.pop_all())
+                return _generation_stream(serving, engine, arm, started, steps, stack.pop_all())
             try:
-                result = await run_blocking(request, lambda: _last(steps))
+                result = await serving.run(lambda: _last(steps))
             except Exception:
-                record_ab(request, arm, started, False)
+                serving.record_ab(arm, started, False)
                 raise
         final = generation_response(engine, result, time.perf_counter() - started)
-        count_tokens(request, engine, len(final.tokens), final.seconds)
-        record_ab(request, arm, started, True, len(final.tokens))
+        serving.count_tokens(engine, len(final.tokens), final.seconds)
+        serving.record_ab(arm, started, True, len(final.tokens))
         response.headers["X-Model"] = engine.name
         return final
 
     @router.post("/next-token", response_model=NextTokenResponse, responses=INFERENCE_ERRORS)
     async def next_token(
-        body: requests.next_token, request: Request, response: Response
+        body: requests.next_token, serving: ServingDep, response: Response
     ) -> NextTokenResponse:
         """The distribution of the next token: the likeliest candidates and the entropy."""
-        engine, arm = resolve(request, body.model)
-        request.state.prompt = body.prompt
+        engine, arm = serving.resolve(body.model)
+        serving.note(prompt=body.prompt)
         started = time.perf_counter()
-        async with inference_slot(request):  # a 429 here is no fault of the arm's
+        async with serving.slot():  # a 429 here is no fault of the arm's
             try:
-                result = await run_blocking(
-                    request, lambda: engine.next_token(body.prompt, body.top_k)
-                )
+                result = await serving.run(lambda: engine.next_token(body.prompt, body.top_k))
             except Exception:
-                record_ab(request, arm, started, False)
+                serving.record_ab(arm, started, False)
                 raise
-        record_ab(request, arm, started, True)
+        serving.record_ab(arm, started, True)
         response.headers["X-Model"] = engine.name
         return NextTokenResponse(model=engine.name, **asdict(result))
 
     @router.post("/attention", response_model=AttentionResponse, responses=INFERENCE_ERRORS)
-    async def attention(body: requests.attention, request: Request) -> AttentionResponse:
+    async def attention(body: requests.attention, serving: ServingDep) -> AttentionResponse:
         """Attention weights [layer][head][query][key] of the prompt's last tokens (the shape
         bertviz reads)."""
-        limit = settings_of(request).max_attention_tokens
-        engine = engine_for(request, body.model)
-        request.state.prompt = body.prompt
-        async with inference_slot(request):
-            result = await run_blocking(
-                request, lambda: engine.attention(body.prompt, limit, body.layer, body.head)
+        limit = serving.settings.max_attention_tokens
+        engine = serving.engine_for(body.model)
+        serving.note(prompt=body.prompt)
+        async with serving.slot():
+            result = await serving.run(
+                lambda: engine.attention(body.prompt, limit, body.layer, body.head)
             )
         return AttentionResponse(model=engine.name, **asdict(result))
 
@@ -236,28 +220,27 @@ def build_router(requests: Requests) -> APIRouter:
         responses=INFERENCE_ERRORS,
         response_model_exclude_none=True,
     )
-    async def score(body: requests.score, request: Request, response: Response) -> ScoreResponse:
+    async def score(body: requests.score, serving: ServingDep, response: Response) -> ScoreResponse:
         """Negative log-likelihood, perplexity and bits per character of a text."""
-        engine, arm = resolve(request, body.model)
+        engine, arm = serving.resolve(body.model)
         started = time.perf_counter()
         if body.per_token:  # a token is at least a byte of the text (byte-level BPE)
-            check_answer_size(
-                request, len(body.text.encode()), "at most one per byte of the text", "text"
+            serving.check_answer_size(
+                len(body.text.encode()), "at most one per byte of the text", "text"
             )
-        async with inference_slot(request) as deadline:
+        async with serving.slot() as deadline:
             scoring = time.perf_counter()
             try:
-                result = await run_blocking(
-                    request,
+                result = await serving.run(
                     lambda: engine.score(
                         body.text, body.per_token, deadline=deadline, window=body.window
                     ),
                 )
             except Exception:
-                record_ab(request, arm, started, False)
+                serving.record_ab(arm, started, False)
                 raise
             seconds = time.perf_counter() - scoring
-        record_ab(request, arm, started, True, bpc=result.bits_per_character)
+        serving.record_ab(arm, started, True, bpc=result.bits_per_character)
         response.headers["X-Model"] = engine.name
         return ScoreResponse(
             model=engine.name,

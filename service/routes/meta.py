@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -12,7 +12,7 @@ from runtime.engine import scoring_window
 from runtime.kv_cache import uses_kv_cache
 from service.headers import PAGE_POLICY
 from service.responses import Health, ModelInfo, ModelList, Readiness, error_responses
-from service.routes.common import require_api_key
+from service.routes.common import ServingDep, require_api_key
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
@@ -25,10 +25,10 @@ router = APIRouter(tags=["service"])
     dependencies=[Depends(require_api_key)],
     responses=error_responses(401),
 )
-async def models(request: Request) -> ModelList:
+async def models(serving: ServingDep) -> ModelList:
     """Every model of the models directory: what it is, where it runs, how good it is."""
     out = []
-    for name, m in sorted(request.app.state.models.items()):
+    for name, m in sorted(serving.models.items()):
         card = m.card or {}
         out.append(
             ModelInfo(
@@ -59,11 +59,14 @@ async def models(request: Request) -> ModelList:
 
 
 @router.get("/ab", dependencies=[Depends(require_api_key)], responses=error_responses(401))
-async def ab(request: Request) -> dict:
+async def ab(serving: ServingDep) -> dict:
     """The A/B experiment since start, per arm: requests, errors, latency p50/p95/p99, tokens
     generated, mean bits per character of the texts it scored."""
-    state = request.app.state
-    return {"weights": state.ab_weights, "error": state.ab_error, "arms": state.ab_stats.summary()}
+    return {
+        "weights": serving.ab_weights,
+        "error": serving.ab_error,
+        "arms": serving.ab_stats.summary(),
+    }
 
 
 PLAYGROUND_HEADERS = {"Content-Security-Policy": PAGE_POLICY}
@@ -82,13 +85,13 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-async def ready(request: Request) -> JSONResponse:
+async def ready(serving: ServingDep) -> JSONResponse:
     """200 when every model of the models directory loaded (and there is one); 503 otherwise.
     Open without the API key; with a key set, a failed model's reason is left to /models."""
-    models = request.app.state.models
+    models = serving.models
     # /ready is open to all (probes carry no key): with an API key set, why a model failed,
     # which may quote paths and ONNX Runtime's internals, is for /models, behind the key.
-    keyed = bool(request.app.state.settings.api_key)
+    keyed = bool(serving.settings.api_key)
     states = {
         name: "ready"
         if m.ready
@@ -108,8 +111,6 @@ async def ready(request: Request) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(serving: ServingDep) -> Response:
     """Prometheus metrics."""
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(generate_latest(serving.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 import anyio
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from runtime.deadline import Deadline
 from runtime.engine import Engine
@@ -35,20 +35,7 @@ from service.openai_schemas import (
     build_request,
 )
 from service.responses import INFERENCE_ERRORS, error_responses, sse_doc
-from service.routes.common import (
-    StreamTally,
-    check_answer_size,
-    check_token_ids,
-    count_tokens,
-    engine_for,
-    event_stream,
-    failure,
-    inference_slot,
-    record_ab,
-    require_api_key,
-    resolve,
-    run_blocking,
-)
+from service.routes.common import Serving, ServingDep, StreamTally, require_api_key
 from service.settings import Settings
 
 FINISH = {"length": "length", "stop": "stop", "end_of_text": "stop"}
@@ -124,19 +111,19 @@ def build_router(settings: Settings) -> APIRouter:
     completion_request = build_request(settings)
 
     @router.get("/models", response_model=ModelPage)
-    async def models(request: Request) -> ModelPage:
+    async def models(serving: ServingDep) -> ModelPage:
         """The served models, as OpenAI's model list."""
-        created = int(request.app.state.started)
+        created = int(serving.started)
         return ModelPage(
-            data=[ModelCard(id=name, created=created) for name in sorted(request.app.state.engines)]
+            data=[ModelCard(id=name, created=created) for name in sorted(serving.engines)]
         )
 
     @router.get(
         "/models/{model}", response_model=ModelCard, responses=error_responses(401, 404, 503)
     )
-    async def model(model: str, request: Request) -> ModelCard:
+    async def model(model: str, serving: ServingDep) -> ModelCard:
         """One served model, as OpenAI's model object (404 for a model not served)."""
-        return ModelCard(id=engine_for(request, model).name, created=int(request.app.state.started))
+        return ModelCard(id=serving.engine_for(model).name, created=int(serving.started))
 
     @router.post(
         "/completions",
@@ -146,12 +133,14 @@ def build_router(settings: Settings) -> APIRouter:
             **sse_doc("with stream: true, OpenAI's chunks as 'data:' events, then [DONE]"),
         },
     )
-    async def completions(body: completion_request, request: Request, response: Response):
+    async def completions(body: completion_request, serving: ServingDep, response: Response):
         """OpenAI-style text completions (model 'ab' is the client's A/B arm; `user` or
         X-Client-Id keeps it sticky)."""
-        engine, arm = resolve(request, body.model, request.headers.get("x-client-id") or body.user)
+        engine, arm = serving.resolve(
+            body.model, serving.request.headers.get("x-client-id") or body.user
+        )
         started = time.perf_counter()
-        check_token_ids(engine, body.logit_bias, "logit_bias")
+        engine.check_token_ids(body.logit_bias, "logit_bias")
         sources = (
             body.prompt
             if isinstance(body.prompt, list) and not isinstance(body.prompt[0], int)
@@ -159,13 +148,12 @@ def build_router(settings: Settings) -> APIRouter:
         )
         for source in sources:
             if isinstance(source, list):
-                check_token_ids(engine, source, "prompt")
+                engine.check_token_ids(source, "prompt")
         best_of = max(body.best_of or body.n, body.n)
         prompts = [_prompt(engine, source) for source in sources]
         per_token = 1 + (body.logprobs or 0)
         echoed = sum(len(p.ids) for p in prompts) if body.echo else 0
-        check_answer_size(
-            request,
+        serving.check_answer_size(
             body.n * (echoed + len(prompts) * body.max_tokens) * per_token,
             f"{body.n} choice(s) x ({echoed} echoed prompt tokens + {len(prompts)} prompt(s) x "
             f"{body.max_tokens} max_tokens) x {per_token} (each token and its logprobs "
@@ -188,28 +176,28 @@ def build_router(settings: Settings) -> APIRouter:
             created=int(time.time()),
         )
         async with AsyncExitStack() as stack:
-            deadline = await stack.enter_async_context(inference_slot(request))
+            deadline = await stack.enter_async_context(serving.slot())
             if body.stream:  # the stream holds the slot from here until it ends
                 tally = StreamTally()
                 usage = body.stream_options is not None and body.stream_options.include_usage
 
                 def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
-                    return _stream(request, job, prompts, deadline, usage, tally, release)
+                    return _stream(serving, job, prompts, deadline, usage, tally, release)
 
-                return event_stream(request, engine, arm, started, stack.pop_all(), tally, events)
+                return serving.event_stream(engine, arm, started, stack.pop_all(), tally, events)
             try:
                 choices, prompt_tokens, completion_tokens = [], 0, 0
                 for i, prompt in enumerate(prompts):
-                    chosen = await run_blocking(request, lambda p=prompt: job.answer(p, deadline))
+                    chosen = await serving.run(lambda p=prompt: job.answer(p, deadline))
                     prompt_tokens += len(chosen[0].prompt_ids)
                     for k, generation in enumerate(chosen):
                         completion_tokens += len(generation.steps)
                         choices.append(job.choice(i * body.n + k, prompt, generation))
             except Exception:
-                record_ab(request, arm, started, False)
+                serving.record_ab(arm, started, False)
                 raise
-        count_tokens(request, engine, completion_tokens, time.perf_counter() - started)
-        record_ab(request, arm, started, True, completion_tokens)
+        serving.count_tokens(engine, completion_tokens, time.perf_counter() - started)
+        serving.record_ab(arm, started, True, completion_tokens)
         response.headers["X-Model"] = engine.name
         return Completion(
             id=job.ident,
@@ -309,7 +297,7 @@ async def _choices(
 
 
 async def _stream(
-    request: Request,
+    serving: Serving,
     job: _Job,
     prompts: list[_Prompt],
     deadline: Deadline,
@@ -370,6 +358,6 @@ async def _stream(
         yield {"data": json.dumps(error_body(exc.type, exc.message, exc.field))}
     except Exception as exc:  # the stream has started: logged, and said in its last chunk
         tally.ok, tally.ended = False, True
-        yield {"data": json.dumps(failure(request, exc), ensure_ascii=False)}
+        yield {"data": json.dumps(serving.failure(exc), ensure_ascii=False)}
     finally:
         await release()

@@ -2,27 +2,20 @@
 
 # No `from __future__ import annotations`: see inference.py.
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from runtime.engine import Engine
 from service.errors import APIError
 from service.responses import DetokenizeResponse, TokenizeResponse, error_responses
-from service.routes.common import (
-    check_answer_size,
-    check_token_ids,
-    engine_for,
-    inference_slot,
-    require_api_key,
-    run_blocking,
-)
+from service.routes.common import Serving, ServingDep, require_api_key
 from service.schemas import Requests
 
 
-def _engine(request: Request, model: str | None) -> Engine:
+def _engine(serving: Serving, model: str | None) -> Engine:
     """The named model's engine, else the first loaded (they share one tokenizer)."""
-    engines = request.app.state.engines
+    engines = serving.engines
     if model is not None:
-        return engine_for(request, model)
+        return serving.engine_for(model)
     if engines:
         return engines[sorted(engines)[0]]
     raise APIError(503, "not_ready", "no model is loaded, so no tokenizer either")
@@ -36,13 +29,13 @@ def build_router(requests: Requests) -> APIRouter:
         response_model=TokenizeResponse,
         responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504),
     )
-    async def tokenize(body: requests.tokenize, request: Request) -> TokenizeResponse:
+    async def tokenize(body: requests.tokenize, serving: ServingDep) -> TokenizeResponse:
         """Token ids, token strings and [start, end) character offsets of a text."""
-        engine = _engine(request, body.model)
+        engine = _engine(serving, body.model)
 
         def run() -> TokenizeResponse:  # a long text takes a while: off the event loop
             encoding = engine.tokenizer.encode(body.text, add_special_tokens=False)
-            check_answer_size(request, len(encoding.ids), "tokens of the text", "text")
+            serving.check_answer_size(len(encoding.ids), "tokens of the text", "text")
             return TokenizeResponse(
                 ids=encoding.ids,
                 tokens=engine.token_texts(encoding.ids),
@@ -50,23 +43,22 @@ def build_router(requests: Requests) -> APIRouter:
             )
 
         # In a slot like every endpoint that does work: bounded in number and in time.
-        async with inference_slot(request):
-            return await run_blocking(request, run)
+        async with serving.slot():
+            return await serving.run(run)
 
     @router.post(
         "/detokenize",
         response_model=DetokenizeResponse,
         responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504),
     )
-    async def detokenize(body: requests.detokenize, request: Request) -> DetokenizeResponse:
+    async def detokenize(body: requests.detokenize, serving: ServingDep) -> DetokenizeResponse:
         """The text of token ids, together and one by one (404 for an id outside the
         vocabulary)."""
-        engine = _engine(request, body.model)
-        check_token_ids(engine, body.ids, "ids")
-        check_answer_size(request, len(body.ids), "ids", "ids")
-        async with inference_slot(request):
-            return await run_blocking(
-                request,
+        engine = _engine(serving, body.model)
+        engine.check_token_ids(body.ids, "ids")
+        serving.check_answer_size(len(body.ids), "ids", "ids")
+        async with serving.slot():
+            return await serving.run(
                 lambda: DetokenizeResponse(
                     text=engine.decode(body.ids), tokens=engine.token_texts(body.ids)
                 ),

@@ -70,3 +70,9 @@ def test_layering_no_python_file_over_450_lines():
         str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > 450
     }
     assert not long, long
+
+
+def test_layering_nothing_imports_the_tests():
+    """The tests may import the code; the code, the benchmarks and the scripts never the tests."""
+    for path in modules(*PACKAGES, "scripts"):
+        assert "tests" not in imported(path), path

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from bench.sampling import top_p_by_full_sort
 from runtime.engine import Engine
 from runtime.loader import LoadedModel
 from runtime.results import GenerationRequest
@@ -56,18 +57,6 @@ def test_sampling_top_k_keeps_only_k():
     assert freq[2] == 0 and freq[3] == 0
     assert freq[0] == pytest.approx(2 / 3, abs=0.03)
     assert np.isneginf(filter_top_k(LOGITS, 1)[1:]).all()
-
-
-def top_p_by_full_sort(logits: np.ndarray, p: float) -> np.ndarray:
-    """The definition, sorting every logit: what filter_top_p must equal (and what it did
-    before; python -m bench sampling times both)."""
-    order = np.argsort(-logits, kind="stable")
-    probs = np.exp(log_softmax(logits[order]))
-    keep = np.cumsum(probs) - probs < p
-    keep[0] = True
-    out = np.full_like(logits, -np.inf, dtype=np.float64)
-    out[order[keep]] = logits[order[keep]]
-    return out
 
 
 @given(
