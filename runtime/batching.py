@@ -40,7 +40,7 @@ Request = TypeVar("Request")
 # batch when the padding it adds is less work than running it alone (this call plus its own
 # tokens). On 2 CPU threads the attention model's call costs about as much as 15-26 tokens
 # (BENCHMARKS.md). A GPU's call cost is not measured, and there no limit applies: every window
-# joins (as before this rule) and so does every prompt.
+# joins and so does every prompt.
 CALL_COST_TOKENS = 20
 
 

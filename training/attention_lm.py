@@ -53,9 +53,10 @@ class AttentionConfig:
 ATTENTION_PRESETS: dict[str, AttentionConfig] = {
     # Smoke tests and CI: trains in a minute on a laptop CPU.
     "tiny": AttentionConfig(context=64, n_layer=2, n_head=2, d_model=64, dropout=0.1),
-    # The course notebook: one attention layer, one head, the Bengio preset's context.
+    # The course notebook: one attention layer, one head, the Bengio preset's context (the
+    # shipped attention-seed is this at the shipped Bengio's context, 4).
     "seed": AttentionConfig(context=8, n_layer=1, n_head=1, d_model=256, dropout=0.1),
-    # About 5 M parameters: the CPU throughput benchmark of REFERENCE.md.
+    # About 5 M parameters: the CPU throughput benchmark of ../shared/REFERENCE.md.
     "small": AttentionConfig(context=128, n_layer=4, n_head=4, d_model=256, dropout=0.2),
     # The shipped model; dropout 0.3 beat 0.2 on validation (models/attention/card.json).
     "base": AttentionConfig(context=256, n_layer=6, n_head=6, d_model=384, dropout=0.3),

@@ -11,8 +11,8 @@ evaluated on validation and test; the test split plays no part in the choice.
 A sweep can stop and go on (``--resume``): a finished trial leaves ``OUT/TRIAL/trial.json`` and is
 not trained again, an unfinished one resumes from its last checkpoint (``train --resume``), and
 the sweep refuses to go on with other factors or train arguments than it started with
-(``OUT/plan.json``; how often trials save may change). That is how a CPU sweep of many hours
-spans several sittings.
+(``OUT/plan.json``; how often trials save may change). So a sweep of many hours can
+run across restarts of its machine.
 
     python -m training sweep --model bengio --preset base --parallel 9 \\
         --vary context=4,12 --vary d_hidden=512,2048 --vary direct=False \\

@@ -54,8 +54,8 @@ def test_provider_check_compares_every_shipped_model(tmp_path):
 
 
 def test_provider_check_of_no_model_fails(tmp_path):
-    """A folder without models (say, carried files gone on the device) checks nothing: on
-    2026-12-04 such a check passed with no model in it."""
+    """A folder without models (say, carried files gone on the device) checks nothing, and
+    fails saying so rather than passing."""
     empty = tmp_path / "models"
     empty.mkdir()
     result, report = _run_check(tmp_path, "--allow-cpu", "--models-dir", str(empty))

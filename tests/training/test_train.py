@@ -95,7 +95,7 @@ def test_train_resume_after_a_kill_drops_the_records_it_trains_again(prepared, t
     train(_config(prepared, tmp_path / "straight"))
     run = tmp_path / "killed"
     train(_config(prepared, run, stop_at=20))
-    with (run / "metrics.jsonl").open("a") as handle:  # what the killed sitting logged after 20
+    with (run / "metrics.jsonl").open("a") as handle:  # what the killed run logged after 20
         handle.write(json.dumps({"step": 30, "train_loss": 99.0, "tokens_per_s": 1.0}) + "\n")
     train(_config(prepared, run, resume=True))
     straight, resumed = _losses(tmp_path / "straight"), _losses(run)
