@@ -6,14 +6,16 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh gpu,train,dev  # idempotent: a no-op when everything is installed
 # What the tests drive for real, installed and started here where we may (root with apt);
 # elsewhere those tests skip, saying why: Debian's Chromium for the playground (Playwright
-# downloads no browser), and a Docker engine with docker-compose and debootstrap for the
-# images and the compose file (tests/docker).
+# downloads no browser), a Docker engine with docker-compose and debootstrap for the images and
+# the compose file (tests/docker), and PostgreSQL for the A/B record shared by replicas (the
+# tests start its cluster).
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=""
   command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
   command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
   command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+  command -v pg_ctlcluster >/dev/null 2>&1 || missing="$missing postgresql"
   if [ -n "$missing" ]; then
     apt-get update -qq
     # shellcheck disable=SC2086

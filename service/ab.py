@@ -1,4 +1,5 @@
-"""A/B routing: `model: "ab"` picks an arm by configured weights, sticky per client.
+"""A/B experiments: `model: "ab"` picks an arm by configured weights, sticky per client, and
+the experiment's report is computed from its record (service.ab_store).
 
 A client id hashes to a point in [0, 1) and the point to an arm, so the same client lands on the
 same arm in every replica without shared state; without an id the point is random.
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict
 
 import numpy as np
+
+from service.ab_stats import mean_interval, verdict, welch
 
 AB_MODEL = "ab"
 
@@ -61,63 +62,62 @@ def pick_arm(weights: dict[str, float], client_id: str | None) -> str:
     return arms[-1][0]
 
 
-@dataclass
-class ArmStats:
-    requests: int = 0
-    errors: int = 0
-    abandoned: int = 0  # the client left before its answer: neither a success nor an error
-    tokens: int = 0
-    bpc_sum: float = 0.0
-    bpc_count: int = 0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))
+def client_hash(client_id: str | None) -> str | None:
+    """What the record keeps of a client: a hash that groups its requests, not its id."""
+    if not client_id:
+        return None
+    return hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-class ABStats:
-    """Per-arm figures since start, for GET /ab (thread-safe)."""
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        name: float(np.percentile(array, q)) if array.size else None
+        for name, q in (("p50", 50), ("p95", 95), ("p99", 99))
+    }
 
-    def __init__(self) -> None:
-        self._arms: dict[str, ArmStats] = {}
-        self._lock = threading.Lock()
 
-    def record(
-        self,
-        arm: str,
-        seconds: float,
-        ok: bool,
-        tokens: int = 0,
-        bpc: float | None = None,
-        abandoned: bool = False,
-    ) -> None:
-        """One request; an abandoned one counts apart, and its time (to the hang-up) stays out
-        of the latencies."""
-        with self._lock:
-            stats = self._arms.setdefault(arm, ArmStats())
-            stats.requests += 1
-            stats.tokens += tokens
-            if abandoned:
-                stats.abandoned += 1
-                return
-            stats.errors += 0 if ok else 1
-            stats.latencies.append(seconds)
-            if bpc is not None:
-                stats.bpc_sum += bpc
-                stats.bpc_count += 1
+def _interval(values: list[float]) -> dict[str, float | int | None]:
+    estimate = mean_interval(values)
+    return {"n": estimate.n, "mean": estimate.mean, "low": estimate.low, "high": estimate.high}
 
-    def summary(self) -> dict[str, dict]:
-        with self._lock:
-            out = {}
-            for arm, s in sorted(self._arms.items()):
-                lat = np.asarray(s.latencies) * 1000
-                out[arm] = {
-                    "requests": s.requests,
-                    "errors": s.errors,
-                    "abandoned": s.abandoned,
-                    "tokens_generated": s.tokens,
-                    "latency_ms": {
-                        q: float(np.percentile(lat, p)) if lat.size else None
-                        for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
-                    },
-                    "mean_bits_per_character": s.bpc_sum / s.bpc_count if s.bpc_count else None,
-                    "texts_scored": s.bpc_count,
-                }
-            return out
+
+def report(
+    rows: list[dict], arms: list[str], reference: str | None, effect: float
+) -> dict[str, dict]:
+    """Per arm, from the record's rows: requests, errors, abandoned, tokens, latency
+    percentiles (answered requests), the reward and the bits per character with their 95 %
+    intervals; and each arm against ``reference`` (Welch's t-test on the rewards)."""
+    by_arm: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for row in rows:
+        by_arm.setdefault(row["arm"], []).append(row)
+    summary, rewards = {}, {}
+    for arm, mine in sorted(by_arm.items()):
+        answered = [r for r in mine if r["outcome"] != "abandoned"]
+        bpc = [r["bpc"] for r in answered if r["bpc"] is not None]
+        rewards[arm] = [r["reward"] for r in mine if r["reward"] is not None]
+        summary[arm] = {
+            "requests": len(mine),
+            "errors": sum(r["outcome"] == "error" for r in mine),
+            "abandoned": len(mine) - len(answered),
+            "tokens_generated": sum(r["tokens"] for r in mine),
+            "latency_ms": _percentiles(
+                [r["latency_ms"] for r in answered if r["latency_ms"] is not None]
+            ),
+            "reward": _interval(rewards[arm]),
+            "bits_per_character": _interval(bpc),
+            "mean_bits_per_character": sum(bpc) / len(bpc) if bpc else None,
+            "texts_scored": len(bpc),
+        }
+    comparisons = {}
+    if reference is not None:
+        for arm in summary:
+            if arm == reference:
+                continue
+            result = welch(rewards[arm], rewards.get(reference, []), effect)
+            comparisons[arm] = {
+                "against": reference,
+                **asdict(result),
+                "verdict": verdict(arm, reference, result),
+            }
+    return {"arms": summary, "comparisons": comparisons}

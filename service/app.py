@@ -18,14 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from runtime.deadline import Drain
 from runtime.engine import Engine, probe
 from runtime.loader import LoadedModel, load_models
-from service.ab import ABStats, parse_weights
+from service.ab import parse_weights
+from service.ab_store import Store
 from service.admission import Admission
 from service.docs_pages import DOCS_URL, REDOC_URL, DocsPolicy
 from service.errors import error_body, install_error_handlers
 from service.headers import HeadGuard, JSONCORSMiddleware, SecurityHeaders
 from service.memory import limit_malloc_arenas
 from service.observability import Metrics, RequestContext
-from service.routes import compare, inference, meta, openai, tokens
+from service.routes import compare, experiment, inference, meta, openai, tokens
 from service.schemas import build_requests
 from service.settings import Settings
 
@@ -216,6 +217,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 1 if m.ready else 0
             )
         try:
+            if not settings.ab_store:
+                raise ValueError("MACHADO_AB_STORE is empty: the experiment is not recorded")
+            app.state.ab_store = await anyio.to_thread.run_sync(Store, settings.ab_store)
+        except Exception as error:  # the service serves; the experiment records nothing
+            app.state.ab_store_error = f"{type(error).__name__}: {error}"
+            log.error(f"A/B store {settings.ab_store} did not open: {app.state.ab_store_error}")
+        try:
             app.state.ab_weights = parse_weights(settings.ab_weights, sorted(app.state.engines))
         except ValueError as error:
             app.state.ab_weights, app.state.ab_error = {}, str(error)
@@ -231,6 +239,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # object, which outlives its server where FastAPI's caches of endpoint functions hold it
         # (a process that makes several apps, as the tests do, would keep every app's models).
         app.state.engines, app.state.models = {}, {}
+        if app.state.ab_store is not None:  # what is queued is written before the process ends
+            await anyio.to_thread.run_sync(app.state.ab_store.close)
         log.info("stopped: models released")
 
     # The docs pages (/docs, /redoc) with their scripts and styles served from here: FastAPI's
@@ -249,7 +259,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.models, app.state.engines = {}, {}
-    app.state.metrics, app.state.ab_stats = Metrics(), ABStats()
+    app.state.metrics = Metrics()
+    app.state.ab_store, app.state.ab_store_error = None, None
     app.state.drain = Drain()
     app.state.admission = Admission(
         settings.max_concurrency, settings.max_queue, settings.queue_timeout_s, app.state.drain
@@ -264,6 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(compare.build_router(requests.compare))
     app.include_router(openai.build_router(settings))
     app.include_router(tokens.build_router(requests))
+    app.include_router(experiment.router)
     app.mount("/static", StaticFiles(directory=meta.STATIC), name="static")
     app.include_router(meta.router)
     post_paths = frozenset(

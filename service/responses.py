@@ -167,6 +167,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         401: "API key missing or wrong",
         404: "no such model (or layer, head, token id of it) or route",
         405: "method not allowed",
+        409: "the request already has what it sends (one reward per request)",
         408: "the body did not arrive in time (MACHADO_BODY_TIMEOUT_S)",
         413: "body over the size limit",
         415: "body is not application/json",

@@ -184,6 +184,28 @@ class Settings(BaseSettings):
         description="A/B arms for model 'ab', e.g. 'attention=50,bengio=50' "
         "(empty: every loaded model, equal weights)",
     )
+    ab_store: str = Field(
+        "sqlite:///data/ab.db",
+        description="where the A/B experiment is recorded (every request through an arm, every "
+        "reward): sqlite:///PATH (a file, one process; sqlite:///:memory: keeps nothing past "
+        "the process) or postgresql://USER:PASSWORD@HOST/DB (one record for several replicas)",
+    )
+    ab_store_prompts: bool = Field(
+        False, description="also record each A/B request's prompt (off: no text is stored)"
+    )
+    ab_feedback_window_s: float = Field(
+        604_800.0,
+        gt=0,
+        description="seconds after its answer during which a request may get its reward "
+        "(POST /ab/feedback; later: 404 expired)",
+    )
+    ab_effect: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="the difference of mean rewards GET /ab sizes the experiment for: the "
+        "rewards per arm that a two-sided test (confidence 0.95, power 0.8) needs to detect it",
+    )
     api_key: str | None = Field(
         None,
         pattern=API_KEY,

@@ -16,6 +16,15 @@ settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _experiment_record_apart(tmp_path_factory):
+    """Services started by the tests (`python -m service` on a port) record their A/B
+    experiment in a file of this test run, not in the checkout's data/."""
+    store = tmp_path_factory.mktemp("ab") / "ab.db"
+    os.environ.setdefault("MACHADO_AB_STORE", f"sqlite:///{store}")
+
+
 REAL_CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "machado"
 
 WORDS = (

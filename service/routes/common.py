@@ -19,7 +19,8 @@ from starlette.background import BackgroundTask
 from runtime.deadline import Deadline
 from runtime.engine import Engine
 from runtime.errors import TimedOut
-from service.ab import AB_MODEL, pick_arm
+from service.ab import AB_MODEL, client_hash, pick_arm
+from service.ab_store import Assignment
 from service.admission import Overloaded
 from service.errors import APIError, internal_error
 from service.settings import Settings
@@ -72,7 +73,9 @@ class Serving:
         self.drain = state.drain
         self.ab_weights: dict[str, float] = state.ab_weights
         self.ab_error: str | None = state.ab_error
-        self.ab_stats = state.ab_stats
+        self.ab_store = state.ab_store
+        self.ab_store_error: str | None = state.ab_store_error
+        self.client_id: str | None = None  # of the A/B request: what keeps it on its arm
         self.started: float = state.started
 
     def note(self, model: str | None = None, prompt: str | list | None = None) -> None:
@@ -117,7 +120,8 @@ class Serving:
                 f"the A/B experiment has no arm: {self.ab_error or 'no model loaded'}",
                 "model",
             )
-        arm = pick_arm(self.ab_weights, client_id or self.request.headers.get("x-client-id"))
+        self.client_id = client_id or self.request.headers.get("x-client-id")
+        arm = pick_arm(self.ab_weights, self.client_id)
         return self.engine_for(arm), arm
 
     def check_answer_size(self, items: int, what: str, field: str | None) -> None:
@@ -176,17 +180,35 @@ class Serving:
         bpc: float | None = None,
         abandoned: bool | None = None,
     ) -> None:
-        """A/B figures for GET /ab and Prometheus, when the request went through an arm. A
-        request whose client hung up before its answer is abandoned (default: a failure after
-        the hang-up), not an error of the arm; its time stays out of the latencies."""
+        """The request in the experiment's record (GET /ab) and in Prometheus, when it went
+        through an arm. A request whose client hung up before its answer is abandoned (default:
+        a failure after the hang-up), not an error of the arm; its time stays out of the
+        latencies."""
         if arm is None:
             return
         if abandoned is None:
             hung_up = getattr(self.request.state, "hung_up", None)
             abandoned = not ok and hung_up is not None and hung_up.is_set()
         seconds = time.perf_counter() - started
-        self.ab_stats.record(arm, seconds, ok, tokens, bpc, abandoned)
         outcome = "abandoned" if abandoned else "ok" if ok else "error"
+        if self.ab_store is not None:
+            prompt = getattr(self.request.state, "prompt", None)
+            self.ab_store.record(
+                Assignment(
+                    request_id=self.request.state.request_id,
+                    arm=arm,
+                    client=client_hash(self.client_id),
+                    at=time.time(),
+                    endpoint=self.request.url.path,
+                    outcome=outcome,
+                    tokens=tokens,
+                    latency_ms=None if abandoned else seconds * 1000,
+                    bpc=bpc,
+                    prompt=str(prompt)
+                    if prompt is not None and self.settings.ab_store_prompts
+                    else None,
+                )
+            )
         self.metrics.ab_requests.labels(arm, outcome).inc()
         if tokens:
             self.metrics.ab_tokens.labels(arm).inc(tokens)

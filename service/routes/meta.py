@@ -1,4 +1,4 @@
-"""GET /models, /ab, /health, /ready and /metrics."""
+"""GET /models, /health, /ready and /metrics."""
 
 from __future__ import annotations
 
@@ -56,17 +56,6 @@ async def models(serving: ServingDep) -> ModelList:
             )
         )
     return ModelList(models=out)
-
-
-@router.get("/ab", dependencies=[Depends(require_api_key)], responses=error_responses(401))
-async def ab(serving: ServingDep) -> dict:
-    """The A/B experiment since start, per arm: requests, errors, latency p50/p95/p99, tokens
-    generated, mean bits per character of the texts it scored."""
-    return {
-        "weights": serving.ab_weights,
-        "error": serving.ab_error,
-        "arms": serving.ab_stats.summary(),
-    }
 
 
 PLAYGROUND_HEADERS = {"Content-Security-Policy": PAGE_POLICY}

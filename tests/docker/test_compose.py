@@ -282,6 +282,16 @@ def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replic
         arms.add(answer.headers["x-model"])
     assert len(served) == 3, served
     assert len(arms) == 1, arms  # one client, one arm, whichever replica answers
+    # One experiment record for every replica: a reward reaches whichever replica the balancer
+    # picks, for a request another one may have served, and every replica reports it.
+    rewarded = [answer.headers["x-request-id"]]
+    reward = {"request_id": rewarded[0], "reward": 1}
+    assert httpx.post(f"{stack.lb}/ab/feedback", json=reward, timeout=60).status_code == 200
+    again = httpx.post(f"{stack.lb}/ab/feedback", json=reward, timeout=60)
+    assert again.status_code == 409, again.text
+    for _ in range(6):
+        arms_report = httpx.get(f"{stack.lb}/ab", timeout=60).json()["arms"]
+        assert sum(arm["reward"]["n"] for arm in arms_report.values()) == 1, arms_report
     docker("stop", replicas[0], timeout=60)
     statuses = [
         httpx.post(f"{stack.lb}/next-token", json={"model": "bengio", "prompt": "Capitu"},

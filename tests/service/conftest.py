@@ -27,6 +27,7 @@ def make_settings(**changes) -> Settings:
         request_timeout_s=20.0,
         max_body_bytes=64_000,
         log_format="text",
+        ab_store="sqlite:///:memory:",  # each app its own record, gone with it
     )
     fields.update(changes)
     return Settings(**fields)
@@ -71,3 +72,39 @@ def every_slot_taken(client: TestClient) -> Iterator[None]:
 def client():
     with TestClient(create_app(make_settings())) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh database on a real PostgreSQL server: Debian's cluster, started here as root
+    (scripts/test.sh installs the package); skipped, saying why, where it cannot be had."""
+    import os
+    import secrets
+    import shutil
+    import subprocess
+
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
+        pytest.skip("PostgreSQL is not installed (scripts/test.sh installs it when run as root)")
+    if os.geteuid() != 0:
+        pytest.skip("starting Debian's PostgreSQL cluster needs root")
+    clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
+    if not clusters.strip():
+        versions = sorted(os.listdir("/usr/lib/postgresql"))
+        subprocess.run(["pg_createcluster", versions[-1], "main"], check=True, capture_output=True)
+        clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
+    version, name, port = clusters.split()[:3]
+    subprocess.run(["pg_ctlcluster", version, name, "start"], capture_output=True)  # 2: running
+
+    def psql(sql: str) -> None:
+        command = ["runuser", "-u", "postgres", "--", "psql", "-p", port, "-v", "ON_ERROR_STOP=1"]
+        subprocess.run([*command, "-c", sql], check=True, capture_output=True, text=True)
+
+    database, password = f"machado_test_{secrets.token_hex(4)}", secrets.token_hex(8)
+    psql(
+        "DO $$ BEGIN CREATE ROLE machado_test LOGIN; EXCEPTION WHEN duplicate_object THEN "
+        "NULL; END $$"
+    )
+    psql(f"ALTER ROLE machado_test PASSWORD '{password}'")
+    psql(f"CREATE DATABASE {database} OWNER machado_test")
+    yield f"postgresql://machado_test:{password}@127.0.0.1:{port}/{database}"
+    psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service.ab import ABStats, parse_weights, pick_arm
+from service.ab import parse_weights, pick_arm, report
 from service.app import create_app
 from tests.service.conftest import every_slot_taken, make_settings
 
@@ -173,11 +173,13 @@ def test_ab_weight_parsing_errors(text):
         parse_weights(text, ["attention"])
 
 
-def test_ab_stats_count_an_abandoned_request_apart():
+def test_ab_report_counts_an_abandoned_request_apart():
     """A request whose client left is counted, but neither as an error nor in the latencies."""
-    stats = ABStats()
-    stats.record("bengio", 0.2, ok=True, tokens=4)
-    stats.record("bengio", 9.0, ok=False, tokens=2, abandoned=True)
-    arm = stats.summary()["bengio"]
+    row = {"arm": "bengio", "bpc": None, "reward": None, "latency_ms": 200.0, "tokens": 4}
+    rows = [
+        {**row, "outcome": "ok"},
+        {**row, "outcome": "abandoned", "latency_ms": None, "tokens": 2},
+    ]
+    arm = report(rows, ["bengio"], "bengio", 0.05)["arms"]["bengio"]
     assert (arm["requests"], arm["errors"], arm["abandoned"]) == (2, 0, 1), arm
     assert arm["tokens_generated"] == 6 and arm["latency_ms"]["p99"] == pytest.approx(200), arm

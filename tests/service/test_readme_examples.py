@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.common import start_server
@@ -36,16 +37,19 @@ def curl_commands() -> list[str]:
 
 def test_readme_has_an_example_of_every_endpoint():
     """One example per endpoint the README's API section promises."""
-    shown = " ".join(curl_commands()) + " ".join(blocks("python"))
+    shown = " ".join(blocks("bash")) + " ".join(blocks("python"))
     for path in ("/generate", "/next-token", "/attention", "/score", "/compare", "/tokenize",
-                 "/detokenize", "/models", "/ab", "/health", "/ready", "/metrics"):  # fmt: skip
+                 "/detokenize", "/models", "/ab", "/ab/feedback", "/ab/export", "/health",
+                 "/ready", "/metrics"):  # fmt: skip
         assert f"localhost:8000{path}" in shown, path
     assert "completions.create" in shown and "models.list" in shown
 
 
 @pytest.fixture(scope="module")
 def server():
-    base, proc = start_server({"MACHADO_LOG_FORMAT": "text"})
+    base, proc = start_server(
+        {"MACHADO_LOG_FORMAT": "text", "MACHADO_AB_STORE": "sqlite:///:memory:"}
+    )
     yield base
     proc.terminate()
     proc.wait(timeout=30)
@@ -64,9 +68,26 @@ def test_readme_curl_example_answers(server, command):
         assert "event: token" in run.stdout and "event: done" in run.stdout, run.stdout
     elif "/metrics" in command:
         assert "machado_requests_total" in run.stdout, run.stdout[:500]
+    elif "format=csv" in command:
+        assert run.stdout.startswith("request_id"), run.stdout[:500]
     else:
         body = json.loads(run.stdout)
         assert body.get("error") is None, body
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_experiment_runs_to_a_verdict(server):
+    """The A/B block, run whole as a shell script: 40 rewards taken, and GET /ab compares the
+    arms with a verdict."""
+    [script] = [block for block in blocks("bash") if "/ab/feedback" in block]
+    script = script.replace("localhost:8000", server.removeprefix("http://"))
+    script = script.replace("curl -s ", "curl -s --fail-with-body ")
+    run = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count('"reward":') >= 40, run.stdout[:2000]
+    report = httpx.get(f"{server}/ab", timeout=30).json()
+    assert sum(arm["reward"]["n"] for arm in report["arms"].values()) >= 40
+    assert all("verdict" in c for c in report["comparisons"].values()), report["comparisons"]
 
 
 def test_readme_python_example_runs(server):
