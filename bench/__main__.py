@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "quantize": ("bench.quantize:main", "int8 weights against float32: speed, memory, BPC"),
     "memory": ("bench.memory:main", "what ONNX Runtime sessions hold as input shapes vary"),
     "burst-memory": ("bench.burst_memory:main", "memory kept after bursts of large requests"),
+    "ab-store": ("bench.ab_store:main", "what recording the A/B experiment costs a request"),
     "attack": ("bench.attack:main", "a running service under careless or hostile clients"),
     "cuda-check": ("bench.cuda_check:main", "the CUDA provider against the CPU provider"),
     "export": ("bench.export:main", "this checkout's exporter against the shipped graphs"),

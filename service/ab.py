@@ -77,9 +77,16 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def _interval(values: list[float]) -> dict[str, float | int | None]:
+def _interval(
+    values: list[float], bounds: tuple[float, float] | None = None
+) -> dict[str, float | int | None]:
+    """The mean and its 95 % interval; with ``bounds``, the interval kept within what a mean
+    of such values can be (a reward's mean lies in [0, 1])."""
     estimate = mean_interval(values)
-    return {"n": estimate.n, "mean": estimate.mean, "low": estimate.low, "high": estimate.high}
+    low, high = estimate.low, estimate.high
+    if bounds is not None and low is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return {"n": estimate.n, "mean": estimate.mean, "low": low, "high": high}
 
 
 def report(
@@ -104,7 +111,7 @@ def report(
             "latency_ms": _percentiles(
                 [r["latency_ms"] for r in answered if r["latency_ms"] is not None]
             ),
-            "reward": _interval(rewards[arm]),
+            "reward": _interval(rewards[arm], (0.0, 1.0)),
             "bits_per_character": _interval(bpc),
             "mean_bits_per_character": sum(bpc) / len(bpc) if bpc else None,
             "texts_scored": len(bpc),

@@ -298,8 +298,43 @@ async function runAttention() {
   showHead(Number($("att-layer").value) || 0, Number($("att-head").value) || 0);
 }
 
+// A/B experiment ----------------------------------------------------------------------------
+function fixed(value, digits = 3) {
+  return value === null || value === undefined ? "—" : value.toFixed(digits);
+}
+
+async function loadExperiment() {
+  const report = await api("GET", "/ab");
+  const table = $("experiment-arms");
+  const head = el("tr");
+  for (const name of ["arm", "requests", "rewards", "mean reward (95 % interval)", "latency p50", "errors"]) {
+    head.append(el("th", { scope: "col" }, name));
+  }
+  table.replaceChildren(head);
+  for (const [arm, figures] of Object.entries(report.arms)) {
+    const r = figures.reward;
+    const interval = r.low === null ? "" : ` (${fixed(r.low)} to ${fixed(r.high)})`;
+    const tr = el("tr");
+    tr.append(
+      el("th", { scope: "row" }, arm + (arm === report.reference ? " (reference)" : "")),
+      el("td", {}, String(figures.requests)),
+      el("td", {}, String(r.n)),
+      el("td", {}, `${fixed(r.mean)}${interval}`),
+      el("td", {}, figures.latency_ms.p50 === null ? "—" : `${figures.latency_ms.p50.toFixed(1)} ms`),
+      el("td", {}, String(figures.errors)),
+    );
+    table.append(tr);
+  }
+  const verdicts = $("experiment-verdicts");
+  verdicts.replaceChildren(...Object.values(report.comparisons).map((c) => el("li", {}, c.verdict)));
+  if (!Object.keys(report.comparisons).length) {
+    verdicts.append(el("li", {}, "one arm only: nothing to compare"));
+  }
+}
+
 // Wiring ------------------------------------------------------------------------------------
 $("compare").addEventListener("click", runCompare);
+$("refresh-experiment").addEventListener("click", () => loadExperiment().catch(showError));
 $("show-attention").addEventListener("click", runAttention);
 $("att-model").addEventListener("change", fillLayerHead);
 for (const id of ["att-layer", "att-head"]) {
@@ -316,5 +351,7 @@ $("save-key").addEventListener("click", () => {
   $("key-box").hidden = true;
   clearError();
   loadModels().catch(showError);
+  loadExperiment().catch(showError);
 });
 loadModels().catch(showError);
+loadExperiment().catch(() => {});  // a service without a record still serves the rest

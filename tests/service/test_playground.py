@@ -308,3 +308,29 @@ def test_playground_with_api_key(browser):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_playground_shows_the_experiment_and_its_verdict(browser, server):
+    """Rewards sent for requests through model 'ab' appear in the playground: each arm's mean
+    reward with its interval, and the verdict in words."""
+    import httpx
+
+    for i in range(12):
+        answer = httpx.post(
+            f"{server}/next-token",
+            json={"model": "ab", "prompt": "Capitu", "top_k": 1},
+            headers={"X-Client-Id": f"playground-{i}"},
+            timeout=30,
+        )
+        reward = {"request_id": answer.headers["x-request-id"], "reward": i % 3 / 2}
+        assert httpx.post(f"{server}/ab/feedback", json=reward, timeout=30).status_code == 200
+    page = _open(browser, server)
+    page.click("#refresh-experiment")
+    page.locator("#experiment-verdicts li").first.wait_for(timeout=20_000)
+    rows = page.locator("#experiment-arms tr")
+    assert rows.count() == 4, rows.all_inner_texts()  # a header and the three arms
+    text = page.locator("#experiment").inner_text()
+    assert "(reference)" in text and " to " in text, text
+    assert "attention" in page.locator("#experiment-verdicts").inner_text()
+    _shot(page, "playground-experiment.png")
+    page.close()
