@@ -5,13 +5,21 @@ import csv
 import io
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from service.ab import report
 from service.ab_store import Store
@@ -61,38 +69,37 @@ def _store(serving: Serving) -> Store:
     return serving.ab_store
 
 
-def _since(text: str | None) -> float | None:
-    """Unix seconds, or an ISO 8601 time (UTC where it names no zone)."""
-    if text is None:
-        return None
+_DATETIME = TypeAdapter(datetime)
+
+
+def _moment(value: object) -> float | None:
+    """Unix seconds from unix seconds, or from an ISO 8601 time (UTC where it names no zone)."""
+    if value is None or isinstance(value, int | float):
+        return value
     try:
-        return float(text)
-    except ValueError:
+        return float(value)
+    except (TypeError, ValueError):
         pass
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise APIError(
-            422,
-            "invalid_field",
-            "since: expected unix seconds or an ISO 8601 time, e.g. 2026-12-06T10:00:00Z",
-            "since",
+        moment = _DATETIME.validate_python(value)
+    except ValidationError:
+        raise ValueError(
+            "expected unix seconds or an ISO 8601 time, e.g. 2026-12-06T10:00:00Z"
         ) from None
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=datetime.now().astimezone().tzinfo).timestamp()
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
 Since = Annotated[
-    str | None,
-    Query(
-        max_length=40,
-        description="only requests served since then: unix seconds or an ISO 8601 time",
-    ),
+    float | None,
+    BeforeValidator(_moment),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}),
+    Query(description="only requests served since then: unix seconds or an ISO 8601 time"),
 ]
 
 
-@router.get("", responses=error_responses(401, 422, 503))
+@router.get("", responses=error_responses(401, 404, 422, 503))
 async def experiment(
     serving: ServingDep,
     since: Since = None,
@@ -111,12 +118,13 @@ async def experiment(
     rewards with its interval, Welch's t-test p-value, the rewards per arm still needed to
     detect `effect`, and a verdict in words."""
     store = _store(serving)
-    start = _since(since)
+    start = since
     arms = list(serving.ab_weights)
     reference = reference or (arms[0] if arms else None)
     if reference is not None and arms and reference not in arms:
+        shown = reference if len(reference) <= 64 else reference[:64] + "…"
         raise APIError(
-            422, "invalid_field", f"reference: no arm {reference!r}; arms: {arms}", "reference"
+            404, "arm_not_found", f"no arm {shown!r} in the experiment; arms: {arms}", "reference"
         )
     rows = await anyio.to_thread.run_sync(store.rows, start)
     figures = report(rows, arms, reference, effect or serving.settings.ab_effect)
@@ -188,7 +196,7 @@ async def export(
     arm (request id, arm, client hash, time, endpoint, outcome, tokens, latency, bits per
     character, reward), oldest first."""
     store = _store(serving)
-    start = _since(since)
+    start = since
     rows = await serving.run(
         lambda: store.rows(start, min(limit, serving.settings.max_answer_items))
     )

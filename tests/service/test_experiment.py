@@ -129,8 +129,8 @@ def test_experiment_export_and_since(client):
     assert parsed["request_id"] == request_id and float(parsed["reward"]) == 0.25
     iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(before + 3600))
     assert client.get("/ab", params={"since": iso}).json()["arms"]["attention"]["requests"] == 0
-    error_of(client.get("/ab", params={"since": "yesterday"}), 422, "invalid_field", "since")
-    error_of(client.get("/ab", params={"reference": "gpt"}), 422, "invalid_field", "reference")
+    error_of(client.get("/ab", params={"since": "yesterday"}), 422, "invalid_field", "query.since")
+    error_of(client.get("/ab", params={"reference": "gpt"}), 404, "arm_not_found", "reference")
 
 
 def test_experiment_store_prompts_only_when_asked():
