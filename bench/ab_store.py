@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import common
 from bench.common import cpu_name, percentiles, start_server, write_figures
 
 BODY = {"model": "ab", "prompt": "Capitu olhou para mim", "top_k": 5}
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="of concurrent load (10)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
+    # The figures' file names the command, not the database's password.
+    common.COMMAND[:] = [re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", a) for a in common.COMMAND]
     work = Path(tempfile.mkdtemp(prefix="ab-store-"))
     setups = {"none": "", "sqlite": f"sqlite:///{work / 'ab.db'}"}
     if args.postgres:
