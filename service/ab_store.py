@@ -24,10 +24,12 @@ from typing import Any, Literal
 
 log = logging.getLogger("service.ab_store")
 
-# How long a writer batch collects assignments, and how long a reward's lookup waits for an
-# assignment that another replica may not have written yet.
+# How long a writer batch collects assignments, how long a reward's lookup waits for an
+# assignment that another replica may not have written yet, and how long a service waits at start
+# for a database server that is starting beside it (compose starts them together).
 BATCH_SECONDS = 0.05
 LOOKUP_WAIT_S = 1.0
+CONNECT_WAIT_S = 60.0
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ab_assignments (
@@ -114,7 +116,15 @@ class Store:
             return connection
         import psycopg  # only where a PostgreSQL store is asked for
 
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        give_up = time.monotonic() + CONNECT_WAIT_S
+        while True:
+            try:
+                return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as error:
+                if time.monotonic() >= give_up:
+                    raise
+                log.warning(f"A/B store: PostgreSQL not reachable yet, retrying: {error}")
+                time.sleep(1.0)
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:

@@ -27,6 +27,7 @@ STANDINS = {
     "PYTHON_IMAGE": "machado-standin/python:bookworm",
     "CUDA_IMAGE": "machado-standin/python:bookworm",
     "NGINX_IMAGE": "machado-standin/nginx:bookworm",
+    "POSTGRES_IMAGE": "machado-standin/postgres:bookworm",
 }
 
 pytestmark = pytest.mark.slow
@@ -76,8 +77,8 @@ class Stack:
         # One port; a range of them for the replicas of --scale (as the README says).
         self.api_port, self.lb_port = free_ports(4), free_port()
         self.api_ports = f"127.0.0.1:{self.api_port}-{self.api_port + 3}"
-        self.env = {
-            **os.environ,
+        self.env = {  # the test process's MACHADO_* settings are not the stack's
+            **{k: v for k, v in os.environ.items() if not k.startswith("MACHADO_")},
             **STANDINS,
             "COMPOSE_PROJECT_NAME": PROJECT,
             "MACHADO_PUBLISHED_PORT": f"127.0.0.1:{self.api_port}",
@@ -267,7 +268,9 @@ def test_another_models_folder_mounted_read_only_is_served(stack, tmp_path):
 
 
 def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replica(stack):
+    """Three replicas behind nginx, recording one A/B experiment in the profile's PostgreSQL."""
     stack.env["MACHADO_PUBLISHED_PORT"] = stack.api_ports
+    stack.env["MACHADO_AB_STORE"] = "postgresql://machado:machado@ab-db/machado"
     stack.compose("--profile", "scale", "up", "-d", "--scale", "api=3", timeout=600)
     replicas = stack.wait_healthy("api", count=3)
     wait_ready(stack.lb, 60)
@@ -284,14 +287,14 @@ def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replic
     assert len(arms) == 1, arms  # one client, one arm, whichever replica answers
     # One experiment record for every replica: a reward reaches whichever replica the balancer
     # picks, for a request another one may have served, and every replica reports it.
-    rewarded = [answer.headers["x-request-id"]]
-    reward = {"request_id": rewarded[0], "reward": 1}
+    reward = {"request_id": answer.headers["x-request-id"], "reward": 1}
     assert httpx.post(f"{stack.lb}/ab/feedback", json=reward, timeout=60).status_code == 200
     again = httpx.post(f"{stack.lb}/ab/feedback", json=reward, timeout=60)
     assert again.status_code == 409, again.text
     for _ in range(6):
-        arms_report = httpx.get(f"{stack.lb}/ab", timeout=60).json()["arms"]
-        assert sum(arm["reward"]["n"] for arm in arms_report.values()) == 1, arms_report
+        report = httpx.get(f"{stack.lb}/ab", timeout=60).json()
+        assert report["store"] == "postgresql", report
+        assert sum(arm["reward"]["n"] for arm in report["arms"].values()) == 1, report["arms"]
     docker("stop", replicas[0], timeout=60)
     statuses = [
         httpx.post(f"{stack.lb}/next-token", json={"model": "bengio", "prompt": "Capitu"},
@@ -299,8 +302,9 @@ def test_scale_profile_spreads_requests_keeps_arms_and_survives_a_stopped_replic
         for _ in range(30)
     ]  # fmt: skip
     assert statuses == [200] * 30, statuses
-    stack.compose("--profile", "scale", "rm", "-s", "-f", "lb", timeout=120)
+    stack.compose("--profile", "scale", "rm", "-s", "-f", "lb", "ab-db", timeout=120)
     stack.env["MACHADO_PUBLISHED_PORT"] = f"127.0.0.1:{stack.api_port}"
+    stack.env.pop("MACHADO_AB_STORE")
     stack.compose("up", "-d", "--force-recreate", "--scale", "api=1", "api", timeout=300)
 
 

@@ -34,17 +34,27 @@ def served(client, client_id: str) -> tuple[str, str]:
     return response.headers["x-request-id"], response.headers["x-model"]
 
 
-def test_experiment_rewards_favouring_one_arm_give_a_verdict(client):
-    """200 requests through the `ab` model, rewards drawn at 0.8 for attention and 0.4 for
-    bengio: /ab says attention is ahead, with a small p-value and intervals around the rates."""
+@pytest.mark.slow
+def test_experiment_rewards_favouring_one_arm_give_a_verdict_and_outlive_a_restart(tmp_path):
+    """On a real port, 200 requests through the `ab` model, rewards drawn at 0.8 for attention
+    and 0.4 for bengio: /ab says attention is ahead, with a small p-value and intervals around
+    the rates; a service started again on the same record reports the same."""
+    env = {"MACHADO_AB_STORE": f"sqlite:///{tmp_path / 'ab.db'}",
+           "MACHADO_AB_WEIGHTS": "attention=50,bengio=50"}  # fmt: skip
     rng = random.Random(3)
     rate = {"attention": 0.8, "bengio": 0.4}
-    for i in range(200):
-        request_id, arm = served(client, f"reader-{i}")
-        reward = float(rng.random() < rate[arm])
-        answer = client.post("/ab/feedback", json={"request_id": request_id, "reward": reward})
-        assert answer.status_code == 200, answer.text
-    report = client.get("/ab").json()
+    base, proc = start_server(env)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for i in range(200):
+                answer = http.post("/next-token", json=PROBE, headers={"X-Client-Id": f"r{i}"})
+                assert answer.status_code == 200, answer.text
+                reward = float(rng.random() < rate[answer.headers["x-model"]])
+                body = {"request_id": answer.headers["x-request-id"], "reward": reward}
+                assert http.post("/ab/feedback", json=body).status_code == 200
+            report = http.get("/ab").json()
+    finally:
+        _stop(proc)
     assert report["reference"] == "attention" and report["store"] == "sqlite"
     arms = report["arms"]
     assert arms["attention"]["reward"]["n"] + arms["bengio"]["reward"]["n"] == 200
@@ -55,8 +65,13 @@ def test_experiment_rewards_favouring_one_arm_give_a_verdict(client):
     assert bengio["against"] == "attention" and bengio["difference"] < -0.2, bengio
     assert bengio["p_value"] < 0.001 and bengio["test"] == "Welch's t-test, two-sided"
     assert bengio["verdict"].startswith("bengio behind attention by"), bengio["verdict"]
-    flipped = client.get("/ab", params={"reference": "bengio"}).json()["comparisons"]
-    assert flipped["attention"]["verdict"].startswith("attention ahead of bengio")
+    base, proc = start_server(env)
+    try:
+        again = httpx.get(f"{base}/ab", params={"reference": "bengio"}, timeout=30).json()
+    finally:
+        _stop(proc)
+    assert again["arms"] == arms  # the record outlived the process
+    assert again["comparisons"]["attention"]["verdict"].startswith("attention ahead of bengio")
 
 
 def test_experiment_feedback_errors(client):
