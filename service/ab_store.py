@@ -16,6 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
@@ -31,9 +32,12 @@ BATCH_SECONDS = 0.05
 LOOKUP_WAIT_S = 1.0
 CONNECT_WAIT_S = 60.0
 
+# A client may send its own X-Request-Id, and send one twice: each answer is a row of its own
+# (record_id), and a reward goes to the latest answer with its request id.
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ab_assignments (
-        request_id TEXT PRIMARY KEY,
+        record_id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
         arm TEXT NOT NULL,
         client TEXT,
         at DOUBLE PRECISION NOT NULL,
@@ -45,8 +49,10 @@ SCHEMA = (
         prompt TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS ab_assignments_at ON ab_assignments (at)",
+    "CREATE INDEX IF NOT EXISTS ab_assignments_request ON ab_assignments (request_id)",
     """CREATE TABLE IF NOT EXISTS ab_rewards (
-        request_id TEXT PRIMARY KEY,
+        record_id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
         reward DOUBLE PRECISION NOT NULL,
         at DOUBLE PRECISION NOT NULL
     )""",
@@ -100,7 +106,7 @@ class Store:
             for statement in SCHEMA:
                 cursor.execute(statement)
         self._queue: queue.Queue[Assignment | None] = queue.Queue()
-        self._pending: dict[str, Assignment] = {}  # recorded, not yet written
+        self._pending: dict[str, int] = {}  # request ids recorded, not yet written
         self._pending_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_batches, name="ab-store", daemon=True)
         self._writer.start()
@@ -155,13 +161,13 @@ class Store:
     def record(self, assignment: Assignment) -> None:
         """Queues ``assignment`` for the writer thread: returns at once."""
         with self._pending_lock:
-            self._pending[assignment.request_id] = assignment
+            self._pending[assignment.request_id] = self._pending.get(assignment.request_id, 0) + 1
         self._queue.put(assignment)
 
     def _write_batches(self) -> None:
         insert = self._sql(
-            f"INSERT INTO ab_assignments ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT (request_id) DO NOTHING"
+            f"INSERT INTO ab_assignments (record_id, {', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})"
         )
         done = False
         while not done:
@@ -173,7 +179,7 @@ class Store:
                 except queue.Empty:
                     break
             done = None in batch
-            rows = [astuple(a) for a in batch if a is not None]
+            rows = [(uuid.uuid4().hex, *astuple(a)) for a in batch if a is not None]
             if rows:
                 try:
                     with self._cursor() as cursor:
@@ -182,7 +188,9 @@ class Store:
                     log.error(f"A/B store: {len(rows)} assignments not written: {error}")
             with self._pending_lock:
                 for row in rows:
-                    self._pending.pop(row[0], None)
+                    left = self._pending.pop(row[1], 1) - 1
+                    if left:
+                        self._pending[row[1]] = left
             for _ in batch:
                 self._queue.task_done()
 
@@ -206,32 +214,38 @@ class Store:
             pending = request_id in self._pending
         if pending:
             self.flush()
-        served_at = self._served_at(request_id)
+        served = self._latest(request_id)
         waited_until = time.monotonic() + LOOKUP_WAIT_S
-        while served_at is None and time.monotonic() < waited_until:
+        while served is None and time.monotonic() < waited_until:
             time.sleep(BATCH_SECONDS)
-            served_at = self._served_at(request_id)
-        if served_at is None:
+            served = self._latest(request_id)
+        if served is None:
             return "unknown"
+        record_id, served_at = served
         now = time.time()
         if now - served_at > max_age_s:
             return "expired"
         insert = self._sql(
-            "INSERT INTO ab_rewards (request_id, reward, at) VALUES (?, ?, ?) "
-            "ON CONFLICT (request_id) DO NOTHING"
+            "INSERT INTO ab_rewards (record_id, request_id, reward, at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (record_id) DO NOTHING"
         )
         with self._cursor() as cursor:
-            cursor.execute(insert, (request_id, reward, now))
+            cursor.execute(insert, (record_id, request_id, reward, now))
             written = cursor.rowcount
         return "recorded" if written == 1 else "duplicate"
 
-    def _served_at(self, request_id: str) -> float | None:
+    def _latest(self, request_id: str) -> tuple[str, float] | None:
+        """The record id and time of the latest answer with ``request_id``."""
         with self._cursor() as cursor:
             cursor.execute(
-                self._sql("SELECT at FROM ab_assignments WHERE request_id = ?"), (request_id,)
+                self._sql(
+                    "SELECT record_id, at FROM ab_assignments WHERE request_id = ? "
+                    "ORDER BY at DESC LIMIT 1"
+                ),
+                (request_id,),
             )
             row = cursor.fetchone()
-        return None if row is None else float(row[0])
+        return None if row is None else (row[0], float(row[1]))
 
     # Reading ---------------------------------------------------------------------------------
     def rows(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -239,8 +253,8 @@ class Store:
         self.flush()
         statement = (
             f"SELECT {', '.join('a.' + c for c in COLUMNS)}, r.reward FROM ab_assignments a "
-            "LEFT JOIN ab_rewards r ON r.request_id = a.request_id WHERE a.at >= ? "
-            "ORDER BY a.at, a.request_id"
+            "LEFT JOIN ab_rewards r ON r.record_id = a.record_id WHERE a.at >= ? "
+            "ORDER BY a.at, a.record_id"
         )
         if limit is not None:
             statement += f" LIMIT {int(limit)}"

@@ -238,3 +238,19 @@ def test_experiment_postgresql_store_takes_one_reward_per_request(postgres_url):
         assert (row["reward"], row["bpc"], row["tokens"]) == (0.5, 1.5, 3)
     finally:
         store.close()
+
+
+def test_experiment_a_request_id_sent_twice_counts_both_answers(client):
+    """A client may send its own X-Request-Id, and send it twice: both answers are recorded,
+    and the reward goes to the latest one."""
+    headers = {"X-Request-Id": "client-made-1", "X-Client-Id": "twice"}
+    arms = [client.post("/next-token", json=PROBE, headers=headers).headers["x-model"]]
+    arms.append(client.post("/next-token", json=PROBE, headers=headers).headers["x-model"])
+    reward = {"request_id": "client-made-1", "reward": 0.75}
+    assert client.post("/ab/feedback", json=reward).status_code == 200
+    assert client.post("/ab/feedback", json=reward).status_code == 409
+    rows = [
+        r for r in client.get("/ab/export").json()["rows"] if r["request_id"] == "client-made-1"
+    ]
+    assert [r["arm"] for r in rows] == arms
+    assert [r["reward"] for r in rows] == [None, 0.75]
