@@ -42,6 +42,7 @@ def test_smoke_training_beats_unigram_entropy(kind, real_data, tmp_path):
             warmup_steps=30,
             max_steps=300,
             eval_interval=150,
+            eval_windows=100,  # 100 windows of the validation split: the smoke, not the figure
             device="cpu",
             progress=False,
         )
