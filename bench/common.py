@@ -30,10 +30,11 @@ def cpu_name() -> str:
 
 
 def gpu_name() -> str | None:
-    """The first NVIDIA GPU's name, where nvidia-smi answers; None elsewhere."""
+    """The first NVIDIA GPU's name and driver version, where nvidia-smi answers; None
+    elsewhere."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import MODELS, cpu_name, timed, write_figures
+from bench.common import MODELS, cpu_name, gpu_name, timed, write_figures
 from runtime.engine import Engine
 from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CPU, CUDA, ProviderChoice, load_model
@@ -36,19 +35,6 @@ TEXT = (
     "tarde, e ficou algum tempo deitado, a pensar no que faria naquele dia. "
 ) * 8
 PROMPT_TOKENS = 64
-
-
-def gpu_name() -> str:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return out.stdout.strip() or "none"
-    except (OSError, subprocess.SubprocessError):
-        return "none"
 
 
 def timings(fn, runs: int, warmup: int) -> dict:
@@ -160,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     options = settings.load_options()
     folders = sorted(p.parent for p in args.models_dir.glob("*/card.json"))
     report: dict = {
-        "gpu": gpu_name(),
+        "gpu": gpu_name() or "none",
         "cpu": cpu_name(),
         "onnxruntime": ort.__version__,
         "available_providers": ort.get_available_providers(),
