@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "batching": ("bench.batching:main", "generations batched across requests, in-process"),
     "choices": ("bench.choices:main", "n completions of one prompt: one batch vs one by one"),
     "sampling": ("bench.sampling:main", "the cost of choosing a token on real logits"),
+    "generation": ("bench.generation:main", "repetition and quality of text per sampling setting"),
     "quantize": ("bench.quantize:main", "int8 weights against float32: speed, memory, BPC"),
     "memory": ("bench.memory:main", "what ONNX Runtime sessions hold as input shapes vary"),
     "burst-memory": ("bench.burst_memory:main", "memory kept after bursts of large requests"),

@@ -15,7 +15,13 @@ import onnxruntime as ort
 
 from runtime.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
 from runtime.deadline import Deadline
-from runtime.errors import HeadNotFound, LayerNotFound, NoAttention, TokenNotFound
+from runtime.errors import (
+    HeadNotFound,
+    LayerNotFound,
+    NoAttention,
+    TokenNotFound,
+    VectorsNotServed,
+)
 from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CUDA, LoadedModel
 from runtime.results import (
@@ -375,8 +381,16 @@ class Engine:
         )
 
     def attention(
-        self, prompt: str, max_tokens: int, layer: int | None, head: int | None
+        self,
+        prompt: str,
+        max_tokens: int,
+        layer: int | None,
+        head: int | None,
+        vectors: bool = False,
     ) -> AttentionMaps:
+        """The weights of the prompt's last ``max_tokens`` tokens (at most the context), for
+        one layer and head or all; with ``vectors``, also the queries and keys they come from
+        (VectorsNotServed where the graph does not expose them)."""
         if not self.model.has_attention:
             raise NoAttention(
                 f"model {self.name} ({self.card['kind']}) has no attention layers; "
@@ -395,20 +409,33 @@ class Engine:
                 f"head {head} does not exist: {self.name} has heads 0..{heads - 1}",
                 "head",
             )
+        if vectors and not self.model.attention_vectors:
+            raise VectorsNotServed(
+                f"model {self.name} serves attention weights but not their queries and keys "
+                "(its attention graph does not expose them); ask without vectors",
+                "vectors",
+            )
         ids = self.prompt_ids(prompt)
         keep = min(max_tokens, self.context)
         window = np.asarray(ids[-keep:], dtype=np.int64)[None]
-        weights = self.model.attention_weights(window)[0]  # (L, H, T, T)
+        weights, queries, keys = self.model.attention_parts(window, vectors)
         layer_ids = [layer] if layer is not None else list(range(layers))
         head_ids = [head] if head is not None else list(range(heads))
-        selected = weights[np.ix_(layer_ids, head_ids)]  # (l, h, T, T)
+        selected = weights[0][np.ix_(layer_ids, head_ids)].astype(np.float64)  # (l, h, T, T)
+
+        def as_lists(arrays: list[np.ndarray]) -> list:
+            return [arrays[i][0].astype(np.float64).tolist() for i in layer_ids]
+
         return AttentionMaps(
             tokens=self.token_texts(window[0].tolist()),
             token_ids=window[0].tolist(),
             truncated=len(ids) > keep,
             layers=layer_ids,
             heads=head_ids,
-            attention=np.round(selected.astype(np.float64), 5).tolist(),
+            attention=(selected if vectors else np.round(selected, 5)).tolist(),
+            queries=as_lists(queries) if vectors else None,
+            keys=as_lists(keys) if vectors else None,
+            head_dim=int(config["d_model"]) // heads if vectors else None,
         )
 
 

@@ -28,6 +28,10 @@ class HeadNotFound(InferenceError):
     """A head index past the model's last head."""
 
 
+class VectorsNotServed(InferenceError):
+    """Queries and keys asked of a model whose attention graph does not expose them."""
+
+
 class TokenNotFound(InferenceError):
     """A token id outside the model's vocabulary."""
 

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from runtime.attention_graph import output_name, with_projections
 from runtime.folder import CACHE_GRAPH, check_external_data, file_problems, inside, read_card
 from runtime.options import LoadOptions
 from runtime.quantize import int8_weight_bits, quantize_int8
@@ -42,6 +43,7 @@ class LoadedModel:
     session: ort.InferenceSession | None = None
     attention_session: ort.InferenceSession | None = None
     decoder_session: ort.InferenceSession | None = None  # generation with a key/value cache
+    attention_vectors: bool = False  # its attention graph also outputs queries and keys
     provider: str | None = None
     provider_reason: str = ""
     precision: str = "float32"  # of the matrix products: float32, or int8 (LoadOptions.quantize)
@@ -82,11 +84,24 @@ class LoadedModel:
 
     def attention_weights(self, ids: np.ndarray) -> np.ndarray:
         """ids (B, T), T at most the context -> attention weights (B, layer, head, query, key)."""
+        return self.attention_parts(ids, vectors=False)[0]
+
+    def attention_parts(
+        self, ids: np.ndarray, vectors: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """ids (B, T) -> (attention weights (B, layer, head, query, key), each layer's queries
+        and keys (B, T, width)); the vectors are empty lists unless asked and served
+        (``attention_vectors``)."""
         if self.attention_session is None:
             raise ValueError(f"model {self.name} has no attention graph loaded")
         positions = np.full((ids.shape[0], 1), ids.shape[1] - 1, dtype=np.int64)
         feed = {"input_ids": ids.astype(np.int64), "positions": positions}
-        return self.attention_session.run(["attentions"], feed)[0]
+        if not (vectors and self.attention_vectors):
+            return self.attention_session.run(["attentions"], feed)[0], [], []
+        layers = int(self.card["config"]["n_layer"])
+        names = [output_name(k, layer) for k in ("queries", "keys") for layer in range(layers)]
+        weights, *found = self.attention_session.run(["attentions", *names], feed)
+        return weights, found[:layers], found[layers:]
 
 
 def choose_providers(preference: str) -> tuple[list[str], str]:
@@ -130,9 +145,10 @@ def session_options(load: LoadOptions) -> ort.SessionOptions:
 
 
 def _open(
-    path: Path, options: LoadOptions, providers: list[str], int8: bool = False
+    path: Path | bytes, options: LoadOptions, providers: list[str], int8: bool = False
 ) -> ort.InferenceSession:
-    source = quantize_int8(path) if int8 else str(path)
+    """A session of the graph at ``path`` (or serialized in ``path``)."""
+    source = path if isinstance(path, bytes) else quantize_int8(path) if int8 else str(path)
     # CUDA's provider rounds matrix products to TF32 unless told otherwise (use_tf32 is on by
     # default): the logits would then drift from the CPU's beyond 1e-3 (LoadOptions.cuda_tf32).
     tf32 = {"use_tf32": "1" if options.cuda_tf32 else "0"}
@@ -237,7 +253,10 @@ def load_model(
         if model.card.get("has_attention"):
             # Always float32: the maps are read for study, one call each, and int8 weights
             # would change them.
-            model.attention_session = _open(folder / "attention.onnx", options, [got])
+            layers = int(model.card["config"]["n_layer"])
+            graph = with_projections(folder / "attention.onnx", layers)
+            model.attention_vectors = graph is not None
+            model.attention_session = _open(graph or folder / "attention.onnx", options, [got])
         if (
             options.kv_cache
             and CACHE_GRAPH in model.card.get("graphs", {})

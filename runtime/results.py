@@ -106,4 +106,9 @@ class AttentionMaps:
     truncated: bool
     layers: list[int]
     heads: list[int]
-    attention: list  # [layer][head][query][key], rounded to 5 decimals
+    attention: list  # [layer][head][query][key], rounded to 5 decimals unless vectors were asked
+    # With vectors: each listed layer's queries and keys [layer][token][width] (a head's are
+    # the columns head * head_dim to (head + 1) * head_dim) and the weights unrounded.
+    queries: list | None = None
+    keys: list | None = None
+    head_dim: int | None = None

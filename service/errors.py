@@ -20,6 +20,7 @@ from runtime.errors import (
     ShuttingDown,
     TimedOut,
     TokenNotFound,
+    VectorsNotServed,
 )
 from service.schemas import PATTERN_MEANINGS
 
@@ -36,6 +37,7 @@ STATUS: dict[type[InferenceError], tuple[int, str]] = {
     LayerNotFound: (404, "layer_not_found"),
     HeadNotFound: (404, "head_not_found"),
     TokenNotFound: (404, "token_not_found"),
+    VectorsNotServed: (422, "vectors_not_served"),
     TimedOut: (504, "timeout"),
     Cancelled: (CLIENT_CLOSED, "client_closed_request"),
     ShuttingDown: (503, "shutting_down"),

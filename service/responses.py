@@ -64,8 +64,18 @@ class AttentionResponse(BaseModel):
     layers: list[int]
     heads: list[int]
     attention: list[list[list[list[float]]]] = Field(
-        description="weights [layer][head][query][key]; each query row sums to 1"
+        description="weights [layer][head][query][key]; each query row sums to 1; rounded to "
+        "5 decimals unless vectors were asked"
     )
+    queries: list[list[list[float]]] | None = Field(
+        None,
+        description="with vectors: each listed layer's queries [layer][token][width]; head h "
+        "reads columns h * head_dim to (h + 1) * head_dim",
+    )
+    keys: list[list[list[float]]] | None = Field(
+        None, description="with vectors: each listed layer's keys, shaped as queries"
+    )
+    head_dim: int | None = Field(None, description="with vectors: the width of one head")
 
 
 class TokenLogprob(BaseModel):
@@ -119,6 +129,9 @@ class ModelInfo(BaseModel):
         "(MACHADO_QUANTIZE=int8, CPU only; /attention's graph stays float32)",
     )
     has_attention: bool = False
+    attention_vectors: bool = Field(
+        False, description="/attention also returns the queries and keys (vectors: true)"
+    )
     files_checked: bool = Field(
         False,
         description="its graphs and weights matched the sizes and sha256 its card records "

@@ -282,6 +282,12 @@ def build_requests(settings: Settings) -> Requests:
         prompt: PromptText
         layer: int | None = Field(None, ge=0, le=1024, description="one layer (default: all)")
         head: int | None = Field(None, ge=0, le=1024, description="one head (default: all)")
+        vectors: bool = Field(
+            False,
+            description="also return each listed layer's queries and keys, from which the "
+            "weights are computed (softmax of q·k / sqrt(head_dim) over the keys up to the "
+            "query), and the weights unrounded; GET /models says which models serve them",
+        )
 
         _prompt_is_text = field_validator("prompt")(_valid_text)
 

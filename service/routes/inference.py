@@ -201,16 +201,21 @@ def build_router(requests: Requests) -> APIRouter:
         response.headers["X-Model"] = engine.name
         return NextTokenResponse(model=engine.name, **asdict(result))
 
-    @router.post("/attention", response_model=AttentionResponse, responses=INFERENCE_ERRORS)
+    @router.post(
+        "/attention",
+        response_model=AttentionResponse,
+        responses=INFERENCE_ERRORS,
+        response_model_exclude_none=True,
+    )
     async def attention(body: requests.attention, serving: ServingDep) -> AttentionResponse:
         """Attention weights [layer][head][query][key] of the prompt's last tokens (the shape
-        bertviz reads)."""
+        bertviz reads); with `vectors`, also the queries and keys they are computed from."""
         limit = serving.settings.max_attention_tokens
         engine = serving.engine_for(body.model)
         serving.note(prompt=body.prompt)
         async with serving.slot():
             result = await serving.run(
-                lambda: engine.attention(body.prompt, limit, body.layer, body.head)
+                lambda: engine.attention(body.prompt, limit, body.layer, body.head, body.vectors)
             )
         return AttentionResponse(model=engine.name, **asdict(result))
 

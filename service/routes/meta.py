@@ -44,6 +44,7 @@ async def models(serving: ServingDep) -> ModelList:
                 provider_reason=m.provider_reason or None,
                 precision=m.precision,
                 has_attention=m.has_attention,
+                attention_vectors=m.has_attention and m.attention_vectors,
                 files_checked=m.ready and m.files_checked,
                 kv_cache=m.ready and uses_kv_cache(m),
                 layers=(card.get("config") or {}).get("n_layer") if m.has_attention else None,

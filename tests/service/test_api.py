@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from tests.service.conftest import context_of, error_of
@@ -106,6 +107,68 @@ def test_api_attention_shapes_and_rows(client):
         "/attention", json={"model": "attention", "prompt": "Capitu olhou", "layer": 5, "head": 0}
     ).json()
     assert one["layers"] == [5] and one["heads"] == [0] and len(one["attention"]) == 1
+
+
+def loop_attention(queries, keys, head: int, head_dim: int) -> list[list[float]]:
+    """The course notebook's loop version: for each query, its dot product with every key up
+    to it, scaled by 1 / sqrt(head_dim), then a softmax, one number at a time."""
+    cols = range(head * head_dim, (head + 1) * head_dim)
+    rows = []
+    for i, q in enumerate(queries):
+        scores = [sum(q[c] * k[c] for c in cols) / math.sqrt(head_dim) for k in keys[: i + 1]]
+        top = max(scores)
+        exps = [math.exp(s - top) for s in scores]
+        rows.append([e / sum(exps) for e in exps] + [0.0] * (len(keys) - i - 1))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("model", "layer"), [("attention-seed", None), ("attention", None), ("attention", 4)]
+)
+def test_api_attention_vectors_give_the_weights_by_loops(client, model, layer):
+    """The queries and keys /attention returns are the ones its weights come from: loops over
+    them give every head's weights within float32 rounding."""
+    body = {"model": model, "prompt": "Não tive filhos, não transmiti", "vectors": True}
+    if layer is not None:
+        body["layer"] = layer
+    result = client.post("/attention", json=body).json()
+    n, dim = len(result["tokens"]), result["head_dim"]
+    assert len(result["queries"]) == len(result["keys"]) == len(result["layers"])
+    assert len(result["queries"][0]) == n and len(result["queries"][0][0]) == dim * len(
+        result["heads"]
+    )
+    worst = 0.0
+    for li in range(len(result["layers"])):
+        for h in result["heads"]:
+            loops = loop_attention(result["queries"][li], result["keys"][li], h, dim)
+            served = result["attention"][li][h]
+            worst = max(worst, float(np.abs(np.subtract(loops, served)).max()))
+    assert worst < 1e-5, worst
+    # unrounded: a weight with more than 5 decimals shows it
+    assert any(round(w, 5) != w for row in result["attention"][0][0] for w in row)
+
+
+def test_api_attention_vectors_are_asked_for(client):
+    """Without vectors the answer is as it was (no queries or keys, 5 decimals); a model
+    without attention refuses them as it refuses the weights."""
+    plain = client.post("/attention", json={"model": "attention", "prompt": "Capitu"}).json()
+    assert not {"queries", "keys", "head_dim"} & set(plain)
+    assert all(round(w, 5) == w for row in plain["attention"][0][0] for w in row)
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["attention-seed"]["attention_vectors"] is True
+    assert models["bengio"]["attention_vectors"] is False
+    error_of(
+        client.post("/attention", json={"model": "bengio", "prompt": "x", "vectors": True}),
+        422,
+        "no_attention",
+        "model",
+    )
+    error_of(
+        client.post("/attention", json={"model": "attention", "prompt": "x", "vectors": "yes"}),
+        422,
+        "invalid_field",
+        "vectors",
+    )
 
 
 def test_api_attention_is_bounded(client):
