@@ -1,9 +1,12 @@
-// machado-lm playground: compare the models and look at attention. Plain JavaScript, no
-// external assets; every request goes to this server's own API.
-"use strict";
+// machado-lm playground: compare the models, look at attention, see where the models differ.
+// Plain JavaScript modules, no external assets; every request goes to this server's own API.
+import {
+  HEAD_COLOURS, distributionBars, drawDifference, drawGrid, drawHeatmap, drawLines, el,
+  loopAttention, maxDifference, shown,
+} from "./views.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], attention: null, layer: 0, head: 0 };
+const state = { models: [], attention: null, layer: 0, head: 0, heads: new Set(), echo: null };
 
 // API calls ---------------------------------------------------------------------------------
 function headers() {
@@ -71,41 +74,42 @@ function showError(error) {
 
 function clearError() { $("error").hidden = true; }
 
-function el(tag, attrs = {}, text) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
 // Models and cards --------------------------------------------------------------------------
 async function loadModels() {
   const { models } = await api("GET", "/models");
   state.models = models.filter((m) => m.status === "ready");
   const choices = $("model-choices");
   choices.replaceChildren();
-  const attModel = $("att-model");
-  attModel.replaceChildren();
   for (const m of state.models) {
     const label = el("label");
     const box = el("input", { type: "checkbox", value: m.name, checked: "" });
     label.append(box, document.createTextNode(` ${m.name}`));
     choices.append(label);
-    if (m.has_attention) attModel.append(el("option", { value: m.name }, m.name));
   }
-  fillLayerHead();
+  const names = (keep) => state.models.filter(keep).map((m) => m.name);
+  fillModels($("att-model"), names((m) => m.has_attention), ["attention"]);
+  fillModels($("lesson-model"), names((m) => m.attention_vectors), ["attention-seed"]);
+  fillModels($("diff-a"), names(() => true), ["attention"]);
+  fillModels($("diff-b"), names(() => true), ["bengio", "attention-seed"]);
+  fillLayerHead($("att-model"), $("att-layer"), $("att-head"));
+  fillLayerHead($("lesson-model"), $("lesson-layer"), $("lesson-head"));
   renderCards(models);
 }
 
-function fillLayerHead() {
-  const model = state.models.find((m) => m.name === $("att-model").value);
-  const layers = model ? model.layers : 0;
-  const heads = model ? model.heads : 0;
-  const fill = (select, n) => {
-    select.replaceChildren(...Array.from({ length: n }, (_, i) => el("option", { value: i }, String(i))));
+// The select's options, the first of `preferred` that is among them chosen.
+function fillModels(select, names, preferred) {
+  select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  const pick = preferred.find((n) => names.includes(n));
+  if (pick) select.value = pick;
+}
+
+function fillLayerHead(modelSelect, layerSelect, headSelect) {
+  const model = state.models.find((m) => m.name === modelSelect.value);
+  const fill = (select, n, what) => {
+    select.replaceChildren(...Array.from({ length: n }, (_, i) => el("option", { value: i }, `${what} ${i}`)));
   };
-  fill($("att-layer"), layers);
-  fill($("att-head"), heads);
+  fill(layerSelect, model ? model.layers : 0, "layer");
+  fill(headSelect, model ? model.heads : 0, "head");
 }
 
 function renderCards(models) {
@@ -184,6 +188,31 @@ function renderColumn(result, promptTokens, maxBits, reads) {
   });
 }
 
+// The share of the completion's 4-grams of tokens that it already wrote: a completion caught in
+// a loop scores high (human text in this corpus: about REPEATS_HUMAN).
+function repeatedFourGrams(ids) {
+  const seen = new Set();
+  let repeats = 0;
+  for (let i = 0; i + 4 <= ids.length; i++) {
+    const gram = ids.slice(i, i + 4).join(",");
+    if (seen.has(gram)) repeats++;
+    seen.add(gram);
+  }
+  return ids.length >= 4 ? repeats / (ids.length - 3) : 0;
+}
+
+const REPEATS_WARN = 0.1;
+
+function warnRepeats(col, ids, temperature) {
+  const share = repeatedFourGrams(ids);
+  if (share < REPEATS_WARN) return;
+  const why = temperature === 0
+    ? "temperature 0 always picks the likeliest token, and these models then loop"
+    : "a higher temperature or a repetition penalty helps";
+  col.append(el("p", { class: "warn repeats", role: "status" },
+    `It repeats itself: ${Math.round(100 * share)} % of its 4-token sequences came earlier in it (${why}).`));
+}
+
 async function runCompare() {
   clearError();
   const names = [...document.querySelectorAll("#model-choices input:checked")].map((b) => b.value);
@@ -209,12 +238,19 @@ async function runCompare() {
       prompt, models: names, ...params, max_new_tokens: 1, top_n: 8,
       ...(surprisalWindow ? { surprisal_window: Number(surprisalWindow) } : {}),
     });
-    const streams = names.map((name) => stream("/generate", { model: name, prompt, ...params, stream: true }, (event, data) => {
-      const col = $(`col-${name}`);
-      if (event === "token") col.querySelector(".generated").textContent += data.text;
-      else if (event === "done") col.querySelector(".status").textContent = `${data.finish_reason} · ${data.usage.completion_tokens} tokens · ${(data.seconds * 1000).toFixed(0)} ms`;
-      else if (event === "error") showError(new ApiError(`${name}: ${data.error.message}`));
-    }));
+    const streams = names.map((name) => {
+      const ids = [];
+      return stream("/generate", { model: name, prompt, ...params, stream: true }, (event, data) => {
+        const col = $(`col-${name}`);
+        if (event === "token") {
+          ids.push(data.id);
+          col.querySelector(".generated").textContent += data.text;
+        } else if (event === "done") {
+          col.querySelector(".status").textContent = `${data.finish_reason} · ${data.usage.completion_tokens} tokens · ${(data.seconds * 1000).toFixed(0)} ms`;
+          warnRepeats(col, ids, params.temperature);
+        } else if (event === "error") showError(new ApiError(`${name}: ${data.error.message}`));
+      });
+    });
     const result = await comparison;
     const maxBits = Math.max(...result.results.flatMap((r) => r.surprisal_bits));
     for (const r of result.results) renderColumn(r, result.prompt_tokens, maxBits, reads);
@@ -227,75 +263,171 @@ async function runCompare() {
 }
 
 // Attention ---------------------------------------------------------------------------------
-function drawMatrix(canvas, matrix, highlight) {
-  const n = matrix.length;
-  canvas.width = n;
-  canvas.height = n;
-  canvas.dataset.size = String(n);
-  const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(n, n);
-  for (let q = 0; q < n; q++) {
-    for (let k = 0; k < n; k++) {
-      const v = Math.sqrt(matrix[q][k]);
-      const lit = highlight !== undefined && (q === highlight || k === highlight);
-      const i = 4 * (q * n + k);
-      image.data[i] = lit ? 255 : Math.round(255 - 133 * v);
-      image.data[i + 1] = lit ? 200 - 150 * v : Math.round(255 - 209 * v);
-      image.data[i + 2] = lit ? 0 : Math.round(255 - 224 * v);
-      image.data[i + 3] = 255;
-    }
-  }
-  ctx.putImageData(image, 0, 0);
+// Each view asks again when its inputs change; an answer that arrives after a newer question
+// was asked is dropped (`latest`).
+const latest = {};
+function ticket(view) {
+  latest[view] = (latest[view] || 0) + 1;
+  return latest[view];
 }
 
-function showHead(layer, head, highlight) {
+async function loadAttention() {
+  const model = $("att-model").value;
+  const prompt = $("prompt").value;
+  if (!model || !prompt.trim()) return;
+  const mine = ticket("attention");
+  $("att-status").textContent = `reading the prompt with ${model}…`;
+  let result;
+  try {
+    result = await api("POST", "/attention", { model, prompt });
+  } catch (error) {
+    if (mine === latest.attention) { $("att-status").textContent = ""; showError(error); }
+    return;
+  }
+  if (mine !== latest.attention) return;
+  state.attention = result;
+  const heads = result.attention[0].length;
+  state.heads = new Set(Array.from({ length: heads }, (_, h) => h));
+  const toggles = $("line-heads");
+  toggles.replaceChildren(el("legend", {}, "Heads shown"));
+  for (let h = 0; h < heads; h++) {
+    const label = el("label", { class: "head-toggle" });
+    const box = el("input", { type: "checkbox", value: h, checked: "" });
+    box.addEventListener("change", () => {
+      if (box.checked) state.heads.add(h); else state.heads.delete(h);
+      drawLayer();
+    });
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = HEAD_COLOURS[h % HEAD_COLOURS.length];
+    label.append(box, swatch, document.createTextNode(`head ${h}`));
+    toggles.append(label);
+  }
+  drawGrid($("thumbs"), result.attention, (layer, head) => showHead(layer, head));
+  const cut = result.truncated ? ` (its last ${result.tokens.length} tokens: the model reads no more)` : "";
+  $("att-status").textContent = `${result.model}: ${result.tokens.length} tokens${cut}, ${result.attention.length} layers × ${heads} heads`;
+  showHead(Math.min(Number($("att-layer").value) || 0, result.attention.length - 1),
+    Math.min(Number($("att-head").value) || 0, heads - 1));
+}
+
+function drawLayer() {
+  const a = state.attention;
+  drawLines($("lines"), a.tokens, a.attention[state.layer], [...state.heads].sort());
+}
+
+function showHead(layer, head) {
+  const a = state.attention;
+  const changedLayer = layer !== state.layer || !$("lines").childElementCount;
   state.layer = layer;
   state.head = head;
   $("att-layer").value = layer;
   $("att-head").value = head;
-  const matrix = state.attention.attention[layer][head];
-  drawMatrix($("heatmap"), matrix, highlight);
-  $("heatmap").dataset.layer = String(layer);
-  $("heatmap").dataset.head = String(head);
-  document.querySelectorAll("#thumbs canvas").forEach((c) => {
-    c.classList.toggle("selected", Number(c.dataset.layer) === layer && Number(c.dataset.head) === head);
+  const svg = $("heatmap");
+  drawHeatmap(svg, a.tokens, a.attention[layer][head], $("heatmap-readout"));
+  svg.dataset.layer = String(layer);
+  svg.dataset.head = String(head);
+  svg.setAttribute("aria-label", `attention heatmap of layer ${layer}, head ${head}: ${a.tokens.length} queries by ${a.tokens.length} keys`);
+  $("heatmap-readout").textContent = `layer ${layer}, head ${head}`;
+  document.querySelectorAll("#thumbs .thumb").forEach((b) => {
+    const on = Number(b.dataset.layer) === layer && Number(b.dataset.head) === head;
+    b.classList.toggle("selected", on);
+    b.setAttribute("aria-pressed", String(on));
   });
-  const spans = document.querySelectorAll("#att-tokens span");
-  spans.forEach((s) => { s.style.background = ""; });
-  if (highlight !== undefined) {
-    spans.forEach((s, k) => {
-      const out = matrix[highlight][k];
-      const inn = k < matrix.length ? matrix[k][highlight] : 0;
-      const w = Math.max(out, inn);
-      if (w > 0.02) s.style.background = `rgba(122, 46, 31, ${Math.min(0.85, w).toFixed(2)})`;
-    });
-  }
+  if (changedLayer) drawLayer();
 }
 
-async function runAttention() {
-  clearError();
-  const model = $("att-model").value;
-  if (!model) { showError(new ApiError("No model with attention is loaded.")); return; }
+// Where the models differ ---------------------------------------------------------------------
+// Both models score the prompt through /v1/completions with echo: each token's log-probability
+// and the five likeliest tokens at its position.
+async function echo(model, prompt) {
+  const answer = await api("POST", "/v1/completions", { model, prompt, max_tokens: 0, echo: true, logprobs: 5 });
+  return answer.choices[0].logprobs;
+}
+
+const BITS = 1 / Math.log(2);
+
+async function loadDifference() {
+  const a = $("diff-a").value;
+  const b = $("diff-b").value;
+  const prompt = $("prompt").value;
+  if (!a || !b || !prompt.trim()) return;
+  $("legend-a").textContent = a;
+  $("legend-b").textContent = b;
+  const mine = ticket("differ");
+  let scored;
   try {
-    state.attention = await api("POST", "/attention", { model, prompt: $("prompt").value });
-  } catch (error) { showError(error); return; }
-  const tokens = $("att-tokens");
-  tokens.replaceChildren();
-  state.attention.tokens.forEach((t, i) => {
-    const span = el("span", { "data-index": i }, t);
-    span.addEventListener("mouseenter", () => showHead(state.layer, state.head, i));
-    span.addEventListener("mouseleave", () => showHead(state.layer, state.head));
-    tokens.append(span);
+    scored = await Promise.all([echo(a, prompt), echo(b, prompt)]);
+  } catch (error) {
+    if (mine === latest.differ) showError(error);
+    return;
+  }
+  if (mine !== latest.differ) return;
+  const [la, lb] = scored;
+  if (la.tokens.join("\u0000") !== lb.tokens.join("\u0000")) {
+    $("diff-totals").textContent = `${a} and ${b} split the prompt into different tokens: nothing to compare token by token`;
+    $("diff-text").replaceChildren();
+    return;
+  }
+  const bitsA = la.token_logprobs.map((lp) => -lp * BITS);
+  const bitsB = lb.token_logprobs.map((lp) => -lp * BITS);
+  const sum = (xs) => xs.reduce((x, y) => x + y, 0);
+  const totalA = sum(bitsA);
+  const totalB = sum(bitsB);
+  const winsA = bitsA.filter((v, i) => v < bitsB[i]).length;
+  const better = totalA <= totalB ? a : b;
+  $("diff-totals").textContent = `${a}: ${totalA.toFixed(1)} bits · ${b}: ${totalB.toFixed(1)} bits · `
+    + `${better} found the prompt ${Math.abs(totalA - totalB).toFixed(1)} bits easier; `
+    + `${a} was less surprised on ${winsA} of ${bitsA.length} tokens, ${b} on ${bitsA.length - winsA}`;
+  state.echo = { names: [a, b], logprobs: [la, lb] };
+  drawDifference($("diff-text"), la.tokens, bitsA, bitsB, [a, b], showDistributions);
+  showDistributions(bitsA.length - 1);
+}
+
+function showDistributions(i) {
+  const { names, logprobs } = state.echo;
+  const token = logprobs[0].tokens[i];
+  document.querySelectorAll("#diff-text .diff-token").forEach((t) => {
+    t.classList.toggle("selected", Number(t.dataset.index) === i);
+    t.setAttribute("aria-pressed", String(Number(t.dataset.index) === i));
   });
-  const thumbs = $("thumbs");
-  thumbs.replaceChildren();
-  state.attention.attention.forEach((heads, layer) => heads.forEach((matrix, head) => {
-    const canvas = el("canvas", { "data-layer": layer, "data-head": head, title: `layer ${layer}, head ${head}` });
-    drawMatrix(canvas, matrix);
-    canvas.addEventListener("click", () => showHead(layer, head));
-    thumbs.append(canvas);
-  }));
-  showHead(Number($("att-layer").value) || 0, Number($("att-head").value) || 0);
+  const box = $("diff-token");
+  const heading = el("p", { class: "meta" }, `token ${i}, ${JSON.stringify(token)}: what each model expected there`);
+  const columns = el("div", { class: "dist-columns" });
+  names.forEach((name, m) => {
+    const lp = logprobs[m].token_logprobs[i];
+    columns.append(distributionBars(`${name}: ${(-lp * BITS).toFixed(2)} bits`, logprobs[m].top_logprobs[i], token, lp));
+  });
+  box.replaceChildren(heading, columns);
+}
+
+// Loops and matrices ---------------------------------------------------------------------------
+async function loadLesson() {
+  const model = $("lesson-model").value;
+  const prompt = $("prompt").value;
+  if (!model || !prompt.trim()) return;
+  const layer = Number($("lesson-layer").value) || 0;
+  const head = Number($("lesson-head").value) || 0;
+  const mine = ticket("lesson");
+  let result;
+  try {
+    result = await api("POST", "/attention", { model, prompt, layer, head, vectors: true });
+  } catch (error) {
+    if (mine === latest.lesson) showError(error);
+    return;
+  }
+  if (mine !== latest.lesson) return;
+  const matrix = result.attention[0][0];
+  const started = performance.now();
+  const loops = loopAttention(result.queries[0], result.keys[0], head, result.head_dim);
+  const ms = performance.now() - started;
+  drawHeatmap($("loop-map"), result.tokens, loops, $("lesson-readout"));
+  drawHeatmap($("matrix-map"), result.tokens, matrix, $("lesson-readout"));
+  const worst = maxDifference(loops, matrix);
+  const verdict = $("lesson-difference");
+  verdict.dataset.difference = String(worst);
+  verdict.textContent = `${model}, layer ${layer}, head ${head}, ${result.tokens.length} tokens `
+    + `(head width ${result.head_dim}): largest difference between the two ${worst.toExponential(1)} `
+    + `(${worst < 1e-5 ? "the same weights, to float32 rounding" : "they differ!"}); the loops took ${ms.toFixed(1)} ms here.`;
+  $("lesson-readout").textContent = "";
 }
 
 // A/B experiment ----------------------------------------------------------------------------
@@ -333,25 +465,57 @@ async function loadExperiment() {
 }
 
 // Wiring ------------------------------------------------------------------------------------
+let typing;
+function promptChanged() {
+  clearTimeout(typing);
+  typing = setTimeout(() => { loadAttention(); loadDifference(); loadLesson(); }, 500);
+}
+
+function temperatureNote() {
+  const greedy = Number($("temperature").value) === 0;
+  $("temperature-note").hidden = !greedy;
+}
+
 $("compare").addEventListener("click", runCompare);
+$("prompt").addEventListener("input", promptChanged);
+$("temperature").addEventListener("input", temperatureNote);
 $("refresh-experiment").addEventListener("click", () => loadExperiment().catch(showError));
-$("show-attention").addEventListener("click", runAttention);
-$("att-model").addEventListener("change", fillLayerHead);
+$("att-model").addEventListener("change", () => {
+  fillLayerHead($("att-model"), $("att-layer"), $("att-head"));
+  loadAttention();
+});
 for (const id of ["att-layer", "att-head"]) {
   $(id).addEventListener("change", () => {
-    if (state.attention && state.attention.model === $("att-model").value) {
-      showHead(Number($("att-layer").value), Number($("att-head").value));
-    } else {
-      runAttention();
-    }
+    if (state.attention) showHead(Number($("att-layer").value), Number($("att-head").value));
   });
 }
+$("lesson-model").addEventListener("change", () => {
+  fillLayerHead($("lesson-model"), $("lesson-layer"), $("lesson-head"));
+  loadLesson();
+});
+for (const id of ["lesson-layer", "lesson-head"]) $(id).addEventListener("change", loadLesson);
+for (const id of ["diff-a", "diff-b"]) $(id).addEventListener("change", loadDifference);
+$("loop-code").textContent = loopAttention.toString();
 $("save-key").addEventListener("click", () => {
   sessionStorage.setItem("machado-api-key", $("api-key").value);
   $("key-box").hidden = true;
   clearError();
-  loadModels().catch(showError);
+  start();
   loadExperiment().catch(showError);
 });
-loadModels().catch(showError);
+
+async function start() {
+  try {
+    await loadModels();
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  loadAttention();
+  loadDifference();
+  loadLesson();
+}
+
+temperatureNote();
+start();
 loadExperiment().catch(() => {});  // a service without a record still serves the rest
