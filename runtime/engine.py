@@ -422,10 +422,9 @@ class Engine:
         layer_ids = [layer] if layer is not None else list(range(layers))
         head_ids = [head] if head is not None else list(range(heads))
         selected = weights[0][np.ix_(layer_ids, head_ids)].astype(np.float64)  # (l, h, T, T)
-
-        def as_lists(arrays: list[np.ndarray]) -> list:
-            return [arrays[i][0].astype(np.float64).tolist() for i in layer_ids]
-
+        vecs = [None, None]  # each listed layer's queries and keys, when asked
+        if vectors:
+            vecs = [[v[i][0].astype(float).tolist() for i in layer_ids] for v in (queries, keys)]
         return AttentionMaps(
             tokens=self.token_texts(window[0].tolist()),
             token_ids=window[0].tolist(),
@@ -433,8 +432,8 @@ class Engine:
             layers=layer_ids,
             heads=head_ids,
             attention=(selected if vectors else np.round(selected, 5)).tolist(),
-            queries=as_lists(queries) if vectors else None,
-            keys=as_lists(keys) if vectors else None,
+            queries=vecs[0],
+            keys=vecs[1],
             head_dim=int(config["d_model"]) // heads if vectors else None,
         )
 
