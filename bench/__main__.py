@@ -23,6 +23,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "burst-memory": ("bench.burst_memory:main", "memory kept after bursts of large requests"),
     "ab-store": ("bench.ab_store:main", "what recording the A/B experiment costs a request"),
     "attack": ("bench.attack:main", "a running service under careless or hostile clients"),
+    "llama-server": (
+        "bench.llama_server:main",
+        "this service against llama.cpp's server, same weights",
+    ),
     "cuda-check": ("bench.cuda_check:main", "the CUDA provider against the CPU provider"),
     "export": ("bench.export:main", "this checkout's exporter against the shipped graphs"),
     "attention": ("bench.torch_speed:attention_main", "self-attention: loops, matrix, fused"),
