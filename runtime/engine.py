@@ -16,14 +16,11 @@ import onnxruntime as ort
 from runtime.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
 from runtime.deadline import Deadline
 from runtime.errors import (
-    HeadNotFound,
-    LayerNotFound,
-    NoAttention,
     TokenNotFound,
-    VectorsNotServed,
 )
 from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CUDA, LoadedModel
+from runtime.maps import attention_maps
 from runtime.results import (
     AttentionMaps,
     Candidate,
@@ -41,6 +38,7 @@ from runtime.sampling import (
     likeliest,
     log_softmax,
 )
+from runtime.slots import SlotBatcher, SlotCache, SlotContext
 from runtime.windows import scoring_window, stride_of, window_plan
 
 END_OF_TEXT = "<|endoftext|>"
@@ -117,6 +115,17 @@ class Engine:
             if max_batch_rows > 1
             and decoder is not None
             and "attention_mask" in {i.name for i in decoder.get_inputs()}
+            else None
+        )
+        # Generation on cache slots (runtime.slots) where the loader opened their graph.
+        self.slot_batcher = (
+            SlotBatcher(
+                SlotCache(model.slot_session, model.kv_slots, self.card["config"]),
+                max(1, min(max_batch_rows, model.kv_slots)),
+                on_batch,
+                batch_wait,
+            )
+            if model.slot_session is not None
             else None
         )
 
@@ -215,12 +224,21 @@ class Engine:
             for seed in seeds
         ]
         key = object()  # this generation, to the batchers
-        cache = (
-            CachedContext(self.model.decoder_session, self.context, self.decode_batcher, key)
-            if uses_kv_cache(self.model)
-            else None
+        slots = self.slot_batcher.cache.acquire(len(choices)) if self.slot_batcher else None
+        cache: CachedContext | SlotContext | None = None
+        if slots is not None:
+            cache = SlotContext(self.slot_batcher, slots, self.context, key)
+        elif uses_kv_cache(self.model):
+            cache = CachedContext(
+                self.model.decoder_session, self.context, self.decode_batcher, key
+            )
+        batcher = (
+            self.batcher
+            if cache is None
+            else self.slot_batcher
+            if slots is not None
+            else self.decode_batcher
         )
-        batcher = self.batcher if cache is None else self.decode_batcher
         steps = self._steps(choices, cache, key, request, deadline)
         finished = 0
         try:
@@ -233,11 +251,13 @@ class Engine:
         finally:  # ended, failed or abandoned (a client hung up): no batch waits for it
             if batcher is not None:
                 batcher.leave(key)
+            if slots is not None:
+                cache.close()
 
     def _steps(
         self,
         choices: list[_Choice],
-        cache: CachedContext | None,
+        cache: CachedContext | SlotContext | None,
         key: object,
         request: GenerationRequest,
         deadline: Deadline | None,
@@ -388,54 +408,8 @@ class Engine:
         head: int | None,
         vectors: bool = False,
     ) -> AttentionMaps:
-        """The weights of the prompt's last ``max_tokens`` tokens (at most the context), for
-        one layer and head or all; with ``vectors``, also the queries and keys they come from
-        (VectorsNotServed where the graph does not expose them)."""
-        if not self.model.has_attention:
-            raise NoAttention(
-                f"model {self.name} ({self.card['kind']}) has no attention layers; "
-                "ask a model whose has_attention is true in GET /models",
-                "model",
-            )
-        config = self.card["config"]
-        layers, heads = int(config["n_layer"]), int(config["n_head"])
-        if layer is not None and layer >= layers:
-            raise LayerNotFound(
-                f"layer {layer} does not exist: {self.name} has layers 0..{layers - 1}",
-                "layer",
-            )
-        if head is not None and head >= heads:
-            raise HeadNotFound(
-                f"head {head} does not exist: {self.name} has heads 0..{heads - 1}",
-                "head",
-            )
-        if vectors and not self.model.attention_vectors:
-            raise VectorsNotServed(
-                f"model {self.name} serves attention weights but not their queries and keys "
-                "(its attention graph does not expose them); ask without vectors",
-                "vectors",
-            )
-        ids = self.prompt_ids(prompt)
-        keep = min(max_tokens, self.context)
-        window = np.asarray(ids[-keep:], dtype=np.int64)[None]
-        weights, queries, keys = self.model.attention_parts(window, vectors)
-        layer_ids = [layer] if layer is not None else list(range(layers))
-        head_ids = [head] if head is not None else list(range(heads))
-        selected = weights[0][np.ix_(layer_ids, head_ids)].astype(np.float64)  # (l, h, T, T)
-        vecs = [None, None]  # each listed layer's queries and keys, when asked
-        if vectors:
-            vecs = [[v[i][0].astype(float).tolist() for i in layer_ids] for v in (queries, keys)]
-        return AttentionMaps(
-            tokens=self.token_texts(window[0].tolist()),
-            token_ids=window[0].tolist(),
-            truncated=len(ids) > keep,
-            layers=layer_ids,
-            heads=head_ids,
-            attention=(selected if vectors else np.round(selected, 5)).tolist(),
-            queries=vecs[0],
-            keys=vecs[1],
-            head_dim=int(config["d_model"]) // heads if vectors else None,
-        )
+        """The weights of the prompt's last ``max_tokens`` tokens (runtime.maps)."""
+        return attention_maps(self, prompt, max_tokens, layer, head, vectors)
 
 
 # What a model is asked before it serves (and by `python -m service --check`).

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from runtime.attention_graph import output_name, with_projections
+from runtime.decode_graph import build_decode_graph
 from runtime.folder import CACHE_GRAPH, check_external_data, file_problems, inside, read_card
 from runtime.options import LoadOptions
 from runtime.quantize import int8_weight_bits, quantize_int8
@@ -44,6 +45,8 @@ class LoadedModel:
     attention_session: ort.InferenceSession | None = None
     decoder_session: ort.InferenceSession | None = None  # generation with a key/value cache
     attention_vectors: bool = False  # its attention graph also outputs queries and keys
+    slot_session: ort.InferenceSession | None = None  # generation on cache slots (runtime.slots)
+    kv_slots: int = 0  # how many
     provider: str | None = None
     provider_reason: str = ""
     precision: str = "float32"  # of the matrix products: float32, or int8 (LoadOptions.quantize)
@@ -58,6 +61,7 @@ class LoadedModel:
         """Out of service with ``error`` as its reason (its sessions released), logged once."""
         self.error = error
         self.session = self.attention_session = self.decoder_session = None
+        self.slot_session = None
         log.error(f"model {self.name} {stage}: {error}", extra={"model": self.name, "error": error})
 
     @property
@@ -169,6 +173,22 @@ def _open_int8(path: Path, options: LoadOptions, name: str) -> ort.InferenceSess
         return None
 
 
+def _open_slots(model: LoadedModel, options: LoadOptions) -> None:
+    """The cache slots' decode graph, built from the model's weights (runtime.decode_graph);
+    where it cannot be, generation goes through decoder.onnx alone. On the CPU only: CUDA's
+    GroupQueryAttention takes float16."""
+    try:
+        graph = build_decode_graph(model.folder / "model.onnx", model.card["config"])
+        model.slot_session = _open(graph, options, [CPU])
+        model.kv_slots = options.kv_slots
+    except Exception as exc:
+        log.warning(
+            f"model {model.name}: no cache slots, generating through decoder.onnx: "
+            f"{type(exc).__name__}: {exc}",
+            extra={"model": model.name},
+        )
+
+
 @dataclass
 class ProviderChoice:
     """Providers for the next session, and why; narrowed to CPU once CUDA proves unusable."""
@@ -273,6 +293,8 @@ def load_model(
                     f"without it: {type(exc).__name__}: {exc}",
                     extra={"model": model.name},
                 )
+        if model.decoder_session is not None and options.kv_slots and got == CPU and not int8:
+            _open_slots(model, options)
     except Exception as exc:  # a broken folder is reported, never fatal
         model.fail(f"{type(exc).__name__}: {exc}")
         return model

@@ -47,6 +47,16 @@ class Settings(BaseSettings):
         "it (the model then sees 3/4 to all of its context); false: every token recomputes a "
         "full window",
     )
+    kv_slots: int = Field(
+        16,
+        ge=0,
+        le=1024,
+        description="sequences an attention model generates on cache slots at once, on the CPU "
+        "provider with float32 weights: the keys and values stay in buffers of the whole "
+        "context that the graph writes in place, and the steps of every generation under way "
+        "share one call (each slot holds the keys and values of one whole context); a "
+        "generation that finds no free slot uses decoder.onnx. 0: decoder.onnx only",
+    )
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="int8: on the CPU provider, quantize each graph's matrix-product weights to "
@@ -231,6 +241,7 @@ class Settings(BaseSettings):
             provider=self.provider,
             quantize=self.quantize,
             kv_cache=self.kv_cache,
+            kv_slots=self.kv_slots,
             cuda_tf32=self.cuda_tf32,
         )
 

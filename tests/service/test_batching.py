@@ -312,7 +312,13 @@ def test_right_padding_changes_no_logit(models, name):
 
 @pytest.fixture(scope="module")
 def cached_models():
-    return load_models(make_options(kv_cache=True))
+    """The models with decoder.onnx's cache and no cache slots (runtime.slots has its tests)."""
+    return load_models(make_options(kv_cache=True, kv_slots=0))
+
+
+@pytest.fixture(scope="module")
+def slot_models():
+    return load_models(make_options(kv_cache=True, kv_slots=16))
 
 
 def test_padded_prefills_change_no_logit(cached_models):
@@ -370,13 +376,17 @@ def test_padded_caches_change_no_logit(cached_models):
         assert np.abs(values - context.values).max() < 1e-5
 
 
-@pytest.mark.parametrize("name", ["attention", "bengio", "attention (key/value cache)"])
-def test_concurrent_generations_match_their_solo_runs(models, cached_models, name):
+@pytest.mark.parametrize(
+    "name", ["attention", "bengio", "attention (key/value cache)", "attention (cache slots)"]
+)
+def test_concurrent_generations_match_their_solo_runs(models, cached_models, slot_models, name):
     """Eight greedy generations at once through one batching engine: each makes the tokens it
     makes alone, and they shared graph calls."""
     loaded = models
     if name.endswith("(key/value cache)"):
         name, loaded = "attention", cached_models
+    elif name.endswith("(cache slots)"):
+        name, loaded = "attention", slot_models
     solo, shared = Engine(loaded[name], max_batch_rows=16), Engine(loaded[name], max_batch_rows=16)
     prompts = [
         f"Capítulo {i}. Era uma vez {'um homem' if i % 2 else 'uma mulher'}" for i in range(8)
@@ -390,11 +400,10 @@ def test_concurrent_generations_match_their_solo_runs(models, cached_models, nam
     expected = [generate(solo, p) for p in prompts]  # one after another: one row a call
     got = _concurrently(lambda p: generate(shared, p), prompts)
     assert got == expected
-    batchers = (
-        (solo.decode_batcher, shared.decode_batcher)
-        if loaded is cached_models
-        else (solo.batcher, shared.batcher)
-    )
+    batchers = {
+        id(cached_models): (solo.decode_batcher, shared.decode_batcher),
+        id(slot_models): (solo.slot_batcher, shared.slot_batcher),
+    }.get(id(loaded), (solo.batcher, shared.batcher))
     alone, together = batchers
     assert together.rows == alone.rows == alone.calls
     assert together.calls < alone.calls, (together.calls, alone.calls)
