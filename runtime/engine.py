@@ -72,11 +72,13 @@ class Engine:
         max_batch_rows: int = 1,
         on_batch: Callable[[int], None] | None = None,
         batch_wait: float = 0.0,
+        slot_rows: int | None = None,
     ) -> None:
         """``max_batch_rows`` > 1: next-token calls and cached generation steps of concurrent
         callers (threads) are batched, up to that many sequences a graph call
         (runtime.batching), each reported to ``on_batch``; a batch waits up to ``batch_wait``
-        seconds for the generations of the batch before it."""
+        seconds for the generations of the batch before it. ``slot_rows``: the most sequences
+        a step on cache slots computes for (default: ``max_batch_rows``)."""
         if not model.ready:
             raise ValueError(f"model {model.name} is not loaded: {model.error}")
         self.model = model
@@ -121,7 +123,7 @@ class Engine:
         self.slot_batcher = (
             SlotBatcher(
                 SlotCache(model.slot_session, model.kv_slots, self.card["config"]),
-                max(1, min(max_batch_rows, model.kv_slots)),
+                max(1, min(max_batch_rows if slot_rows is None else slot_rows, model.kv_slots)),
                 on_batch,
                 batch_wait,
             )

@@ -22,7 +22,7 @@ from runtime.attention_graph import output_name, with_projections
 from runtime.decode_graph import build_decode_graph
 from runtime.folder import CACHE_GRAPH, check_external_data, file_problems, inside, read_card
 from runtime.options import LoadOptions
-from runtime.quantize import int8_weight_bits, quantize_int8
+from runtime.quantize import block_int8, int8_weight_bits, quantize_int8
 
 log = logging.getLogger("runtime.loader")
 
@@ -173,13 +173,14 @@ def _open_int8(path: Path, options: LoadOptions, name: str) -> ort.InferenceSess
         return None
 
 
-def _open_slots(model: LoadedModel, options: LoadOptions) -> None:
-    """The cache slots' decode graph, built from the model's weights (runtime.decode_graph);
-    where it cannot be, generation goes through decoder.onnx alone. On the CPU only: CUDA's
-    GroupQueryAttention takes float16."""
+def _open_slots(model: LoadedModel, options: LoadOptions, int8: bool) -> None:
+    """The cache slots' decode graph, built from the model's weights (runtime.decode_graph),
+    with 8-bit block weights where the model serves int8; where it cannot be built, generation
+    goes through decoder.onnx alone. On the CPU only: CUDA's GroupQueryAttention takes
+    float16."""
     try:
         graph = build_decode_graph(model.folder / "model.onnx", model.card["config"])
-        model.slot_session = _open(graph, options, [CPU])
+        model.slot_session = _open(block_int8(graph) if int8 else graph, options, [CPU])
         model.kv_slots = options.kv_slots
     except Exception as exc:
         log.warning(
@@ -293,8 +294,8 @@ def load_model(
                     f"without it: {type(exc).__name__}: {exc}",
                     extra={"model": model.name},
                 )
-        if model.decoder_session is not None and options.kv_slots and got == CPU and not int8:
-            _open_slots(model, options)
+        if model.decoder_session is not None and options.kv_slots and got == CPU:
+            _open_slots(model, options, int8)
     except Exception as exc:  # a broken folder is reported, never fatal
         model.fail(f"{type(exc).__name__}: {exc}")
         return model

@@ -108,3 +108,28 @@ def quantize_int8(path: Path, weight_bits: int | None = None) -> bytes:
         blob = quantized.read_bytes()
     log.debug(f"{path} quantized to {bits}-bit int8 in {time.perf_counter() - started:.1f} s")
     return blob
+
+
+def block_int8(graph: bytes) -> bytes:
+    """``graph`` (serialized, weights inside) with each constant-weight MatMul as ONNX Runtime's
+    MatMulNBits: 8-bit weights in blocks of 32 with a scale each, products in int8 (accuracy
+    level 4). Unlike quantize_int8's dynamic scheme, which scales a call's activations as a
+    whole, it quantizes each row's activations on their own, so a row's logits do not depend on
+    the batch: the cache slots batch int8 generations (runtime.slots)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=32, is_symmetric=True, accuracy_level=4, bits=8
+    )
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the quantizer logs every node to the root logger
+    try:
+        quantizer = MatMulNBitsQuantizer(onnx.load_from_string(graph), algo_config=config)
+        quantizer.process()
+    finally:
+        logging.disable(previous)
+    return quantizer.model.model.SerializeToString()

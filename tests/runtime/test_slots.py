@@ -41,8 +41,22 @@ def test_only_attention_models_on_the_cpu_get_slots(slotted, plain):
     assert models["attention"].slot_session is not None and models["attention"].kv_slots == 2
     assert models["bengio"].slot_session is None  # no key/value cache graph
     assert plain.slot_session is None and Engine(plain).slot_batcher is None
-    int8 = load_models(LoadOptions(models_dir=MODELS, kv_slots=2, quantize="int8"))["attention"]
-    assert int8.slot_session is None  # the slot graph is float32: int8 keeps decoder.onnx
+
+
+def test_int8_slots_have_block_weights_and_batch_exactly():
+    """With int8 weights the slot graph's products are MatMulNBits, whose activations are
+    quantized row by row: a row's logits are the same alone or in a batch."""
+    model = load_models(LoadOptions(models_dir=MODELS, kv_slots=4, quantize="int8"))["attention"]
+    assert model.precision == "int8" and model.slot_session is not None
+    cache = SlotCache(model.slot_session, 4, model.card["config"])
+    batcher = SlotBatcher(cache, 4)
+    prompt = [0, 36, 551, 1651, 77]
+    for slot in range(4):
+        batcher([slot], [prompt])
+    alone = batcher([0], [[5]])
+    together = batcher([1, 2, 3], [[5], [9], [5]])
+    assert np.array_equal(alone[0], together[0]) and np.array_equal(alone[0], together[2])
+    assert not np.array_equal(together[0], together[1])
 
 
 def test_decode_graph_matches_decoder_onnx(slotted):
