@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "burst-memory": ("bench.burst_memory:main", "memory kept after bursts of large requests"),
     "ab-store": ("bench.ab_store:main", "what recording the A/B experiment costs a request"),
     "attack": ("bench.attack:main", "a running service under careless or hostile clients"),
+    "slots": ("bench.slots:main", "a decode step: decoder.onnx against the cache slots"),
     "llama-server": (
         "bench.llama_server:main",
         "this service against llama.cpp's server, same weights",
