@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.llama_server:main",
         "this service against llama.cpp's server, same weights",
     ),
+    "gpu-serving": ("bench.gpu_serving:main", "HTTP serving speed on CUDA beside the CPU provider"),
     "cuda-check": ("bench.cuda_check:main", "the CUDA provider against the CPU provider"),
     "export": ("bench.export:main", "this checkout's exporter against the shipped graphs"),
     "attention": ("bench.torch_speed:attention_main", "self-attention: loops, matrix, fused"),
