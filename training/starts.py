@@ -183,3 +183,40 @@ def format_table(result: dict[str, Any]) -> str:
         ]
         lines.append(f"| `{name}` (context {model['context']}) | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+# The positions where a variant must not read a text's start worse than the seed model.
+START_BUCKETS = ("1", "2-4")
+
+
+def choose_variant(
+    result: dict[str, Any], val_losses: dict[str, float], seed: str
+) -> tuple[str, str]:
+    """(the variant to ship, why): the lowest validation loss among the variants of
+    ``val_losses`` that read a text's first token and tokens 2-4 (bits per character, alone
+    after end-of-text, in ``result`` of ``measure``) no worse than the model ``seed``; where
+    none does, the lowest validation loss all the same, said so."""
+    models = result["models"]
+
+    def start(name: str, bucket: str) -> float:
+        return models[name]["start"][bucket]["bits_per_character"]
+
+    fine = [
+        name for name in val_losses if all(start(name, b) <= start(seed, b) for b in START_BUCKETS)
+    ]
+    pool = fine or list(val_losses)
+    pick = min(pool, key=val_losses.get)
+    figures = ", ".join(
+        f"{n}: validation loss {val_losses[n]:.4f}, start "
+        + " / ".join(f"{start(n, b):.3f}" for b in START_BUCKETS)
+        for n in val_losses
+    )
+    seed_figures = " / ".join(f"{start(seed, b):.3f}" for b in START_BUCKETS)
+    why = (
+        f"{pick}: the lowest validation loss of the variants no worse than {seed} at a text's "
+        f"tokens {' and '.join(START_BUCKETS)} ({seed_figures} bits per character)"
+        if fine
+        else f"{pick}: no variant reads a text's start as well as {seed} ({seed_figures}); "
+        "the lowest validation loss"
+    ) + f" [{figures}]"
+    return pick, why
