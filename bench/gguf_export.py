@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.decode_graph import graph_weights, tied_embedding
+
 LAYER = re.compile(r"model\.blocks\.(\d+)\.(.+)$")
 # The model's names (after model.blocks.N.) -> llama.cpp's (after blk.N.).
 BLOCK_NAMES = {
@@ -34,8 +36,6 @@ BLOCK_NAMES = {
     "ffn.down.bias": "ffn_down.bias",
 }
 GLOBAL_NAMES = {
-    "model.token_embedding.weight": "token_embd.weight",  # also the output head (tied)
-    "model.head.weight": "token_embd.weight",  # the same tensor, as another graph names it
     "model.position_embedding.weight": "position_embd.weight",
     "model.ln_final.weight": "output_norm.weight",
     "model.ln_final.bias": "output_norm.bias",
@@ -43,23 +43,10 @@ GLOBAL_NAMES = {
 TYPES = ("f16", "q8_0")
 
 
-def onnx_weights(graph: Path) -> dict[str, np.ndarray]:
-    """The model's parameters by their PyTorch names, as float32."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(graph))
-    weights = {}
-    for tensor in model.graph.initializer:
-        name = tensor.name.removesuffix("__fp16")
-        if name.startswith("model."):
-            weights[name] = numpy_helper.to_array(tensor).astype(np.float32)
-    return weights
-
-
 def gguf_tensors(weights: dict[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
     """llama.cpp's tensors of the gpt2 architecture from the model's parameters."""
     out = {GLOBAL_NAMES[k]: v for k, v in weights.items() if k in GLOBAL_NAMES}
+    out["token_embd.weight"] = tied_embedding(weights)  # also the output head
     for layer in range(layers):
         block = f"model.blocks.{layer}."
         for ours, theirs in BLOCK_NAMES.items():
@@ -67,7 +54,7 @@ def gguf_tensors(weights: dict[str, np.ndarray], layers: int) -> dict[str, np.nd
         for part in ("weight", "bias"):
             qkv = [weights[f"{block}attention.w{x}.{part}"] for x in "qkv"]
             out[f"blk.{layer}.attn_qkv.{part}"] = np.concatenate(qkv, axis=0)
-    missing = set(GLOBAL_NAMES.values()) - set(out)
+    missing = {*GLOBAL_NAMES.values(), "token_embd.weight"} - set(out)
     if missing:
         raise ValueError(f"the graph lacks {sorted(missing)}: not the attention model's layout")
     return out
@@ -101,7 +88,7 @@ def write_gguf(folder: Path, out: Path, kind: str = "f16") -> Path:
         raise ValueError(f"kind {kind!r} is not one of {TYPES}")
     card = json.loads((folder / "card.json").read_text())
     config = card["config"]
-    tensors = gguf_tensors(onnx_weights(folder / "model.onnx"), int(config["n_layer"]))
+    tensors = gguf_tensors(graph_weights(folder / "model.onnx"), int(config["n_layer"]))
     tokens, types, merges, eot = vocabulary(folder.parent / card["tokenizer"]["file"])
     writer = gguf.GGUFWriter(str(out), "gpt2")
     writer.add_name(f"machado-lm {folder.name}")

@@ -43,12 +43,21 @@ def graph_weights(graph: Path) -> dict[str, np.ndarray]:
     return weights
 
 
+def tied_embedding(weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The token embedding, which is also the output head: exports name it after either."""
+    for name in ("model.token_embedding.weight", "model.head.weight"):
+        if name in weights:
+            return weights[name]
+    raise KeyError("no token embedding (model.token_embedding.weight or model.head.weight)")
+
+
 def build_decode_graph(graph: Path, config: dict) -> bytes:
     """The serialized slot decode graph of the model whose exported graph is ``graph`` (its
     card's ``config``)."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = graph_weights(graph)
+    embedding = tied_embedding(w)
     layers, heads = int(config["n_layer"]), int(config["n_head"])
     width, context = int(config["d_model"]), int(config["context"])
     head_dim = width // heads
@@ -63,9 +72,7 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
         nodes.append(helper.make_node(kind, inputs, outputs, domain=domain, **attrs))
         return outputs[0]
 
-    tokens = op(
-        "Gather", [weight("embedding", w["model.token_embedding.weight"]), "input_ids"], ["tok"]
-    )
+    tokens = op("Gather", [weight("embedding", embedding), "input_ids"], ["tok"])
     places = op(
         "Gather",
         [weight("positions_table", w["model.position_embedding.weight"]), "positions"],
@@ -88,11 +95,7 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
         helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", i32, []),
     ]
-    outputs = [
-        helper.make_tensor_value_info(
-            "logits", f32, ["batch", w["model.token_embedding.weight"].shape[0]]
-        )
-    ]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", embedding.shape[0]])]
     for layer in range(layers):
         p = f"model.blocks.{layer}."
         qkv_w = np.concatenate([w[f"{p}attention.w{x}.weight"] for x in "qkv"]).T
@@ -166,7 +169,7 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
         )
         residual = f"{layer}.res2"
     last = op("GatherND", [normed, "last"], ["hidden_last"], batch_dims=1)  # (B, D)
-    op("MatMul", [last, weight("head", w["model.token_embedding.weight"].T)], ["logits"])
+    op("MatMul", [last, weight("head", embedding.T)], ["logits"])
     graph_proto = helper.make_graph(nodes, "slot_decoder", inputs, outputs, initializers)
     model = helper.make_model(
         graph_proto,

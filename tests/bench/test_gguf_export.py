@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.gguf_export import gguf_tensors, onnx_weights, vocabulary, write_gguf
+from bench.gguf_export import gguf_tensors, vocabulary, write_gguf
+from runtime.decode_graph import graph_weights
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 gguf = pytest.importorskip("gguf", reason="gguf is a dev dependency (pip install -e .[dev])")
@@ -17,7 +18,7 @@ gguf = pytest.importorskip("gguf", reason="gguf is a dev dependency (pip install
 
 @pytest.fixture(scope="module")
 def weights():
-    return onnx_weights(MODELS / "attention" / "model.onnx")
+    return graph_weights(MODELS / "attention" / "model.onnx")
 
 
 def test_tensors_are_gpt2s_with_qkv_concatenated(weights):

@@ -236,6 +236,35 @@ def test_export_decoder_cache_matches_full_windows(exported, storage):
             assert diff <= 1e-4, f"{storage} prompt {prompt}, position {t}: {diff}"
 
 
+@pytest.mark.parametrize("storage", ["float16", "float32"])
+def test_export_builds_the_cache_slots_graph(exported, storage):
+    """The runtime's slot decode graph (runtime.decode_graph), built from this exporter's
+    graph (whatever it names the tied embedding), gives torch's logits over the whole window
+    at every step, a prompt read at once and then one token a call."""
+    kind, checkpoint, folders, _ = exported
+    if kind != "attention":
+        pytest.skip("the Bengio model has no key/value cache")
+    import onnxruntime as ort
+
+    from runtime.decode_graph import build_decode_graph
+    from runtime.slots import SlotBatcher, SlotCache
+
+    model = _torch_model(checkpoint, storage)
+    config = open_model(folders[storage]).card["config"]
+    graph = build_decode_graph(folders[storage] / "model.onnx", config)
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    batcher = SlotBatcher(SlotCache(session, 2, config), 2)
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, config["vocab_size"], (2, config["context"]))
+    with torch.no_grad():
+        expected = model(torch.as_tensor(ids))[0].numpy()  # (B, T, V)
+    logits = batcher([0, 1], ids[:, :7].tolist())
+    assert np.abs(logits - expected[:, 6]).max() <= 1e-4
+    for t in range(7, config["context"]):
+        logits = batcher([0, 1], ids[:, t : t + 1].tolist())
+        assert np.abs(logits - expected[:, t]).max() <= 1e-4, (storage, t)
+
+
 def test_export_card_lists_the_decoder(exported):
     kind, _, folders, _ = exported
     graphs = json.loads((folders["float16"] / "card.json").read_text())["graphs"]
