@@ -18,12 +18,11 @@ Providers alternate round by round. On a machine without a GPU, `--providers cpu
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 from pathlib import Path
 
 from bench.common import MODELS, cpu_name, gpu_name, start_server, write_figures
-from bench.llama_server import load, prompts
+from bench.llama_server import alternate, prompts
 
 
 def served(provider: str, clients: int, threads: int, models_dir: Path):
@@ -40,6 +39,11 @@ def served(provider: str, clients: int, threads: int, models_dir: Path):
         "MACHADO_REQUEST_TIMEOUT_S": "600",
     }
     return start_server(env, models_dir=models_dir)
+
+
+def per_client(clients: int) -> int:
+    """Requests each client sends one after the other: 64 in all up to 32 clients, then 2."""
+    return max(2, 64 // clients) if clients < 32 else 2
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,14 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             base, proc = served(provider, most, args.threads, args.models_dir)
             servers[provider] = base
             procs.append(proc)
-        runs = {p: {str(c): [] for c in args.clients} for p in args.providers}
-        for _ in range(args.rounds):
-            for clients in args.clients:
-                for provider, base in servers.items():
-                    per_client = max(2, 64 // clients) if clients < 32 else 2
-                    figures = asyncio.run(load(base, "service", clients, per_client, texts))
-                    runs[provider][str(clients)].append(figures)
-                    print(f"{provider}, {clients} clients: {figures}", flush=True)
+        served_by = {provider: (base, "service") for provider, base in servers.items()}
+        runs = alternate(served_by, args.clients, args.rounds, per_client, texts)
     finally:
         for proc in procs:
             proc.terminate()

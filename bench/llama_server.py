@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -213,6 +214,25 @@ async def load(base: str, kind: str, clients: int, per_client: int, texts: list[
     return figures
 
 
+def alternate(
+    servers: dict[str, tuple[str, str]],
+    clients: list[int] | tuple[int, ...],
+    rounds: int,
+    per_client: Callable[[int], int],
+    texts: list[list[int]],
+) -> dict[str, dict[str, list[dict]]]:
+    """``load`` of every server (name: (base URL, kind)) at each number of ``clients``,
+    alternating servers within each round: {name: {clients: [figures of each round]}}."""
+    runs = {name: {str(c): [] for c in clients} for name in servers}
+    for r in range(rounds):
+        for count in clients:
+            for name, (base, kind) in servers.items():
+                figures = asyncio.run(load(base, kind, count, per_client(count), texts))
+                runs[name][str(count)].append(figures)
+                print(f"round {r + 1}, {count} clients, {name}: {figures}", flush=True)
+    return runs
+
+
 def greedy(base: str, kind: str, texts: list[list[int]]) -> list[str]:
     return [
         httpx.post(f"{base}/v1/completions", json=body(kind, p), timeout=120).json()["choices"][0][
@@ -314,14 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                     "characters": len(text),
                 }
             print(f"BPC on the first {len(text)} test characters: {quality}", flush=True)
-        runs: dict[str, dict[str, list[dict]]] = {n: {str(c): [] for c in CLIENTS} for n in SYSTEMS}
-        for r in range(args.rounds):
-            for clients in CLIENTS:
-                per_client = max(2, 16 // clients)
-                for name, (base, kind) in servers.items():
-                    figures = asyncio.run(load(base, kind, clients, per_client, texts))
-                    runs[name][str(clients)].append(figures)
-                    print(f"round {r + 1}, {clients} clients, {name}: {figures}", flush=True)
+        runs = alternate(servers, CLIENTS, args.rounds, lambda c: max(2, 16 // c), texts)
     finally:
         for proc in procs:
             proc.terminate()

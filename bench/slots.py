@@ -106,10 +106,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def served(args: argparse.Namespace) -> None:
     """Tokens per second of the service with and without cache slots, in alternating rounds."""
-    import asyncio
-
     from bench.common import start_server
-    from bench.llama_server import CLIENTS, load, prompts
+    from bench.llama_server import CLIENTS, alternate, prompts
 
     setups = {
         f"{quantize}, {'slots' if slots else 'decoder.onnx'}": {
@@ -127,17 +125,8 @@ def served(args: argparse.Namespace) -> None:
             servers[name] = base
             procs.append(proc)
         texts = prompts()
-        runs = {name: {str(c): [] for c in CLIENTS} for name in setups}
-        for _ in range(args.rounds):
-            for clients in CLIENTS:
-                for name, base in servers.items():
-                    figures = asyncio.run(
-                        load(base, "service", clients, max(2, 16 // clients), texts)
-                    )
-                    runs[name][str(clients)].append(figures)
-                    print(
-                        f"{clients} clients, {name}: {figures['tokens_per_s']} tokens/s", flush=True
-                    )
+        served_by = {name: (base, "service") for name, base in servers.items()}
+        runs = alternate(served_by, CLIENTS, args.rounds, lambda c: max(2, 16 // c), texts)
     finally:
         for proc in procs:
             proc.terminate()
