@@ -105,11 +105,8 @@ def start_server(
     (``proc.log_path``), not a pipe: nobody reads a pipe while the server runs, and a full pipe
     would block its logging.
     """
-    import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
         {
@@ -131,12 +128,29 @@ def start_server(
     )
     proc.log_path = Path(log.name)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    wait_until_ready(proc, f"{base}/ready")
+    return base, proc
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, seconds: float = 60) -> None:
+    """Until ``url`` answers 200; the process killed and its log (``proc.log_path``) raised
+    where it does not within ``seconds`` or dies first."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return base, proc
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"server did not become ready: {proc.log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"{url} did not answer: {proc.log_path.read_text()[-3000:]}")

@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     human = {
         "repeated_4grams": float(np.mean([repeated_ngrams(ids) for ids in human_ids])),
         "judge_bits_per_token": float(
-            np.mean([judge_bits(judge, p, ids) for (p, _), ids in zip(pairs, human_ids)])  # noqa: B905 (one each)
+            np.mean(
+                [judge_bits(judge, p, ids) for (p, _), ids in zip(pairs, human_ids, strict=True)]
+            )
         ),
     }
     print(f"human text: {human}", flush=True)

@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import MODELS, ROOT, TEXT, cpu_name, start_server, write_figures
+from bench.common import (
+    MODELS,
+    ROOT,
+    TEXT,
+    cpu_name,
+    free_port,
+    start_server,
+    wait_until_ready,
+    write_figures,
+)
 from bench.gguf_export import write_gguf
 
 BUILD = ROOT / "build" / "llama.cpp"
@@ -100,40 +108,16 @@ def find_llama_server(given: Path | None, build: bool) -> Path:
 
 
 def start_llama_server(binary: Path, gguf: Path, threads: int) -> tuple[str, subprocess.Popen]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent)}
-    command = [
-        str(binary),
-        "-m",
-        str(gguf),
-        "-t",
-        str(threads),
-        "--parallel",
-        "32",
-        "-c",
-        "8192",
-        "--cont-batching",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = [str(binary), "-m", str(gguf), "-t", str(threads), "--parallel", "32"]
+    command += ["-c", "8192", "--cont-batching", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path, proc.command = Path(log.name), command
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                proc.command = command
-                return base, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"llama-server did not start: {Path(log.name).read_text()[-3000:]}")
+    wait_until_ready(proc, f"{base}/health")
+    return base, proc
 
 
 def prompts(count: int = 8) -> list[list[int]]:

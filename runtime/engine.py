@@ -15,9 +15,7 @@ import onnxruntime as ort
 
 from runtime.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
 from runtime.deadline import Deadline
-from runtime.errors import (
-    TokenNotFound,
-)
+from runtime.errors import TokenNotFound
 from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CUDA, LoadedModel
 from runtime.maps import attention_maps
@@ -228,19 +226,15 @@ class Engine:
         key = object()  # this generation, to the batchers
         slots = self.slot_batcher.cache.acquire(len(choices)) if self.slot_batcher else None
         cache: CachedContext | SlotContext | None = None
+        batcher = self.batcher
         if slots is not None:
             cache = SlotContext(self.slot_batcher, slots, self.context, key)
-        elif uses_kv_cache(self.model):
+            batcher = self.slot_batcher
+        elif uses_kv_cache(self.model):  # no slots, or none free: decoder.onnx
             cache = CachedContext(
                 self.model.decoder_session, self.context, self.decode_batcher, key
             )
-        batcher = (
-            self.batcher
-            if cache is None
-            else self.slot_batcher
-            if slots is not None
-            else self.decode_batcher
-        )
+            batcher = self.decode_batcher
         steps = self._steps(choices, cache, key, request, deadline)
         finished = 0
         try:
