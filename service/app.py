@@ -24,10 +24,10 @@ from service.admission import Admission
 from service.docs_pages import DOCS_URL, REDOC_URL, DocsPolicy
 from service.errors import error_body, install_error_handlers
 from service.headers import HeadGuard, JSONCORSMiddleware, SecurityHeaders
+from service.limits import RequestLimits, configured_openapi
 from service.memory import limit_malloc_arenas
 from service.observability import Metrics, RequestContext
 from service.routes import compare, experiment, inference, meta, openai, tokens
-from service.schemas import build_requests
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
@@ -271,17 +271,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ab_weights, app.state.ab_error = {}, None
     app.state.started = time.time()
     install_error_handlers(app)
-    requests = build_requests(settings)
-    app.include_router(inference.build_router(requests))
-    app.include_router(compare.build_router(requests.compare))
-    app.include_router(openai.build_router(settings))
-    app.include_router(tokens.build_router(requests))
+    app.include_router(inference.router)
+    app.include_router(compare.router)
+    app.include_router(openai.router)
+    app.include_router(tokens.router)
     app.include_router(experiment.router)
     app.mount("/static", StaticFiles(directory=meta.STATIC), name="static")
     app.include_router(meta.router)
+    app.openapi = configured_openapi(app.openapi, settings)
     post_paths = frozenset(
         path for path, operations in app.openapi()["paths"].items() if "post" in operations
     )
+    app.add_middleware(RequestLimits, settings=settings)
     app.add_middleware(
         BodyGuard,
         max_bytes=settings.max_body_bytes,

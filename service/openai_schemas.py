@@ -2,23 +2,13 @@
 the tools built on it send it, and the completion, model and stream shapes they read back
 (the routes: service/routes/openai.py)."""
 
-# No `from __future__ import annotations`: the request model is built inside a function, from
-# the settings, and pydantic must see its annotations as objects.
-
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.errors import problem
-from service.schemas import (
-    NOT_BLANK,
-    ModelName,
-    Strict,
-    TokenIdItem,
-    _valid_text,
-    build_penalties,
-)
-from service.settings import Settings
+from service.limits import Capped, Limit, current
+from service.schemas import NOT_BLANK, ModelName, Penalties, Strict, TokenIdItem, _valid_text
 
 
 class CompletionLogprobs(BaseModel):
@@ -70,104 +60,111 @@ class StreamOptions(Strict):
     )
 
 
-def build_request(settings: Settings) -> type[BaseModel]:
-    text = Annotated[
-        str, Field(min_length=1, max_length=settings.max_prompt_chars, pattern=NOT_BLANK)
-    ]
-    texts = Annotated[list[text], Field(min_length=1, max_length=settings.max_completions)]
-    token_ids = Annotated[
-        list[TokenIdItem],
-        Field(min_length=1, max_length=settings.max_prompt_chars),
-    ]
-    token_lists = Annotated[
-        list[token_ids], Field(min_length=1, max_length=settings.max_completions)
-    ]
-    stop_text = Annotated[str, Field(min_length=1, max_length=100)]
-    stops = Annotated[list[stop_text], Field(max_length=min(4, settings.max_stop_strings))]
+Text = Annotated[str, Field(min_length=1, pattern=NOT_BLANK), Limit("max_prompt_chars")]
+Texts = Annotated[list[Text], Field(min_length=1), Limit("max_completions")]
+TokenIds = Annotated[list[TokenIdItem], Field(min_length=1), Limit("max_prompt_chars")]
+TokenLists = Annotated[list[TokenIds], Field(min_length=1), Limit("max_completions")]
+StopText = Annotated[str, Field(min_length=1, max_length=100)]
+# OpenAI's four stop strings at most, fewer where the server allows fewer.
+Stops = Annotated[list[StopText], Limit("max_stop_strings", at_most=4)]
+Completions = Annotated[int, Field(ge=1), Limit("max_completions")]
+_MAX_TOKENS = Capped(16, "max_new_tokens")
 
-    class CompletionRequest(build_penalties(settings)):
-        model: ModelName
-        prompt: text | texts | token_ids | token_lists = Field(
-            description="a prompt, a list of prompts, or either as token ids (see /tokenize); "
-            "each is read after an end-of-text token, as the start of a document; <|endoftext|> "
-            "in a text is that token: a document boundary"
-        )
-        suffix: None = Field(
-            None,
-            description="only null: these models continue a prompt, they cannot fill in text "
-            "before a suffix",
-        )
-        max_tokens: int = Field(
-            min(16, settings.max_new_tokens),
-            ge=0,
-            le=settings.max_new_tokens,
-            description="tokens to generate at most; 0 with echo scores the prompt only",
-        )
-        temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
-        top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-        n: int = Field(1, ge=1, le=settings.max_completions)
-        best_of: int | None = Field(
-            None,
-            ge=1,
-            le=settings.max_completions,
-            description="generate this many completions of each prompt (seeds seed, seed + 1, "
-            "...; n where best_of is below n) and return the n with the highest "
-            "log-probability per token, the end of text included; a stream then sends them "
-            "once all are generated",
-        )
-        stop: stop_text | stops | None = Field(None, description="a stop string or up to four")
-        seed: int | None = Field(None, ge=0, le=2**53 - 1)
-        logprobs: int | None = Field(None, ge=0, le=min(5, settings.max_logprobs))
-        echo: bool = Field(
-            False,
-            description="return the prompt before each completion; with logprobs, each prompt "
-            "token's log-probability after the tokens before it as well",
-        )
-        stream: bool = False
-        stream_options: StreamOptions | None = Field(
-            None, description="read only with stream: true"
-        )
-        user: str | None = Field(None, max_length=256, description="end-user id (A/B stickiness)")
 
-        @field_validator("prompt", mode="wrap")
-        @classmethod
-        def _one_prompt_shape(cls, value: object, handler):
-            """One message naming the four shapes, not one error per shape tried."""
-            try:
-                return handler(value)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                detail = (
-                    None
-                    if not isinstance(value, str)
-                    else "is only whitespace"
-                    if first["type"] == "string_pattern_mismatch"
-                    else problem(first)
-                )
-                raise ValueError(
-                    (f"{detail}; " if detail else "")
-                    + f"a prompt is a text of 1 to {settings.max_prompt_chars} characters, not "
-                    f"only whitespace; a list of 1 to {settings.max_completions} such texts; a "
-                    f"list of 1 to {settings.max_prompt_chars} token ids; or a list of 1 to "
-                    f"{settings.max_completions} lists of token ids"
-                ) from None
+def _one_shape(value: object, handler, shapes: str, whitespace: str) -> object:
+    """One message naming the shapes a union field takes, not one error per shape tried."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        detail = (
+            None
+            if not isinstance(value, str)
+            else whitespace
+            if first["type"] == "string_pattern_mismatch"
+            else problem(first)
+        )
+        raise ValueError((f"{detail}; " if detail else "") + shapes) from None
 
-        @field_validator("prompt", "stop")
-        @classmethod
-        def _is_text(cls, value: object) -> object:
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, str):
-                    _valid_text(item)
-            return value
 
-        @field_validator("suffix", mode="before")
-        @classmethod
-        def _no_suffix(cls, value: object) -> None:
-            if value is not None:
-                raise ValueError(
-                    "is not supported: these models continue a prompt and cannot fill in text "
-                    "before a suffix; leave it out or send null"
-                )
-            return None
+class CompletionRequest(Penalties):
+    model: ModelName
+    prompt: Text | Texts | TokenIds | TokenLists = Field(
+        description="a prompt, a list of prompts, or either as token ids (see /tokenize); "
+        "each is read after an end-of-text token, as the start of a document; <|endoftext|> "
+        "in a text is that token: a document boundary"
+    )
+    suffix: None = Field(
+        None,
+        description="only null: these models continue a prompt, they cannot fill in text "
+        "before a suffix",
+    )
+    max_tokens: Annotated[int, Limit("max_new_tokens")] = Field(
+        default_factory=_MAX_TOKENS,
+        ge=0,
+        description="tokens to generate at most; 0 with echo scores the prompt only",
+        json_schema_extra=_MAX_TOKENS.schema,
+    )
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    n: Completions = 1
+    best_of: Completions | None = Field(
+        None,
+        description="generate this many completions of each prompt (seeds seed, seed + 1, "
+        "...; n where best_of is below n) and return the n with the highest "
+        "log-probability per token, the end of text included; a stream then sends them "
+        "once all are generated",
+    )
+    stop: StopText | Stops | None = Field(None, description="a stop string or up to four")
+    seed: int | None = Field(None, ge=0, le=2**53 - 1)
+    logprobs: Annotated[int, Field(ge=0), Limit("max_logprobs", at_most=5)] | None = None
+    echo: bool = Field(
+        False,
+        description="return the prompt before each completion; with logprobs, each prompt "
+        "token's log-probability after the tokens before it as well",
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = Field(None, description="read only with stream: true")
+    user: str | None = Field(None, max_length=256, description="end-user id (A/B stickiness)")
 
-    return CompletionRequest
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _one_prompt_shape(cls, value: object, handler):
+        chars, prompts = current().max_prompt_chars, current().max_completions
+        return _one_shape(
+            value,
+            handler,
+            f"a prompt is a text of 1 to {chars} characters, not only whitespace; a list of 1 "
+            f"to {prompts} such texts; a list of 1 to {chars} token ids; or a list of 1 to "
+            f"{prompts} lists of token ids",
+            "is only whitespace",
+        )
+
+    @field_validator("stop", mode="wrap")
+    @classmethod
+    def _one_stop_shape(cls, value: object, handler):
+        most = Limit("max_stop_strings", at_most=4).value()
+        return _one_shape(
+            value,
+            handler,
+            f"stop is a text of 1 to 100 characters, a list of up to {most} such texts, or null",
+            "is only whitespace",
+        )
+
+    @field_validator("prompt", "stop")
+    @classmethod
+    def _is_text(cls, value: object) -> object:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                _valid_text(item)
+        return value
+
+    @field_validator("suffix", mode="before")
+    @classmethod
+    def _no_suffix(cls, value: object) -> None:
+        if value is not None:
+            raise ValueError(
+                "is not supported: these models continue a prompt and cannot fill in text "
+                "before a suffix; leave it out or send null"
+            )
+        return None

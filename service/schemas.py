@@ -1,8 +1,8 @@
-"""Request bodies. Request limits come from the settings, so the OpenAPI schema shows the
-limits this server enforces. (Response bodies: service/responses.py.)"""
+"""Request bodies. Their limits are the server's settings (service/limits.py), so a request is
+refused, and the OpenAPI schema states, what this server is configured to accept. (Response
+bodies: service/responses.py.)"""
 
 import typing
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated
 
@@ -16,7 +16,8 @@ from pydantic import (
 )
 
 from runtime.sampling import SamplingParams
-from service.settings import API_KEY, Settings
+from service.limits import Capped, Limit
+from service.settings import API_KEY
 
 # Something other than whitespace. Spelled out rather than \S: the OpenAPI schema's regex
 # dialect (ECMAScript) and the validator's (Rust's regex, in pydantic-core) disagree on what \s
@@ -48,15 +49,6 @@ ModelName = Annotated[
         max_length=64,
         description="a model name from GET /models",
         examples=["attention"],
-    ),
-]
-Prompt = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=100_000,
-        description="text to continue; not empty or only whitespace",
-        examples=["Capitu olhou para mim"],
     ),
 ]
 
@@ -109,237 +101,218 @@ class Strict(BaseModel):
         return _json_number(value) if kind in (int, float) else value
 
 
-def build_penalties(settings: Settings) -> type[Strict]:
+class Penalties(Strict):
     """OpenAI's frequency and presence penalties and logit bias, shared by /generate,
     /compare and /v1/completions."""
-    TokenKey = Annotated[str, Field(pattern=TOKEN_KEY)]
 
-    class Penalties(Strict):
-        frequency_penalty: float = Field(
-            0.0,
-            ge=-2.0,
-            le=2.0,
-            allow_inf_nan=False,
-            description="subtracted from a token's logit once per time it was generated "
-            "(OpenAI's; the prompt does not count)",
-        )
-        presence_penalty: float = Field(
-            0.0,
-            ge=-2.0,
-            le=2.0,
-            allow_inf_nan=False,
-            description="subtracted from a token's logit once it was generated at all (OpenAI's)",
-        )
-        logit_bias: dict[TokenKey, BiasValue] = Field(
-            default_factory=dict,
-            max_length=settings.max_logit_bias,
-            description="token id (see /tokenize) -> value added to its logit before sampling, "
-            "-100 (never) to 100 (always); an id outside the model's vocabulary is a 404",
-            examples=[{"0": -100}],
-            json_schema_extra={"additionalProperties": False},
-        )
-
-        def sampling(
-            self, temperature: float, top_k: int, top_p: float, repetition: float = 1.0
-        ) -> SamplingParams:
-            return SamplingParams(
-                temperature,
-                top_k,
-                top_p,
-                repetition,
-                self.frequency_penalty,
-                self.presence_penalty,
-                tuple(sorted((int(k), v) for k, v in self.logit_bias.items())),
-            )
-
-    return Penalties
-
-
-@dataclass(frozen=True)
-class Requests:
-    """The request bodies, built for one Settings: their limits are the server's limits, so the
-    OpenAPI schema tells clients exactly what this server accepts."""
-
-    generate: type[BaseModel]
-    compare: type[BaseModel]
-    next_token: type[BaseModel]
-    attention: type[BaseModel]
-    score: type[BaseModel]
-    tokenize: type[BaseModel]
-    detokenize: type[BaseModel]
-
-
-def build_requests(settings: Settings) -> Requests:
-    PromptText = Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=settings.max_prompt_chars,
-            pattern=NOT_BLANK,
-            description="text to continue, read as the start of a document; not empty or "
-            "only whitespace. <|endoftext|> in it is the end-of-text token: a document boundary",
-            examples=["Capitu olhou para mim"],
-        ),
-    ]
-    StopString = Annotated[str, Field(min_length=1, max_length=100)]
-
-    class Generation(build_penalties(settings)):
-        """What every generating endpoint shares: the prompt and the sampling settings."""
-
-        prompt: PromptText
-        max_new_tokens: int = Field(
-            min(16, settings.max_new_tokens),
-            ge=1,
-            le=settings.max_new_tokens,
-            description="tokens to generate at most",
-        )
-        temperature: float = Field(
-            1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0 is greedy decoding"
-        )
-        top_k: int = Field(
-            0, ge=0, le=settings.max_top_k, description="sample among the k likeliest; 0: off"
-        )
-        top_p: float = Field(
-            1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass; 1: off"
-        )
-        repetition_penalty: float = Field(
-            1.0,
-            ge=1.0,
-            le=10.0,
-            allow_inf_nan=False,
-            description="> 1 discourages tokens already in context",
-        )
-        seed: int | None = Field(None, ge=0, le=2**53 - 1, description="same seed, same output")
-        stop: list[StopString] = Field(
-            default_factory=list,
-            max_length=settings.max_stop_strings,
-            description="stop before any of these strings",
-        )
-
-        _prompt_is_text = field_validator("prompt")(_valid_text)
-
-        @field_validator("stop")
-        @classmethod
-        def _stops_are_text(cls, stops: list[str]) -> list[str]:
-            return [_valid_text(s) for s in stops]
-
-        def params(self) -> SamplingParams:
-            return self.sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
-
-    class GenerateRequest(Generation):
-        model: ModelName
-        logprobs: int = Field(
-            0, ge=0, le=settings.max_logprobs, description="alternatives listed per token"
-        )
-        stream: bool = Field(False, description="answer with server-sent events, one per token")
-
-    class CompareRequest(Generation):
-        models: list[ModelName] | None = Field(
-            None,
-            min_length=1,
-            max_length=settings.max_compare_models,
-            json_schema_extra={"uniqueItems": True},
-            description="models to compare, each named once (default: every loaded model)",
-        )
-        top_n: int = Field(
-            min(5, settings.max_top_k),
-            ge=1,
-            le=settings.max_top_k,
-            description="next tokens listed per model",
-        )
-        surprisal_window: int | None = Field(
-            None,
-            ge=1,
-            le=65536,
-            description="the prompt's surprisal is scored like /score with this window: each "
-            "token reads from ceil(w/2) + 1 to w tokens before it, so the models can be "
-            "compared reading the same few tokens (default, and at most: each model's own "
-            "score_window). The completion and next tokens always read the whole context",
-        )
-
-        @field_validator("models")
-        @classmethod
-        def _each_model_once(cls, models: list[str] | None) -> list[str] | None:
-            twice = sorted({m for m in models or () if models.count(m) > 1})
-            if twice:
-                raise ValueError(f"names {', '.join(twice)} more than once; name each model once")
-            return models
-
-    class NextTokenRequest(Strict):
-        model: ModelName
-        prompt: PromptText
-        top_k: int = Field(
-            min(10, settings.max_top_k),
-            ge=1,
-            le=settings.max_top_k,
-            description="how many likely next tokens to list",
-        )
-
-        _prompt_is_text = field_validator("prompt")(_valid_text)
-
-    class AttentionRequest(Strict):
-        model: ModelName
-        prompt: PromptText
-        layer: int | None = Field(None, ge=0, le=1024, description="one layer (default: all)")
-        head: int | None = Field(None, ge=0, le=1024, description="one head (default: all)")
-        vectors: bool = Field(
-            False,
-            description="also return each listed layer's queries and keys, from which the "
-            "weights are computed (softmax of q·k / sqrt(head_dim) over the keys up to the "
-            "query), and the weights unrounded; GET /models says which models serve them",
-        )
-
-        _prompt_is_text = field_validator("prompt")(_valid_text)
-
-    class ScoreRequest(Strict):
-        model: ModelName
-        text: Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=settings.max_score_chars,
-                pattern=NOT_BLANK,
-                description="text to score",
-            ),
-        ]
-        per_token: bool = Field(False, description="also list each token's log-probability")
-        window: int | None = Field(
-            None,
-            ge=1,
-            le=65536,
-            description="scoring window in tokens (default, and at most: the model's own, GET "
-            "/models score_window; a longer one is cut to it, and the response's window says "
-            "which was used): windows of w tokens overlap by half, so every token reads "
-            "from ceil(w/2) + 1 to w tokens before it (the text's first tokens: all there "
-            "are). Smaller windows show what the model does with less context. A Bengio model "
-            "reads its n tokens whenever the window has 2n - 3 or more (13 for n = 8); it pads "
-            "fewer with end-of-text, as at a document's start. Its windows overlap by n - 1 "
-            "tokens where that is less than half: every token still reads its n, and the same "
-            "scores take fewer windows",
-        )
-
-        _text_is_text = field_validator("text")(_valid_text)
-
-    class TokenizeRequest(Strict):
-        text: Annotated[str, Field(min_length=1, max_length=settings.max_score_chars)]
-        model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")
-
-        _text_is_text = field_validator("text")(_valid_text)
-
-    class DetokenizeRequest(Strict):
-        ids: list[TokenIdItem] = Field(
-            min_length=1,
-            max_length=settings.max_score_chars,
-            description="token ids (as /tokenize, /next-token and logprobs give them)",
-        )
-        model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")
-
-    return Requests(
-        GenerateRequest,
-        CompareRequest,
-        NextTokenRequest,
-        AttentionRequest,
-        ScoreRequest,
-        TokenizeRequest,
-        DetokenizeRequest,
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="subtracted from a token's logit once per time it was generated "
+        "(OpenAI's; the prompt does not count)",
     )
+    presence_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="subtracted from a token's logit once it was generated at all (OpenAI's)",
+    )
+    logit_bias: Annotated[
+        dict[Annotated[str, Field(pattern=TOKEN_KEY)], BiasValue], Limit("max_logit_bias")
+    ] = Field(
+        default_factory=dict,
+        description="token id (see /tokenize) -> value added to its logit before sampling, "
+        "-100 (never) to 100 (always); an id outside the model's vocabulary is a 404",
+        examples=[{"0": -100}],
+        json_schema_extra={"additionalProperties": False},
+    )
+
+    def sampling(
+        self, temperature: float, top_k: int, top_p: float, repetition: float = 1.0
+    ) -> SamplingParams:
+        return SamplingParams(
+            temperature,
+            top_k,
+            top_p,
+            repetition,
+            self.frequency_penalty,
+            self.presence_penalty,
+            tuple(sorted((int(k), v) for k, v in self.logit_bias.items())),
+        )
+
+
+PromptText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        pattern=NOT_BLANK,
+        description="text to continue, read as the start of a document; not empty or "
+        "only whitespace. <|endoftext|> in it is the end-of-text token: a document boundary",
+        examples=["Capitu olhou para mim"],
+    ),
+    Limit("max_prompt_chars"),
+]
+StopString = Annotated[str, Field(min_length=1, max_length=100)]
+TopK = Annotated[int, Limit("max_top_k")]
+_NEW_TOKENS = Capped(16, "max_new_tokens")
+
+
+class Generation(Penalties):
+    """What every generating endpoint shares: the prompt and the sampling settings."""
+
+    prompt: PromptText
+    max_new_tokens: Annotated[int, Limit("max_new_tokens")] = Field(
+        default_factory=_NEW_TOKENS,
+        ge=1,
+        description="tokens to generate at most",
+        json_schema_extra=_NEW_TOKENS.schema,
+    )
+    temperature: float = Field(
+        1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0 is greedy decoding"
+    )
+    top_k: TopK = Field(0, ge=0, description="sample among the k likeliest; 0: off")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass; 1: off"
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="> 1 discourages tokens already in context",
+    )
+    seed: int | None = Field(None, ge=0, le=2**53 - 1, description="same seed, same output")
+    stop: Annotated[list[StopString], Limit("max_stop_strings")] = Field(
+        default_factory=list, description="stop before any of these strings"
+    )
+
+    _prompt_is_text = field_validator("prompt")(_valid_text)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_are_text(cls, stops: list[str]) -> list[str]:
+        return [_valid_text(s) for s in stops]
+
+    def params(self) -> SamplingParams:
+        return self.sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+
+
+class GenerateRequest(Generation):
+    model: ModelName
+    logprobs: Annotated[int, Limit("max_logprobs")] = Field(
+        0, ge=0, description="alternatives listed per token"
+    )
+    stream: bool = Field(False, description="answer with server-sent events, one per token")
+
+
+_TOP_N = Capped(5, "max_top_k")
+
+
+class CompareRequest(Generation):
+    models: Annotated[list[ModelName], Limit("max_compare_models")] | None = Field(
+        None,
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="models to compare, each named once (default: every loaded model)",
+    )
+    top_n: TopK = Field(
+        default_factory=_TOP_N,
+        ge=1,
+        description="next tokens listed per model",
+        json_schema_extra=_TOP_N.schema,
+    )
+    surprisal_window: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="the prompt's surprisal is scored like /score with this window: each "
+        "token reads from ceil(w/2) + 1 to w tokens before it, so the models can be "
+        "compared reading the same few tokens (default, and at most: each model's own "
+        "score_window). The completion and next tokens always read the whole context",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _each_model_once(cls, models: list[str] | None) -> list[str] | None:
+        twice = sorted({m for m in models or () if models.count(m) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(twice)} more than once; name each model once")
+        return models
+
+
+_NEXT_TOKENS = Capped(10, "max_top_k")
+
+
+class NextTokenRequest(Strict):
+    model: ModelName
+    prompt: PromptText
+    top_k: TopK = Field(
+        default_factory=_NEXT_TOKENS,
+        ge=1,
+        description="how many likely next tokens to list",
+        json_schema_extra=_NEXT_TOKENS.schema,
+    )
+
+    _prompt_is_text = field_validator("prompt")(_valid_text)
+
+
+class AttentionRequest(Strict):
+    model: ModelName
+    prompt: PromptText
+    layer: int | None = Field(None, ge=0, le=1024, description="one layer (default: all)")
+    head: int | None = Field(None, ge=0, le=1024, description="one head (default: all)")
+    vectors: bool = Field(
+        False,
+        description="also return each listed layer's queries and keys, from which the "
+        "weights are computed (softmax of q·k / sqrt(head_dim) over the keys up to the "
+        "query), and the weights unrounded; GET /models says which models serve them",
+    )
+
+    _prompt_is_text = field_validator("prompt")(_valid_text)
+
+
+Text = Annotated[str, Field(min_length=1), Limit("max_score_chars")]
+
+
+class ScoreRequest(Strict):
+    model: ModelName
+    text: Annotated[
+        str,
+        Field(min_length=1, pattern=NOT_BLANK, description="text to score"),
+        Limit("max_score_chars"),
+    ]
+    per_token: bool = Field(False, description="also list each token's log-probability")
+    window: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="scoring window in tokens (default, and at most: the model's own, GET "
+        "/models score_window; a longer one is cut to it, and the response's window says "
+        "which was used): windows of w tokens overlap by half, so every token reads "
+        "from ceil(w/2) + 1 to w tokens before it (the text's first tokens: all there "
+        "are). Smaller windows show what the model does with less context. A Bengio model "
+        "reads its n tokens whenever the window has 2n - 3 or more (13 for n = 8); it pads "
+        "fewer with end-of-text, as at a document's start. Its windows overlap by n - 1 "
+        "tokens where that is less than half: every token still reads its n, and the same "
+        "scores take fewer windows",
+    )
+
+    _text_is_text = field_validator("text")(_valid_text)
+
+
+class TokenizeRequest(Strict):
+    text: Text
+    model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")
+
+    _text_is_text = field_validator("text")(_valid_text)
+
+
+class DetokenizeRequest(Strict):
+    ids: Annotated[list[TokenIdItem], Limit("max_score_chars")] = Field(
+        min_length=1,
+        description="token ids (as /tokenize, /next-token and logprobs give them)",
+    )
+    model: ModelName | None = Field(None, description="whose tokenizer (default: the first)")

@@ -1,8 +1,5 @@
 """Model endpoints: /generate (also streamed), /next-token, /attention, /score."""
 
-# No `from __future__ import annotations`: the request bodies are classes built from the
-# settings, and FastAPI reads the endpoints' annotations as real objects.
-
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,7 +26,12 @@ from service.responses import (
     sse_doc,
 )
 from service.routes.common import Serving, ServingDep, StreamTally, require_api_key
-from service.schemas import Requests
+from service.schemas import (
+    AttentionRequest,
+    GenerateRequest,
+    NextTokenRequest,
+    ScoreRequest,
+)
 
 SSE_DOC = sse_doc(
     "with stream: true, events 'token' (id, text, logprob), then 'done' "
@@ -150,111 +152,112 @@ def _generation_stream(
     return serving.event_stream(engine, arm, started, slot, tally, events)
 
 
-def build_router(requests: Requests) -> APIRouter:
-    router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 
-    @router.post(
-        "/generate", response_model=GenerateResponse, responses={**INFERENCE_ERRORS, **SSE_DOC}
+
+@router.post(
+    "/generate", response_model=GenerateResponse, responses={**INFERENCE_ERRORS, **SSE_DOC}
+)
+async def generate(body: GenerateRequest, serving: ServingDep, response: Response):
+    """Continue a prompt: greedy or sampled, with stop strings and per-token
+    log-probabilities; `stream: true` sends each token as a server-sent event."""
+    engine, arm = serving.resolve(body.model)
+    engine.check_token_ids(body.logit_bias, "logit_bias")
+    serving.note(prompt=body.prompt)
+    params = body.params()
+    started = time.perf_counter()
+    job = GenerationRequest(
+        body.prompt, body.max_new_tokens, params, tuple(body.stop), body.seed, body.logprobs
     )
-    async def generate(body: requests.generate, serving: ServingDep, response: Response):
-        """Continue a prompt: greedy or sampled, with stop strings and per-token
-        log-probabilities; `stream: true` sends each token as a server-sent event."""
-        engine, arm = serving.resolve(body.model)
-        engine.check_token_ids(body.logit_bias, "logit_bias")
-        serving.note(prompt=body.prompt)
-        params = body.params()
-        started = time.perf_counter()
-        job = GenerationRequest(
-            body.prompt, body.max_new_tokens, params, tuple(body.stop), body.seed, body.logprobs
+    async with AsyncExitStack() as stack:
+        deadline = await stack.enter_async_context(serving.slot())
+        steps = engine.generate(job, deadline)
+        if body.stream:  # the stream holds the slot from here until it ends
+            return _generation_stream(serving, engine, arm, started, steps, stack.pop_all())
+        try:
+            result = await serving.run(lambda: _last(steps))
+        except Exception:
+            serving.record_ab(arm, started, False)
+            raise
+    final = generation_response(engine, result, time.perf_counter() - started)
+    serving.count_tokens(engine, len(final.tokens), final.seconds)
+    serving.record_ab(arm, started, True, len(final.tokens))
+    response.headers["X-Model"] = engine.name
+    return final
+
+
+@router.post("/next-token", response_model=NextTokenResponse, responses=INFERENCE_ERRORS)
+async def next_token(
+    body: NextTokenRequest, serving: ServingDep, response: Response
+) -> NextTokenResponse:
+    """The distribution of the next token: the likeliest candidates and the entropy."""
+    engine, arm = serving.resolve(body.model)
+    serving.note(prompt=body.prompt)
+    started = time.perf_counter()
+    async with serving.slot():  # a 429 here is no fault of the arm's
+        try:
+            result = await serving.run(lambda: engine.next_token(body.prompt, body.top_k))
+        except Exception:
+            serving.record_ab(arm, started, False)
+            raise
+    serving.record_ab(arm, started, True)
+    response.headers["X-Model"] = engine.name
+    return NextTokenResponse(model=engine.name, **asdict(result))
+
+
+@router.post(
+    "/attention",
+    response_model=AttentionResponse,
+    responses=INFERENCE_ERRORS,
+    response_model_exclude_none=True,
+)
+async def attention(body: AttentionRequest, serving: ServingDep) -> AttentionResponse:
+    """Attention weights [layer][head][query][key] of the prompt's last tokens (the shape
+    bertviz reads); with `vectors`, also the queries and keys they are computed from."""
+    limit = serving.settings.max_attention_tokens
+    engine = serving.engine_for(body.model)
+    serving.note(prompt=body.prompt)
+    async with serving.slot():
+        result = await serving.run(
+            lambda: engine.attention(body.prompt, limit, body.layer, body.head, body.vectors)
         )
-        async with AsyncExitStack() as stack:
-            deadline = await stack.enter_async_context(serving.slot())
-            steps = engine.generate(job, deadline)
-            if body.stream:  # the stream holds the slot from here until it ends
-                return _generation_stream(serving, engine, arm, started, steps, stack.pop_all())
-            try:
-                result = await serving.run(lambda: _last(steps))
-            except Exception:
-                serving.record_ab(arm, started, False)
-                raise
-        final = generation_response(engine, result, time.perf_counter() - started)
-        serving.count_tokens(engine, len(final.tokens), final.seconds)
-        serving.record_ab(arm, started, True, len(final.tokens))
-        response.headers["X-Model"] = engine.name
-        return final
+    return AttentionResponse(model=engine.name, **asdict(result))
 
-    @router.post("/next-token", response_model=NextTokenResponse, responses=INFERENCE_ERRORS)
-    async def next_token(
-        body: requests.next_token, serving: ServingDep, response: Response
-    ) -> NextTokenResponse:
-        """The distribution of the next token: the likeliest candidates and the entropy."""
-        engine, arm = serving.resolve(body.model)
-        serving.note(prompt=body.prompt)
-        started = time.perf_counter()
-        async with serving.slot():  # a 429 here is no fault of the arm's
-            try:
-                result = await serving.run(lambda: engine.next_token(body.prompt, body.top_k))
-            except Exception:
-                serving.record_ab(arm, started, False)
-                raise
-        serving.record_ab(arm, started, True)
-        response.headers["X-Model"] = engine.name
-        return NextTokenResponse(model=engine.name, **asdict(result))
 
-    @router.post(
-        "/attention",
-        response_model=AttentionResponse,
-        responses=INFERENCE_ERRORS,
-        response_model_exclude_none=True,
-    )
-    async def attention(body: requests.attention, serving: ServingDep) -> AttentionResponse:
-        """Attention weights [layer][head][query][key] of the prompt's last tokens (the shape
-        bertviz reads); with `vectors`, also the queries and keys they are computed from."""
-        limit = serving.settings.max_attention_tokens
-        engine = serving.engine_for(body.model)
-        serving.note(prompt=body.prompt)
-        async with serving.slot():
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=INFERENCE_ERRORS,
+    response_model_exclude_none=True,
+)
+async def score(body: ScoreRequest, serving: ServingDep, response: Response) -> ScoreResponse:
+    """Negative log-likelihood, perplexity and bits per character of a text."""
+    engine, arm = serving.resolve(body.model)
+    started = time.perf_counter()
+    if body.per_token:  # a token is at least a byte of the text (byte-level BPE)
+        serving.check_answer_size(
+            len(body.text.encode()), "at most one per byte of the text", "text"
+        )
+    async with serving.slot() as deadline:
+        scoring = time.perf_counter()
+        try:
             result = await serving.run(
-                lambda: engine.attention(body.prompt, limit, body.layer, body.head, body.vectors)
+                lambda: engine.score(
+                    body.text, body.per_token, deadline=deadline, window=body.window
+                ),
             )
-        return AttentionResponse(model=engine.name, **asdict(result))
-
-    @router.post(
-        "/score",
-        response_model=ScoreResponse,
-        responses=INFERENCE_ERRORS,
-        response_model_exclude_none=True,
+        except Exception:
+            serving.record_ab(arm, started, False)
+            raise
+        seconds = time.perf_counter() - scoring
+    serving.record_ab(arm, started, True, bpc=result.bits_per_character)
+    response.headers["X-Model"] = engine.name
+    return ScoreResponse(
+        model=engine.name,
+        seconds=seconds,
+        tokens_per_second=result.tokens / seconds if seconds > 0 else 0.0,
+        **asdict(result),
     )
-    async def score(body: requests.score, serving: ServingDep, response: Response) -> ScoreResponse:
-        """Negative log-likelihood, perplexity and bits per character of a text."""
-        engine, arm = serving.resolve(body.model)
-        started = time.perf_counter()
-        if body.per_token:  # a token is at least a byte of the text (byte-level BPE)
-            serving.check_answer_size(
-                len(body.text.encode()), "at most one per byte of the text", "text"
-            )
-        async with serving.slot() as deadline:
-            scoring = time.perf_counter()
-            try:
-                result = await serving.run(
-                    lambda: engine.score(
-                        body.text, body.per_token, deadline=deadline, window=body.window
-                    ),
-                )
-            except Exception:
-                serving.record_ab(arm, started, False)
-                raise
-            seconds = time.perf_counter() - scoring
-        serving.record_ab(arm, started, True, bpc=result.bits_per_character)
-        response.headers["X-Model"] = engine.name
-        return ScoreResponse(
-            model=engine.name,
-            seconds=seconds,
-            tokens_per_second=result.tokens / seconds if seconds > 0 else 0.0,
-            **asdict(result),
-        )
-
-    return router
 
 
 def _last(steps) -> Generation:

@@ -6,8 +6,6 @@ stop, seed, logprobs, echo, frequency_penalty, presence_penalty, logit_bias, str
 stream_options, user; suffix only as null (the models continue text, they do not insert).
 """
 
-# No `from __future__ import annotations`: see inference.py.
-
 import json
 import time
 import uuid
@@ -29,14 +27,13 @@ from service.openai_schemas import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    CompletionRequest,
     CompletionUsage,
     ModelCard,
     ModelPage,
-    build_request,
 )
 from service.responses import INFERENCE_ERRORS, error_responses, sse_doc
 from service.routes.common import Serving, ServingDep, StreamTally, require_api_key
-from service.settings import Settings
 
 FINISH = {"length": "length", "stop": "stop", "end_of_text": "stop"}
 
@@ -106,112 +103,105 @@ def _best(generations: dict[int, Generation], n: int) -> list[Generation]:
     return [generations[k] for k in (order[:n] if len(generations) > n else sorted(generations))]
 
 
-def build_router(settings: Settings) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
-    completion_request = build_request(settings)
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
-    @router.get("/models", response_model=ModelPage)
-    async def models(serving: ServingDep) -> ModelPage:
-        """The served models, as OpenAI's model list."""
-        created = int(serving.started)
-        return ModelPage(
-            data=[ModelCard(id=name, created=created) for name in sorted(serving.engines)]
-        )
 
-    @router.get(
-        "/models/{model}", response_model=ModelCard, responses=error_responses(401, 404, 503)
+@router.get("/models", response_model=ModelPage)
+async def models(serving: ServingDep) -> ModelPage:
+    """The served models, as OpenAI's model list."""
+    created = int(serving.started)
+    return ModelPage(data=[ModelCard(id=name, created=created) for name in sorted(serving.engines)])
+
+
+@router.get("/models/{model}", response_model=ModelCard, responses=error_responses(401, 404, 503))
+async def model(model: str, serving: ServingDep) -> ModelCard:
+    """One served model, as OpenAI's model object (404 for a model not served)."""
+    return ModelCard(id=serving.engine_for(model).name, created=int(serving.started))
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={
+        **INFERENCE_ERRORS,
+        **sse_doc("with stream: true, OpenAI's chunks as 'data:' events, then [DONE]"),
+    },
+)
+async def completions(body: CompletionRequest, serving: ServingDep, response: Response):
+    """OpenAI-style text completions (model 'ab' is the client's A/B arm; `user` or
+    X-Client-Id keeps it sticky)."""
+    engine, arm = serving.resolve(
+        body.model, serving.request.headers.get("x-client-id") or body.user
     )
-    async def model(model: str, serving: ServingDep) -> ModelCard:
-        """One served model, as OpenAI's model object (404 for a model not served)."""
-        return ModelCard(id=serving.engine_for(model).name, created=int(serving.started))
-
-    @router.post(
-        "/completions",
-        response_model=Completion,
-        responses={
-            **INFERENCE_ERRORS,
-            **sse_doc("with stream: true, OpenAI's chunks as 'data:' events, then [DONE]"),
-        },
+    started = time.perf_counter()
+    engine.check_token_ids(body.logit_bias, "logit_bias")
+    sources = (
+        body.prompt
+        if isinstance(body.prompt, list) and not isinstance(body.prompt[0], int)
+        else [body.prompt]
     )
-    async def completions(body: completion_request, serving: ServingDep, response: Response):
-        """OpenAI-style text completions (model 'ab' is the client's A/B arm; `user` or
-        X-Client-Id keeps it sticky)."""
-        engine, arm = serving.resolve(
-            body.model, serving.request.headers.get("x-client-id") or body.user
-        )
-        started = time.perf_counter()
-        engine.check_token_ids(body.logit_bias, "logit_bias")
-        sources = (
-            body.prompt
-            if isinstance(body.prompt, list) and not isinstance(body.prompt[0], int)
-            else [body.prompt]
-        )
-        for source in sources:
-            if isinstance(source, list):
-                engine.check_token_ids(source, "prompt")
-        best_of = max(body.best_of or body.n, body.n)
-        prompts = [_prompt(engine, source) for source in sources]
-        per_token = 1 + (body.logprobs or 0)
-        echoed = sum(len(p.ids) for p in prompts) if body.echo else 0
-        serving.check_answer_size(
-            body.n * (echoed + len(prompts) * body.max_tokens) * per_token,
-            f"{body.n} choice(s) x ({echoed} echoed prompt tokens + {len(prompts)} prompt(s) x "
-            f"{body.max_tokens} max_tokens) x {per_token} (each token and its logprobs "
-            "alternatives)",
-            "max_tokens",
-        )
-        stops = (
-            [] if body.stop is None else [body.stop] if isinstance(body.stop, str) else body.stop
-        )
-        job = _Job(
-            engine=engine,
-            n=body.n,
-            seeds=[None if body.seed is None else body.seed + k for k in range(best_of)],
-            max_tokens=body.max_tokens,
-            params=body.sampling(body.temperature, 0, body.top_p),
-            stops=stops,
-            logprobs=body.logprobs,
-            echo=body.echo,
-            ident=f"cmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-        )
-        async with AsyncExitStack() as stack:
-            deadline = await stack.enter_async_context(serving.slot())
-            if body.stream:  # the stream holds the slot from here until it ends
-                tally = StreamTally()
-                usage = body.stream_options is not None and body.stream_options.include_usage
+    for source in sources:
+        if isinstance(source, list):
+            engine.check_token_ids(source, "prompt")
+    best_of = max(body.best_of or body.n, body.n)
+    prompts = [_prompt(engine, source) for source in sources]
+    per_token = 1 + (body.logprobs or 0)
+    echoed = sum(len(p.ids) for p in prompts) if body.echo else 0
+    serving.check_answer_size(
+        body.n * (echoed + len(prompts) * body.max_tokens) * per_token,
+        f"{body.n} choice(s) x ({echoed} echoed prompt tokens + {len(prompts)} prompt(s) x "
+        f"{body.max_tokens} max_tokens) x {per_token} (each token and its logprobs "
+        "alternatives)",
+        "max_tokens",
+    )
+    stops = [] if body.stop is None else [body.stop] if isinstance(body.stop, str) else body.stop
+    job = _Job(
+        engine=engine,
+        n=body.n,
+        seeds=[None if body.seed is None else body.seed + k for k in range(best_of)],
+        max_tokens=body.max_tokens,
+        params=body.sampling(body.temperature, 0, body.top_p),
+        stops=stops,
+        logprobs=body.logprobs,
+        echo=body.echo,
+        ident=f"cmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+    )
+    async with AsyncExitStack() as stack:
+        deadline = await stack.enter_async_context(serving.slot())
+        if body.stream:  # the stream holds the slot from here until it ends
+            tally = StreamTally()
+            usage = body.stream_options is not None and body.stream_options.include_usage
 
-                def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
-                    return _stream(serving, job, prompts, deadline, usage, tally, release)
+            def events(release: Callable[[], Awaitable[None]]) -> AsyncIterator[dict]:
+                return _stream(serving, job, prompts, deadline, usage, tally, release)
 
-                return serving.event_stream(engine, arm, started, stack.pop_all(), tally, events)
-            try:
-                choices, prompt_tokens, completion_tokens = [], 0, 0
-                for i, prompt in enumerate(prompts):
-                    chosen = await serving.run(lambda p=prompt: job.answer(p, deadline))
-                    prompt_tokens += len(chosen[0].prompt_ids)
-                    for k, generation in enumerate(chosen):
-                        completion_tokens += len(generation.steps)
-                        choices.append(job.choice(i * body.n + k, prompt, generation))
-            except Exception:
-                serving.record_ab(arm, started, False)
-                raise
-        serving.count_tokens(engine, completion_tokens, time.perf_counter() - started)
-        serving.record_ab(arm, started, True, completion_tokens)
-        response.headers["X-Model"] = engine.name
-        return Completion(
-            id=job.ident,
-            created=job.created,
-            model=engine.name,
-            choices=choices,
-            usage=CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
-        )
-
-    return router
+            return serving.event_stream(engine, arm, started, stack.pop_all(), tally, events)
+        try:
+            choices, prompt_tokens, completion_tokens = [], 0, 0
+            for i, prompt in enumerate(prompts):
+                chosen = await serving.run(lambda p=prompt: job.answer(p, deadline))
+                prompt_tokens += len(chosen[0].prompt_ids)
+                for k, generation in enumerate(chosen):
+                    completion_tokens += len(generation.steps)
+                    choices.append(job.choice(i * body.n + k, prompt, generation))
+        except Exception:
+            serving.record_ab(arm, started, False)
+            raise
+    serving.count_tokens(engine, completion_tokens, time.perf_counter() - started)
+    serving.record_ab(arm, started, True, completion_tokens)
+    response.headers["X-Model"] = engine.name
+    return Completion(
+        id=job.ident,
+        created=job.created,
+        model=engine.name,
+        choices=choices,
+        usage=CompletionUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+    )
 
 
 @dataclass
