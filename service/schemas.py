@@ -66,6 +66,8 @@ def _valid_text(value: str) -> str:
 def _json_kind(annotation: object) -> type | None:
     """int, float or bool for a (possibly optional) numeric or boolean field, else None."""
     options = typing.get_args(annotation) or (annotation,)
+    # An option may carry its own bounds (Annotated[int, Field(ge=1), Limit(...)] | None).
+    options = [typing.get_args(k)[0] if typing.get_origin(k) is Annotated else k for k in options]
     kinds = [k for k in options if k in (int, float, bool)]
     return kinds[0] if kinds else None
 

@@ -132,3 +132,11 @@ def test_request_limits_compare_with_no_model_loaded_is_503(tmp_path):
     (tmp_path / "empty").mkdir()
     with TestClient(create_app(make_settings(models_dir=tmp_path / "empty"))) as client:
         error_of(client.post("/compare", json={"prompt": "Capitu"}), 503, "not_ready")
+
+
+@pytest.mark.parametrize("field", ["logprobs", "best_of", "n", "max_tokens"])
+@pytest.mark.parametrize("value", [False, True, "1"])
+def test_request_limits_bounded_numbers_are_json_numbers_only(small, field, value):
+    """A bounded number, optional or not, is a JSON number: not true, false or a string."""
+    body = {"model": "attention-seed", "prompt": "Capitu", field: value}
+    error_of(small.post("/v1/completions", json=body), 422, "invalid_field", field)
