@@ -43,6 +43,7 @@ def test_only_attention_models_on_the_cpu_get_slots(slotted, plain):
     assert plain.slot_session is None and Engine(plain).slot_batcher is None
 
 
+@pytest.mark.slow
 def test_int8_slots_have_block_weights_and_batch_exactly():
     """With int8 weights the slot graph's products are MatMulNBits, whose activations are
     quantized row by row: a row's logits are the same alone or in a batch."""
@@ -83,6 +84,7 @@ def test_decode_graph_matches_decoder_onnx(slotted):
     assert steps.shape == (2, 8192) and cache.lengths[:2].tolist() == [21, 13]
 
 
+@pytest.mark.slow
 def test_generations_past_the_context_match_decoder_onnx(slotted, plain):
     """300 greedy tokens from a 256-token context: the window restarts at 3/4 of it in both."""
     a, b = Engine(slotted, max_batch_rows=4), Engine(plain, max_batch_rows=4)

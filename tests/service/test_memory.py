@@ -93,6 +93,7 @@ def test_service_sets_the_limit_before_loading_models(caplog, monkeypatch):
     assert messages[0] == "malloc arenas: at most 3"
 
 
+@pytest.mark.slow
 def test_stopped_service_releases_its_models():
     """Once stopped, an app holds no session: FastAPI's caches of endpoint functions can keep the
     app object itself alive, and with it every model's weights and threads, were they kept."""
