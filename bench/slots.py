@@ -30,7 +30,7 @@ from bench.common import MODELS, cpu_name, write_figures
 from runtime.batching import decode_feed
 from runtime.decode_graph import build_decode_graph
 from runtime.quantize import block_int8
-from runtime.slots import SlotBatcher, SlotCache
+from runtime.slots import SlotCache
 
 BATCHES = (1, 8, 32)
 PAST = 64
@@ -75,11 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         steppers[("decoder.onnx", rows)] = lambda d=decoder, f=feed: d.run(None, f)
         for name in ("slots, float32", "slots, int8 blocks"):
             cache = SlotCache(sessions[name], rows, config)
-            batcher = SlotBatcher(cache, rows)
-            batcher(list(range(rows)), [[0, *rng.integers(1, 8192, PAST - 1).tolist()]] * rows)
+            cache.step(list(range(rows)), [[0, *rng.integers(1, 8192, PAST - 1).tolist()]] * rows)
 
-            def step(b=batcher, c=cache, n=rows):
-                b(list(range(n)), [[5]] * n)
+            def step(c=cache, n=rows):
+                c.step(list(range(n)), [[5]] * n)
                 c.lengths[:n] = PAST  # the same step again, not a longer one
 
             steppers[(name, rows)] = step

@@ -36,7 +36,8 @@ from runtime.sampling import (
     likeliest,
     log_softmax,
 )
-from runtime.slots import SlotBatcher, SlotCache, SlotContext
+from runtime.scheduler import OnLogits, SlotScheduler
+from runtime.slots import SlotCache
 from runtime.windows import scoring_window, stride_of, window_plan
 
 END_OF_TEXT = "<|endoftext|>"
@@ -117,13 +118,12 @@ class Engine:
             and "attention_mask" in {i.name for i in decoder.get_inputs()}
             else None
         )
-        # Generation on cache slots (runtime.slots) where the loader opened their graph.
-        self.slot_batcher = (
-            SlotBatcher(
+        # Generation on cache slots (runtime.scheduler) where the loader opened their graph.
+        self.scheduler = (
+            SlotScheduler(
                 SlotCache(model.slot_session, model.kv_slots, self.card["config"]),
                 max(1, min(max_batch_rows if slot_rows is None else slot_rows, model.kv_slots)),
                 on_batch,
-                batch_wait,
             )
             if model.slot_session is not None
             else None
@@ -223,14 +223,18 @@ class Engine:
             )
             for seed in seeds
         ]
+        scheduled = (
+            self._scheduled(choices, request, deadline)
+            if self.scheduler is not None and request.max_new_tokens > 0
+            else None
+        )
+        if scheduled is not None:
+            yield from scheduled
+            return
         key = object()  # this generation, to the batchers
-        slots = self.slot_batcher.cache.acquire(len(choices)) if self.slot_batcher else None
-        cache: CachedContext | SlotContext | None = None
+        cache: CachedContext | None = None
         batcher = self.batcher
-        if slots is not None:
-            cache = SlotContext(self.slot_batcher, slots, self.context, key)
-            batcher = self.slot_batcher
-        elif uses_kv_cache(self.model):  # no slots, or none free: decoder.onnx
+        if uses_kv_cache(self.model):  # no slots, or none free: decoder.onnx
             cache = CachedContext(
                 self.model.decoder_session, self.context, self.decode_batcher, key
             )
@@ -247,13 +251,37 @@ class Engine:
         finally:  # ended, failed or abandoned (a client hung up): no batch waits for it
             if batcher is not None:
                 batcher.leave(key)
-            if slots is not None:
-                cache.close()
+
+    def _scheduled(
+        self,
+        choices: list[_Choice],
+        request: GenerationRequest,
+        deadline: Deadline | None,
+    ) -> Iterator[tuple[int, Step | Generation]] | None:
+        """generate_many's events with the choices stepped by the slot scheduler; None
+        without free slots."""
+
+        def advance(c: int) -> OnLogits:
+            choice, taken = choices[c], [0]
+
+            def on_logits(logits: np.ndarray, logprobs: np.ndarray) -> tuple[list, bool]:
+                step = self._advance(choice, logits, request, logprobs)
+                taken[0] += 1
+                events = [] if step is None else [(c, step)]
+                if choice.result.finish_reason != "length" or taken[0] == request.max_new_tokens:
+                    return [*events, (c, self._finish(choice))], False
+                return events, True
+
+            return on_logits
+
+        return self.scheduler.generate(
+            [(choices[c].ids, advance(c)) for c in range(len(choices))], deadline
+        )
 
     def _steps(
         self,
         choices: list[_Choice],
-        cache: CachedContext | SlotContext | None,
+        cache: CachedContext | None,
         key: object,
         request: GenerationRequest,
         deadline: Deadline | None,
@@ -289,13 +317,15 @@ class Engine:
         choice: _Choice,
         logits: np.ndarray,
         request: GenerationRequest,
+        logp: np.ndarray | None = None,
     ) -> Step | None:
         """Choose one token for ``choice``; the Step to stream, if any. A finished choice gets
-        its finish_reason ("end_of_text", "stop")."""
+        its finish_reason ("end_of_text", "stop"). ``logp``: the logits' log-softmax, where
+        the caller computed it (for a whole batch at once)."""
         token = choose(
             logits, request.sampling, choice.ids[-self.context :], choice.rng, choice.generated
         )
-        logp = log_softmax(logits)
+        logp = log_softmax(logits) if logp is None else logp
         if token == self.eot:
             choice.result.finish_reason = "end_of_text"
             choice.result.end_logprob = float(logp[token])

@@ -16,7 +16,7 @@ from runtime.loader import load_models
 from runtime.options import LoadOptions
 from runtime.results import Generation, GenerationRequest
 from runtime.sampling import SamplingParams
-from runtime.slots import SlotBatcher, SlotCache, SlotContext
+from runtime.slots import SlotCache
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -40,7 +40,7 @@ def test_only_attention_models_on_the_cpu_get_slots(slotted, plain):
     models = load_models(LoadOptions(models_dir=MODELS, kv_slots=2))
     assert models["attention"].slot_session is not None and models["attention"].kv_slots == 2
     assert models["bengio"].slot_session is None  # no key/value cache graph
-    assert plain.slot_session is None and Engine(plain).slot_batcher is None
+    assert plain.slot_session is None and Engine(plain).scheduler is None
 
 
 @pytest.mark.slow
@@ -50,12 +50,11 @@ def test_int8_slots_have_block_weights_and_batch_exactly():
     model = load_models(LoadOptions(models_dir=MODELS, kv_slots=4, quantize="int8"))["attention"]
     assert model.precision == "int8" and model.slot_session is not None
     cache = SlotCache(model.slot_session, 4, model.card["config"])
-    batcher = SlotBatcher(cache, 4)
     prompt = [0, 36, 551, 1651, 77]
     for slot in range(4):
-        batcher([slot], [prompt])
-    alone = batcher([0], [[5]])
-    together = batcher([1, 2, 3], [[5], [9], [5]])
+        cache.step([slot], [prompt])
+    alone = cache.step([0], [[5]])
+    together = cache.step([1, 2, 3], [[5], [9], [5]])
     assert np.array_equal(alone[0], together[0]) and np.array_equal(alone[0], together[2])
     assert not np.array_equal(together[0], together[1])
 
@@ -64,10 +63,9 @@ def test_decode_graph_matches_decoder_onnx(slotted):
     """A batched prefill of two prompts of different lengths, right-padded, then greedy steps:
     each row's logits are decoder.onnx's for that row alone."""
     cache = SlotCache(slotted.slot_session, 2, slotted.card["config"])
-    batcher = SlotBatcher(cache, 2)
     rng = np.random.default_rng(0)
     prompts = [[0, *rng.integers(1, 8192, 19).tolist()], [0, *rng.integers(1, 8192, 11).tolist()]]
-    got = batcher([0, 1], prompts)
+    got = cache.step([0, 1], prompts)
     shape = (6, 1, 6, 0, 64)
     for row, prompt in enumerate(prompts):
         empty = np.zeros(shape, np.float32)
@@ -80,7 +78,7 @@ def test_decode_graph_matches_decoder_onnx(slotted):
             assert np.abs(held[0] - keys[layer, 0]).max() < 1e-4
             assert np.abs(held[1] - values[layer, 0]).max() < 1e-4
     assert cache.lengths[:2].tolist() == [20, 12]
-    steps = batcher([0, 1], [[5], [7]])  # one call for both
+    steps = cache.step([0, 1], [[5], [7]])  # one call for both
     assert steps.shape == (2, 8192) and cache.lengths[:2].tolist() == [21, 13]
 
 
@@ -93,7 +91,7 @@ def test_generations_past_the_context_match_decoder_onnx(slotted, plain):
         x, y = final(a, request), final(b, request)
         assert [s.id for s in x.steps] == [s.id for s in y.steps]
         assert max(abs(s.logprob - t.logprob) for s, t in zip(x.steps, y.steps, strict=True)) < 1e-4
-    assert a.slot_batcher.cache.free == 4
+    assert a.scheduler.cache.free == 4
 
 
 def test_choices_and_sampling_match_and_free_their_slots(slotted, plain):
@@ -102,12 +100,12 @@ def test_choices_and_sampling_match_and_free_their_slots(slotted, plain):
     got = {c: g.text for c, g in a.generate_many(request, [1, 2, 3]) if isinstance(g, Generation)}
     want = {c: g.text for c, g in b.generate_many(request, [1, 2, 3]) if isinstance(g, Generation)}
     assert got == want
-    assert a.slot_batcher.cache.free == 4
+    assert a.scheduler.cache.free == 4
 
 
 def test_slots_come_back_when_a_generation_stops_or_is_dropped(slotted):
     engine = Engine(slotted)
-    cache = engine.slot_batcher.cache
+    cache = engine.scheduler.cache
     steps = engine.generate(GenerationRequest("Capitu", 50))
     next(steps)
     assert cache.free == 3
@@ -120,14 +118,14 @@ def test_slots_come_back_when_a_generation_stops_or_is_dropped(slotted):
 
 def test_no_free_slot_generates_through_decoder_onnx(slotted, plain):
     engine = Engine(slotted)
-    cache = engine.slot_batcher.cache
+    cache = engine.scheduler.cache
     held = cache.acquire(4)
     before = engine.decode_batcher.calls if engine.decode_batcher else None
     got = final(engine, GenerationRequest("Capitu olhou", 8))
     assert [s.id for s in got.steps] == [
         s.id for s in final(Engine(plain), GenerationRequest("Capitu olhou", 8)).steps
     ]
-    assert cache.free == 0 and engine.slot_batcher.calls == 0
+    assert cache.free == 0 and engine.scheduler.calls == 0
     if before is not None:
         assert engine.decode_batcher.calls > before
     cache.release(held)
@@ -137,21 +135,12 @@ def test_rows_between_the_stepped_slots_keep_their_cache(slotted):
     """Slots 0 and 2 step together; slot 1, in the called range but not in the step, gets a
     throwaway token past its length and still continues as it would have."""
     engine = Engine(slotted)
-    batcher = engine.slot_batcher
-    contexts = [SlotContext(batcher, [s], engine.context) for s in batcher.cache.acquire(3)]
+    cache = SlotCache(slotted.slot_session, 4, slotted.card["config"])
     prompts = [engine.prompt_ids(p) for p in ("Capitu olhou", "Não tive filhos", "A vida")]
-    for context, prompt in zip(contexts, prompts, strict=True):
-        context.next_logits_rows([prompt])
-    batcher._compute([([0], [[11]]), ([2], [[12]])])  # slot 1 idle in the range
-    contexts[0].seen += 1
-    contexts[2].seen += 1
-    contexts[0].cached += 1
-    contexts[2].cached += 1
-    middle = contexts[1].next_logits_rows([[*prompts[1], 13]])
-    fresh = SlotContext(batcher, batcher.cache.acquire(1), engine.context)
-    fresh.next_logits_rows([prompts[1]])
-    alone = fresh.next_logits_rows([[*prompts[1], 13]])
+    for slot, prompt in enumerate(prompts):
+        cache.step([slot], [prompt])
+    cache.step([0, 2], [[11], [12]])  # slot 1 idle in the range
+    middle = cache.step([1], [[13]])
+    cache.step([3], [prompts[1]])
+    alone = cache.step([3], [[13]])
     assert np.abs(middle - alone).max() < 1e-4
-    for context in (*contexts, fresh):
-        context.close()
-    assert batcher.cache.free == 4

@@ -402,7 +402,7 @@ def test_concurrent_generations_match_their_solo_runs(models, cached_models, slo
     assert got == expected
     batchers = {
         id(cached_models): (solo.decode_batcher, shared.decode_batcher),
-        id(slot_models): (solo.slot_batcher, shared.slot_batcher),
+        id(slot_models): (solo.scheduler, shared.scheduler),
     }.get(id(loaded), (solo.batcher, shared.batcher))
     alone, together = batchers
     assert together.rows == alone.rows == alone.calls

@@ -247,21 +247,21 @@ def test_export_builds_the_cache_slots_graph(exported, storage):
     import onnxruntime as ort
 
     from runtime.decode_graph import build_decode_graph
-    from runtime.slots import SlotBatcher, SlotCache
+    from runtime.slots import SlotCache
 
     model = _torch_model(checkpoint, storage)
     config = open_model(folders[storage]).card["config"]
     graph = build_decode_graph(folders[storage] / "model.onnx", config)
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    batcher = SlotBatcher(SlotCache(session, 2, config), 2)
+    cache = SlotCache(session, 2, config)
     rng = np.random.default_rng(2)
     ids = rng.integers(0, config["vocab_size"], (2, config["context"]))
     with torch.no_grad():
         expected = model(torch.as_tensor(ids))[0].numpy()  # (B, T, V)
-    logits = batcher([0, 1], ids[:, :7].tolist())
+    logits = cache.step([0, 1], ids[:, :7].tolist())
     assert np.abs(logits - expected[:, 6]).max() <= 1e-4
     for t in range(7, config["context"]):
-        logits = batcher([0, 1], ids[:, t : t + 1].tolist())
+        logits = cache.step([0, 1], ids[:, t : t + 1].tolist())
         assert np.abs(logits - expected[:, t]).max() <= 1e-4, (storage, t)
 
 

@@ -1,0 +1,235 @@
+"""Continuous batching on cache slots: one thread steps every running sequence at once.
+
+Request threads hand their sequences to the model's ``SlotScheduler`` and read what comes
+back; the scheduler's own thread loops: one graph call adds the last chosen token of every
+sequence that has one (``SlotCache.step`` over their slots), each sequence's callback chooses
+its next token from its row of logits, and a prompt that came in meanwhile is read in chunks of
+at most ``prefill_tokens`` between those steps, so that a long prompt does not stall the
+sequences already generating. A sequence joins the step after its prompt is read and leaves
+the moment its callback says it is done, its slot free for the next. No thread waits for
+another to come back with its token.
+
+A sequence longer than the context starts again from its last 3/4 (``CachedContext``'s rule,
+so the tokens are the same as through decoder.onnx).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.deadline import Deadline
+from runtime.sampling import log_softmax
+from runtime.slots import SlotCache
+
+# (logits, log-probabilities) of the sequence's next token -> (events for its request, whether
+# it goes on); the callback appends the token it chose to the sequence's ids.
+OnLogits = Callable[[np.ndarray, np.ndarray], tuple[list, bool]]
+# How often a request waiting for its events checks its deadline (time limit, hang-up).
+POLL_S = 0.05
+_LEFT = object()  # a sequence of the request has left (its slot is free)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A sequence on a slot: all its tokens so far (the callback appends each new one)."""
+
+    ids: list[int]
+    on_logits: OnLogits
+    slot: int = -1
+    feed: list[int] = field(default_factory=list)  # tokens to add at its next call
+    cached: int = 0  # tokens its slot holds
+    group: Group | None = None
+
+
+@dataclass(eq=False)
+class Group:
+    """The sequences of one request (its choices), ended together when it fails or leaves."""
+
+    sequences: list[Sequence]
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    ended: bool = False
+
+
+class SlotScheduler:
+    """The decode loop of one model on its cache slots (see the module's docstring)."""
+
+    def __init__(
+        self,
+        cache: SlotCache,
+        max_rows: int,
+        on_batch: Callable[[int], None] | None = None,
+        prefill_tokens: int = 64,
+    ) -> None:
+        """``max_rows``: the most sequences one step computes for; ``prefill_tokens``: the most
+        prompt tokens read between two steps."""
+        self.cache = cache
+        self.context = cache.context
+        self.refill = max(1, self.context * 3 // 4)
+        self.max_rows = max_rows
+        self.on_batch = on_batch
+        self.prefill_tokens = prefill_tokens
+        self.calls = 0  # decode steps run, and the rows they computed (for tests and metrics)
+        self.rows = 0
+        self._running: list[Sequence] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def generate(
+        self, sequences: list[tuple[list[int], OnLogits]], deadline: Deadline | None = None
+    ) -> Iterator | None:
+        """The events of each (ids, callback) sequence's callbacks, in order, until every
+        sequence has left; None when there are not that many free slots. A failed graph call
+        or callback is raised here; the deadline is checked while waiting; closing the
+        iterator ends the sequences."""
+        group = self.submit(sequences)
+        return None if group is None else self._follow(group, len(sequences), deadline)
+
+    def submit(self, sequences: list[tuple[list[int], OnLogits]]) -> Group | None:
+        """The sequences added to the loop (each on a slot of its own), or None."""
+        slots = self.cache.acquire(len(sequences))
+        if slots is None:
+            return None
+        group = Group([])
+        for slot, (ids, on_logits) in zip(slots, sequences, strict=True):
+            window = ids[-self.context :]
+            group.sequences.append(Sequence(ids, on_logits, slot, list(window), 0, group))
+        with self._lock:
+            self._running.extend(group.sequences)
+            if self._thread is None:  # the loop ends when idle: nothing holds the model after
+                self._thread = threading.Thread(target=self._loop, name="slot-scheduler")
+                self._thread.daemon = True
+                self._thread.start()
+        return group
+
+    def _follow(self, group: Group, count: int, deadline: Deadline | None) -> Iterator:
+        try:
+            while count:
+                if deadline is not None:
+                    deadline.check()
+                try:
+                    item = group.events.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if item is _LEFT:
+                    count -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:  # ended, failed or abandoned (a client hung up): the slots go back
+            self.cancel(group)
+
+    def cancel(self, group: Group) -> None:
+        """The request ended (done, failed or gone): its sequences leave, their slots free."""
+        group.ended = True
+        self._free(group.sequences)
+
+    def _free(self, sequences: list[Sequence]) -> None:
+        """Each slot goes back once, whoever ends its sequence first (the loop or the request)."""
+        leaving = set(map(id, sequences))
+        with self._lock:
+            slots = [s.slot for s in sequences if s.slot >= 0]
+            for s in sequences:
+                s.slot, s.feed = -1, []
+            self._running = [s for s in self._running if id(s) not in leaving]
+        self.cache.release(slots)
+
+    # The loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:  # what to run, read while no request can end a sequence
+                if not self._running:
+                    self._thread = None
+                    return
+                ready = [s for s in self._running if len(s.feed) == 1 and s.cached]
+                decoding = ready[: self.max_rows]
+                stepping = set(map(id, decoding))
+                if len(ready) > len(decoding):  # more than a step takes: the others go first
+                    self._running.sort(key=lambda s: id(s) in stepping)
+                step = [(s, s.slot, s.feed[0]) for s in decoding]
+                waiting = [s for s in self._running if s.feed and id(s) not in stepping]
+                prefill = self._prefill_plan(waiting) if waiting else None
+            if step:
+                self._decode(step)
+            if prefill:
+                self._prefill(*prefill)
+
+    def _prefill_plan(self, waiting: list[Sequence]) -> tuple:
+        """The next chunk of the first waiting prompt, for every sequence of its request that
+        reads it (one call where their slots are contiguous)."""
+        first = waiting[0]
+        sequences = [s for s in waiting if s.group is first.group and s.feed == first.feed]
+        chunk = first.feed[: self.prefill_tokens]
+        restart = first.cached == 0
+        return sequences, [s.slot for s in sequences], chunk, restart, len(chunk) == len(first.feed)
+
+    def _decode(self, step: list[tuple[Sequence, int, int]]) -> None:
+        sequences = [s for s, _, _ in step]
+        try:
+            logits = self.cache.step([slot for _, slot, _ in step], [[t] for _, _, t in step])
+            logprobs = log_softmax(logits)
+        except Exception as error:  # the graph or its output failed: every request in it hears
+            for group in {id(s.group): s.group for s in sequences}.values():
+                self._fail(group, error)
+            return
+        self.calls += 1
+        self.rows += len(step)
+        if self.on_batch is not None:
+            self.on_batch(len(step))
+        for s, row, logp in zip(sequences, logits, logprobs, strict=True):
+            s.cached += 1
+            self._advance(s, row, logp)
+
+    def _prefill(
+        self,
+        sequences: list[Sequence],
+        slots: list[int],
+        chunk: list[int],
+        restart: bool,
+        last: bool,
+    ) -> None:
+        if restart:
+            self.cache.lengths[slots] = 0
+        try:
+            logits = self.cache.prefill(slots, [chunk] * len(sequences))
+            logprobs = log_softmax(logits) if last else None
+        except Exception as error:
+            self._fail(sequences[0].group, error)
+            return
+        for i, s in enumerate(sequences):
+            if s.slot < 0:
+                continue
+            s.feed = s.feed[len(chunk) :]
+            s.cached += len(chunk)
+            if last:
+                self._advance(s, logits[i], logprobs[i])
+
+    def _advance(self, s: Sequence, logits: np.ndarray, logprobs: np.ndarray) -> None:
+        if s.group.ended or s.slot < 0:  # left while its row was computed
+            return
+        try:
+            events, going = s.on_logits(logits, logprobs)
+        except Exception as error:
+            self._fail(s.group, error)
+            return
+        if not going:
+            self._free([s])  # before its request hears that it ended
+        for event in events:
+            s.group.events.put(event)
+        if not going:
+            s.group.events.put(_LEFT)
+        elif s.cached + 1 > self.context:  # full: start again from the last 3/4
+            s.feed, s.cached = s.ids[-self.refill :], 0
+        else:
+            s.feed = s.ids[-1:]
+
+    def _fail(self, group: Group, error: BaseException) -> None:
+        if not group.ended:
+            self.cancel(group)
+            group.events.put(error)
