@@ -3,11 +3,12 @@
 Request threads hand their sequences to the model's ``SlotScheduler`` and read what comes
 back; the scheduler's own thread loops: one graph call adds the last chosen token of every
 sequence that has one (``SlotCache.step`` over their slots), each sequence's callback chooses
-its next token from its row of logits, and a prompt that came in meanwhile is read in chunks of
-at most ``prefill_tokens`` between those steps, so that a long prompt does not stall the
-sequences already generating. A sequence joins the step after its prompt is read and leaves
-the moment its callback says it is done, its slot free for the next. No thread waits for
-another to come back with its token.
+its next token from its row of logits, and the prompts that came in meanwhile are read between
+those steps, in chunks, up to a budget of tokens per round (``token_budget``: the step's rows
+and the prompt tokens together, at least ``min_prefill`` prompt tokens), so that a long prompt
+does not stall the sequences already generating and many new ones all start soon. A sequence
+joins the step after its prompt is read and leaves the moment its callback says it is done,
+its slot free for the next. No thread waits for another to come back with its token.
 
 A sequence longer than the context starts again from its last 3/4 (``CachedContext``'s rule,
 so the tokens are the same as through decoder.onnx).
@@ -63,16 +64,19 @@ class SlotScheduler:
         cache: SlotCache,
         max_rows: int,
         on_batch: Callable[[int], None] | None = None,
-        prefill_tokens: int = 64,
+        token_budget: int = 256,
+        min_prefill: int = 32,
     ) -> None:
-        """``max_rows``: the most sequences one step computes for; ``prefill_tokens``: the most
-        prompt tokens read between two steps."""
+        """``max_rows``: the most sequences one step computes for; ``token_budget``: the
+        tokens of a round, the step's rows and prompt tokens together; ``min_prefill``: the
+        prompt tokens a round reads even when the step takes the whole budget."""
         self.cache = cache
         self.context = cache.context
         self.refill = max(1, self.context * 3 // 4)
         self.max_rows = max_rows
         self.on_batch = on_batch
-        self.prefill_tokens = prefill_tokens
+        self.token_budget = token_budget
+        self.min_prefill = min_prefill
         self.calls = 0  # decode steps run, and the rows they computed (for tests and metrics)
         self.rows = 0
         self._running: list[Sequence] = []
@@ -154,20 +158,31 @@ class SlotScheduler:
                     self._running.sort(key=lambda s: id(s) in stepping)
                 step = [(s, s.slot, s.feed[0]) for s in decoding]
                 waiting = [s for s in self._running if s.feed and id(s) not in stepping]
-                prefill = self._prefill_plan(waiting) if waiting else None
+                budget = max(self.min_prefill, self.token_budget - len(step))
+                prefills = self._prefill_plans(waiting, budget)
             if step:
                 self._decode(step)
-            if prefill:
-                self._prefill(*prefill)
+            for plan in prefills:
+                self._prefill(*plan)
 
-    def _prefill_plan(self, waiting: list[Sequence]) -> tuple:
-        """The next chunk of the first waiting prompt, for every sequence of its request that
-        reads it (one call where their slots are contiguous)."""
-        first = waiting[0]
-        sequences = [s for s in waiting if s.group is first.group and s.feed == first.feed]
-        chunk = first.feed[: self.prefill_tokens]
-        restart = first.cached == 0
-        return sequences, [s.slot for s in sequences], chunk, restart, len(chunk) == len(first.feed)
+    @staticmethod
+    def _prefill_plans(waiting: list[Sequence], budget: int) -> list[tuple]:
+        """The next chunks of the waiting prompts, first come first, within ``budget``
+        tokens: for each request, every sequence of it that reads that prompt (one call where
+        their slots are contiguous)."""
+        plans, planned = [], set()
+        for first in waiting:
+            if budget <= 0:
+                break
+            if id(first.group) in planned:
+                continue
+            planned.add(id(first.group))
+            sequences = [s for s in waiting if s.group is first.group and s.feed == first.feed]
+            chunk = first.feed[: max(1, budget // len(sequences))]
+            budget -= len(chunk) * len(sequences)
+            last = len(chunk) == len(first.feed)
+            plans.append((sequences, [s.slot for s in sequences], chunk, first.cached == 0, last))
+        return plans
 
     def _decode(self, step: list[tuple[Sequence, int, int]]) -> None:
         sequences = [s for s, _, _ in step]

@@ -79,7 +79,7 @@ def test_scheduler_more_generations_than_a_step_takes_all_advance(slotted, plain
 def test_scheduler_reads_a_long_prompt_in_chunks(slotted, plain):
     """A prompt read a few tokens between steps gives the tokens of one read at once."""
     engine = Engine(slotted, max_batch_rows=4)
-    engine.scheduler.prefill_tokens = 7
+    engine.scheduler.token_budget = engine.scheduler.min_prefill = 7
     prompt = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria. " * 3
     requests = [GenerationRequest(prompt, 40, GREEDY), GenerationRequest("A vida", 40, GREEDY)]
     got = concurrently(lambda r: tokens(engine, r), requests)
