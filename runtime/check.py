@@ -10,18 +10,28 @@ torch, no FastAPI), one line per model and exit status 1 if any fails.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from runtime.engine import PROBE, Engine, probe
+from runtime.engine import Engine
 from runtime.loader import LoadedModel, load_models
 from runtime.options import LoadOptions
 from runtime.results import Generation, GenerationRequest
 
 CACHE_CHECK_TOKENS = 20
+PROBE = "Capitu olhou para mim"
+
+
+def probe(engine: Engine) -> None:
+    """One next-token call, whose distribution must be finite: a model whose graphs load but
+    cannot run, or answer nonsense, fails here instead of on its first request."""
+    entropy = engine.next_token(PROBE, 1).entropy_bits
+    if not math.isfinite(entropy):
+        raise ValueError(f"its next-token entropy on {PROBE!r} is {entropy}")
 
 
 def greedy(engine: Engine, tokens: int) -> Generation:

@@ -102,8 +102,6 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
         qkv_b = np.concatenate([w[f"{p}attention.w{x}.bias"] for x in "qkv"])
         projected = op("MatMul", [normed, weight(f"{layer}.qkv.w", qkv_w)], [f"{layer}.qkv.m"])
         qkv = op("Add", [projected, weight(f"{layer}.qkv.b", qkv_b)], [f"{layer}.qkv"])
-        q, k, v = f"{layer}.q", f"{layer}.k", f"{layer}.v"
-        op("Split", [qkv], [q, k, v], axis=-1, num_outputs=3)
         cache = []
         for kind in ("key", "value"):
             shape = ["batch", heads, context, head_dim]
@@ -112,7 +110,9 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
             cache.append(f"past_{kind}_{layer}")
         attended = op(
             "GroupQueryAttention",
-            [q, k, v, *cache, "seqlens_k", "total_sequence_length"],
+            # The queries, keys and values packed in one input, as GroupQueryAttention reads
+            # them: no Split node.
+            [qkv, "", "", *cache, "seqlens_k", "total_sequence_length"],
             [f"{layer}.att", f"present_key_{layer}", f"present_value_{layer}"],
             ms=True,
             num_heads=heads,

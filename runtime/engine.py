@@ -35,6 +35,7 @@ from runtime.sampling import (
     first_stop,
     likeliest,
     log_softmax,
+    logsumexp,
 )
 from runtime.scheduler import OnLogits, SlotScheduler
 from runtime.slots import SlotCache
@@ -264,8 +265,8 @@ class Engine:
         def advance(c: int) -> OnLogits:
             choice, taken = choices[c], [0]
 
-            def on_logits(logits: np.ndarray, logprobs: np.ndarray) -> tuple[list, bool]:
-                step = self._advance(choice, logits, request, logprobs)
+            def on_logits(logits: np.ndarray, lse: float) -> tuple[list, bool]:
+                step = self._advance(choice, logits, request, lse)
                 taken[0] += 1
                 events = [] if step is None else [(c, step)]
                 if choice.result.finish_reason != "length" or taken[0] == request.max_new_tokens:
@@ -317,25 +318,30 @@ class Engine:
         choice: _Choice,
         logits: np.ndarray,
         request: GenerationRequest,
-        logp: np.ndarray | None = None,
+        lse: float | None = None,
     ) -> Step | None:
         """Choose one token for ``choice``; the Step to stream, if any. A finished choice gets
-        its finish_reason ("end_of_text", "stop"). ``logp``: the logits' log-softmax, where
-        the caller computed it (for a whole batch at once)."""
+        its finish_reason ("end_of_text", "stop"). ``lse``: the logits' logsumexp, where the
+        caller computed it (for a whole batch at once)."""
         token = choose(
             logits, request.sampling, choice.ids[-self.context :], choice.rng, choice.generated
         )
-        logp = log_softmax(logits) if logp is None else logp
+        lse = float(logsumexp(logits)) if lse is None else lse
+        logprob = float(logits[token]) - lse
         if token == self.eot:
             choice.result.finish_reason = "end_of_text"
-            choice.result.end_logprob = float(logp[token])
+            choice.result.end_logprob = logprob
             return None
-        top = likeliest(logp[None], request.logprobs)[0] if request.logprobs else []
+        top = (
+            likeliest(logits[None].astype(np.float64) - lse, request.logprobs)[0]
+            if request.logprobs
+            else []
+        )
         choice.ids.append(token)
         choice.generated.append(token)
         full = self.decode(choice.generated)
         piece = full[len(choice.text) :] if full.startswith(choice.text) else ""
-        step = Step(token, piece, float(logp[token]), top)
+        step = Step(token, piece, logprob, top)
         choice.result.steps.append(step)
         cut = first_stop(full, request.stop)
         if cut >= 0:
@@ -439,12 +445,3 @@ class Engine:
 
 
 # What a model is asked before it serves (and by `python -m service --check`).
-PROBE = "Capitu olhou para mim"
-
-
-def probe(engine: Engine) -> None:
-    """One next-token call, whose distribution must be finite: a model whose graphs load but
-    cannot run, or answer nonsense, fails here instead of on its first request."""
-    entropy = engine.next_token(PROBE, 1).entropy_bits
-    if not math.isfinite(entropy):
-        raise ValueError(f"its next-token entropy on {PROBE!r} is {entropy}")

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.deadline import Deadline
-from runtime.sampling import log_softmax
+from runtime.sampling import logsumexp
 from runtime.slots import SlotCache
 
-# (logits, log-probabilities) of the sequence's next token -> (events for its request, whether
-# it goes on); the callback appends the token it chose to the sequence's ids.
-OnLogits = Callable[[np.ndarray, np.ndarray], tuple[list, bool]]
+# (logits of the sequence's next token, their logsumexp) -> (events for its request, whether it
+# goes on); the callback appends the token it chose to the sequence's ids.
+OnLogits = Callable[[np.ndarray, float], tuple[list, bool]]
 # How often a request waiting for its events checks its deadline (time limit, hang-up).
 POLL_S = 0.05
 _LEFT = object()  # a sequence of the request has left (its slot is free)
@@ -188,7 +188,7 @@ class SlotScheduler:
         sequences = [s for s, _, _ in step]
         try:
             logits = self.cache.step([slot for _, slot, _ in step], [[t] for _, _, t in step])
-            logprobs = log_softmax(logits)
+            lse = logsumexp(logits)
         except Exception as error:  # the graph or its output failed: every request in it hears
             for group in {id(s.group): s.group for s in sequences}.values():
                 self._fail(group, error)
@@ -197,9 +197,9 @@ class SlotScheduler:
         self.rows += len(step)
         if self.on_batch is not None:
             self.on_batch(len(step))
-        for s, row, logp in zip(sequences, logits, logprobs, strict=True):
+        for s, row, row_lse in zip(sequences, logits, lse, strict=True):
             s.cached += 1
-            self._advance(s, row, logp)
+            self._advance(s, row, float(row_lse))
 
     def _prefill(
         self,
@@ -213,7 +213,7 @@ class SlotScheduler:
             self.cache.lengths[slots] = 0
         try:
             logits = self.cache.prefill(slots, [chunk] * len(sequences))
-            logprobs = log_softmax(logits) if last else None
+            lse = logsumexp(logits) if last else None
         except Exception as error:
             self._fail(sequences[0].group, error)
             return
@@ -223,13 +223,13 @@ class SlotScheduler:
             s.feed = s.feed[len(chunk) :]
             s.cached += len(chunk)
             if last:
-                self._advance(s, logits[i], logprobs[i])
+                self._advance(s, logits[i], float(lse[i]))
 
-    def _advance(self, s: Sequence, logits: np.ndarray, logprobs: np.ndarray) -> None:
+    def _advance(self, s: Sequence, logits: np.ndarray, lse: float) -> None:
         if s.group.ended or s.slot < 0:  # left while its row was computed
             return
         try:
-            events, going = s.on_logits(logits, logprobs)
+            events, going = s.on_logits(logits, lse)
         except Exception as error:
             self._fail(s.group, error)
             return

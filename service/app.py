@@ -15,8 +15,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.check import probe
 from runtime.deadline import Drain
-from runtime.engine import Engine, probe
+from runtime.engine import Engine
 from runtime.loader import LoadedModel, load_models
 from service.ab import parse_weights
 from service.ab_store import Store

@@ -26,6 +26,7 @@ from runtime.sampling import (
     filter_top_p,
     first_stop,
     log_softmax,
+    logsumexp,
 )
 from tests.service.conftest import MODELS
 
@@ -300,3 +301,27 @@ def test_sampling_vanishing_temperature_is_greedy_not_nan(temperature):
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=temperature)
     assert all(choose(LOGITS, params, [], rng) == 0 for _ in range(10))
+
+
+@given(
+    st.lists(st.floats(-60.0, 60.0, allow_nan=False, width=32), min_size=2, max_size=300).map(
+        lambda xs: np.asarray(xs, dtype=np.float32)
+    )
+)
+def test_sampling_logsumexp_gives_log_softmax_of_a_token(logits):
+    """A token's log-probability from logsumexp (float32 exponentials) is float64
+    log_softmax's, a row alone or in a batch."""
+    exact = log_softmax(logits)
+    lse = logsumexp(logits)
+    assert np.allclose(logits.astype(np.float64) - lse, exact, atol=1e-5)
+    rows = np.stack([logits, logits[::-1]])
+    assert np.allclose(logsumexp(rows), [lse, lse], atol=1e-5)
+
+
+def test_sampling_logsumexp_refuses_broken_rows():
+    rows = np.zeros((3, 8), dtype=np.float32)
+    rows[1, 2] = np.nan
+    with pytest.raises(NonFiniteLogits, match="1 of 3 rows"):
+        logsumexp(rows)
+    with pytest.raises(NonFiniteLogits):
+        logsumexp(np.full(4, -np.inf, dtype=np.float32))
