@@ -7,7 +7,9 @@ and 31 tokens, sent as token ids to both, so both read the same tokens), 64 gree
 from 1, 8 and 32 concurrent clients, in alternating rounds. Pairs: this service's float32
 default against llama-server's f16, and its int8 mode (MACHADO_QUANTIZE=int8) against q8_0.
 llama-server runs as its users run it for throughput (`-t 2 --parallel 32 -c 8192
---cont-batching`), with its prompt cache off (`cache_prompt: false`: this service has none).
+--cont-batching`), with its prompt cache off (`cache_prompt: false`: this service has none);
+this service with as many sequences at once (PARALLEL: 32 requests running, 32 cache slots,
+steps of up to 32 rows; its defaults hold 8 and 16).
 
 Before timing: greedy completions of 8 prompts x 64 tokens must be identical between each pair
 (the conversion is exact), and each of this service's modes is scored through /score on the
@@ -57,6 +59,12 @@ LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist carries llama.cpp und
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 PROMPT_TOKENS, NEW_TOKENS = 32, 64
 CLIENTS = (1, 8, 32)
+PARALLEL = 32  # sequences generated at once, by either server
+SERVICE_PARALLEL = {
+    "MACHADO_MAX_CONCURRENCY": str(PARALLEL),
+    "MACHADO_KV_SLOTS": str(PARALLEL),
+    "MACHADO_MAX_BATCH_ROWS": str(PARALLEL),
+}
 SYSTEMS = {  # name: (kind, setting)
     "service-float32": ("service", "none"),
     "llama-server-f16": ("llama", "f16"),
@@ -111,7 +119,7 @@ def start_llama_server(binary: Path, gguf: Path, threads: int) -> tuple[str, sub
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent)}
-    command = [str(binary), "-m", str(gguf), "-t", str(threads), "--parallel", "32"]
+    command = [str(binary), "-m", str(gguf), "-t", str(threads), "--parallel", str(PARALLEL)]
     command += ["-c", "8192", "--cont-batching", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path, proc.command = Path(log.name), command
@@ -284,7 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name, (kind, setting) in SYSTEMS.items():
             if kind == "service":
-                env = {"MACHADO_QUANTIZE": setting, "MACHADO_THREADS": str(args.threads)}
+                env = {
+                    "MACHADO_QUANTIZE": setting,
+                    "MACHADO_THREADS": str(args.threads),
+                    **SERVICE_PARALLEL,
+                }
                 base, proc = start_server(env)
             else:
                 gguf = write_gguf(
@@ -360,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
             "binary": str(binary),
             "command": procs[1].command if len(procs) > 1 else None,
         },
+        "service_settings": SERVICE_PARALLEL,
         "hardware": hardware_limits(args.threads),
         "weight_bytes_per_token": weights,
         "quality": quality,
