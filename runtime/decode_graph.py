@@ -51,9 +51,10 @@ def tied_embedding(weights: dict[str, np.ndarray]) -> np.ndarray:
     raise KeyError("no token embedding (model.token_embedding.weight or model.head.weight)")
 
 
-def build_decode_graph(graph: Path, config: dict) -> bytes:
+def build_decode_graph(graph: Path, config: dict, cache: str = "float32") -> bytes:
     """The serialized slot decode graph of the model whose exported graph is ``graph`` (its
-    card's ``config``)."""
+    card's ``config``). ``cache="float16"``: the keys, values and attention in float16 (what
+    CUDA's GroupQueryAttention takes), everything else float32."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = graph_weights(graph)
@@ -88,6 +89,8 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
         epsilon=1e-5,
     )
     f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+    half = cache == "float16"
+    kv_type = TensorProto.FLOAT16 if half else f32
     inputs = [
         helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
         helper.make_tensor_value_info("positions", i64, ["batch", "sequence"]),
@@ -102,22 +105,26 @@ def build_decode_graph(graph: Path, config: dict) -> bytes:
         qkv_b = np.concatenate([w[f"{p}attention.w{x}.bias"] for x in "qkv"])
         projected = op("MatMul", [normed, weight(f"{layer}.qkv.w", qkv_w)], [f"{layer}.qkv.m"])
         qkv = op("Add", [projected, weight(f"{layer}.qkv.b", qkv_b)], [f"{layer}.qkv"])
-        cache = []
+        buffers = []
         for kind in ("key", "value"):
             shape = ["batch", heads, context, head_dim]
-            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{layer}", f32, shape))
-            outputs.append(helper.make_tensor_value_info(f"present_{kind}_{layer}", f32, shape))
-            cache.append(f"past_{kind}_{layer}")
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{layer}", kv_type, shape))
+            outputs.append(helper.make_tensor_value_info(f"present_{kind}_{layer}", kv_type, shape))
+            buffers.append(f"past_{kind}_{layer}")
+        if half:
+            qkv = op("Cast", [qkv], [f"{layer}.qkv16"], to=kv_type)
         attended = op(
             "GroupQueryAttention",
             # The queries, keys and values packed in one input, as GroupQueryAttention reads
             # them: no Split node.
-            [qkv, "", "", *cache, "seqlens_k", "total_sequence_length"],
+            [qkv, "", "", *buffers, "seqlens_k", "total_sequence_length"],
             [f"{layer}.att", f"present_key_{layer}", f"present_value_{layer}"],
             ms=True,
             num_heads=heads,
             kv_num_heads=heads,
         )
+        if half:
+            attended = op("Cast", [attended], [f"{layer}.att32"], to=f32)
         out = op(
             "MatMul",
             [attended, weight(f"{layer}.wo", w[f"{p}attention.wo.weight"].T)],

@@ -38,7 +38,6 @@ from runtime.sampling import (
     logsumexp,
 )
 from runtime.scheduler import OnLogits, SlotScheduler
-from runtime.slots import SlotCache
 from runtime.windows import scoring_window, stride_of, window_plan
 
 END_OF_TEXT = "<|endoftext|>"
@@ -122,7 +121,7 @@ class Engine:
         # Generation on cache slots (runtime.scheduler) where the loader opened their graph.
         self.scheduler = (
             SlotScheduler(
-                SlotCache(model.slot_session, model.kv_slots, self.card["config"]),
+                model.slot_cache(),
                 max(1, min(max_batch_rows if slot_rows is None else slot_rows, model.kv_slots)),
                 on_batch,
             )

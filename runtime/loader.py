@@ -23,10 +23,14 @@ from runtime.decode_graph import build_decode_graph
 from runtime.folder import CACHE_GRAPH, check_external_data, file_problems, inside, read_card
 from runtime.options import LoadOptions
 from runtime.quantize import block_int8, int8_weight_bits, quantize_int8
+from runtime.slots import SlotCache, slot_logits_gap
 
 log = logging.getLogger("runtime.loader")
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+# The most the logits of the float16 cache slots on CUDA may move from decoder.onnx's (float32
+# throughout) for them to serve: float16 keys and values moved them by up to 3.5e-3 on the CPU.
+CUDA_SLOT_GAP = 2e-2
 # Below this context the key/value cache does not pay, so its graph is not loaded (each session
 # holds its own float32 weights): a window that short costs about one graph call either way
 # (BENCHMARKS.md, the key/value cache).
@@ -47,6 +51,8 @@ class LoadedModel:
     attention_vectors: bool = False  # its attention graph also outputs queries and keys
     slot_session: ort.InferenceSession | None = None  # generation on cache slots (runtime.slots)
     kv_slots: int = 0  # how many
+    slot_device: str = "cpu"  # where the slots' buffers are, and their type
+    slot_dtype: type = np.float32
     provider: str | None = None
     provider_reason: str = ""
     precision: str = "float32"  # of the matrix products: float32, or int8 (LoadOptions.quantize)
@@ -63,6 +69,11 @@ class LoadedModel:
         self.session = self.attention_session = self.decoder_session = None
         self.slot_session = None
         log.error(f"model {self.name} {stage}: {error}", extra={"model": self.name, "error": error})
+
+    def slot_cache(self) -> SlotCache:
+        """A cache of ``kv_slots`` sequences for its slot graph, on that graph's device."""
+        place = (self.slot_device, self.slot_dtype)
+        return SlotCache(self.slot_session, self.kv_slots, self.card["config"], *place)
 
     @property
     def has_attention(self) -> bool:
@@ -173,16 +184,31 @@ def _open_int8(path: Path, options: LoadOptions, name: str) -> ort.InferenceSess
         return None
 
 
-def _open_slots(model: LoadedModel, options: LoadOptions, int8: bool) -> None:
+def _open_slots(model: LoadedModel, options: LoadOptions, int8: bool, provider: str) -> None:
     """The cache slots' decode graph, built from the model's weights (runtime.decode_graph),
     with 8-bit block weights where the model serves int8; where it cannot be built, generation
-    goes through decoder.onnx alone. On the CPU only: CUDA's GroupQueryAttention takes
-    float16."""
+    goes through decoder.onnx alone. On CUDA (float32 weights only) its keys, values and
+    attention are float16, which CUDA's GroupQueryAttention takes, and its buffers stay on the
+    GPU; it serves only if its logits agree with decoder.onnx's there (CUDA_SLOT_GAP)."""
     try:
-        graph = build_decode_graph(model.folder / "model.onnx", model.card["config"])
-        model.slot_session = _open(block_int8(graph) if int8 else graph, options, [CPU])
+        config = model.card["config"]
+        if provider == CUDA:
+            if int8:
+                raise ValueError("int8 weights have cache slots on the CPU only")
+            graph = build_decode_graph(model.folder / "model.onnx", config, cache="float16")
+            model.slot_session = _open(graph, options, [CUDA])
+            model.slot_device, model.slot_dtype = "cuda", np.float16
+            check = SlotCache(model.slot_session, 1, config, "cuda", np.float16)
+            gap = slot_logits_gap(check, model.decoder_session)
+            if gap > CUDA_SLOT_GAP:
+                raise ValueError(f"its logits are {gap:.2g} from decoder.onnx's")
+            log.info(f"model {model.name}: cache slots on CUDA, logits within {gap:.2g}")
+        else:
+            graph = build_decode_graph(model.folder / "model.onnx", config)
+            model.slot_session = _open(block_int8(graph) if int8 else graph, options, [CPU])
         model.kv_slots = options.kv_slots
     except Exception as exc:
+        model.slot_session = None
         log.warning(
             f"model {model.name}: no cache slots, generating through decoder.onnx: "
             f"{type(exc).__name__}: {exc}",
@@ -294,8 +320,8 @@ def load_model(
                     f"without it: {type(exc).__name__}: {exc}",
                     extra={"model": model.name},
                 )
-        if model.decoder_session is not None and options.kv_slots and got == CPU:
-            _open_slots(model, options, int8)
+        if model.decoder_session is not None and options.kv_slots:
+            _open_slots(model, options, int8, got)
     except Exception as exc:  # a broken folder is reported, never fatal
         model.fail(f"{type(exc).__name__}: {exc}")
         return model

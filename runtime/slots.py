@@ -22,21 +22,40 @@ import onnxruntime as ort
 class SlotCache:
     """The cache buffers of ``slots`` sequences and their lengths, and the graph that steps them."""
 
-    def __init__(self, session: ort.InferenceSession, slots: int, config: dict) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        slots: int,
+        config: dict,
+        device: str = "cpu",
+        dtype: type = np.float32,
+    ) -> None:
+        """The buffers are ``dtype`` (the graph's cache type) on ``device`` ("cpu": numpy
+        arrays; "cuda": ONNX Runtime's own, on the GPU, where they stay)."""
         layers, self.heads = int(config["n_layer"]), int(config["n_head"])
         self.context = int(config["context"])
         head_dim = int(config["d_model"]) // self.heads
-        shape = (slots, self.heads, self.context, head_dim)
+        self.row_shape = (self.heads, self.context, head_dim)
+        shape = (slots, *self.row_shape)
         self.session = session
-        self.buffers = [
-            (np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(layers)
-        ]
+        self.device, self.dtype = device, np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+
+        def buffer():
+            if device == "cpu":
+                return np.zeros(shape, self.dtype)
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, device, 0)
+
+        self.buffers = [(buffer(), buffer()) for _ in range(layers)]
         self.lengths = np.zeros(slots, dtype=np.int64)  # tokens held by each slot
         self.slots = slots
         self._free = list(range(slots))
         self.vocab_size = int(config["vocab_size"])
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
         self._lock = threading.Lock()
+
+    def _address(self, buffer) -> int:
+        return buffer.ctypes.data if isinstance(buffer, np.ndarray) else buffer.data_ptr()
 
     def acquire(self, count: int) -> list[int] | None:
         """``count`` free slots (the lowest, so that busy rows stay together), or None."""
@@ -63,11 +82,15 @@ class SlotCache:
             binding = self.session.io_binding()
             logits = np.empty((rows, self.vocab_size), dtype=np.float32)
             binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+            # Rows lo to lo + rows of each buffer, by address: where the graph reads the past
+            # and writes the present, on the buffers' device (no copy on either side).
+            shape = [rows, *self.row_shape]
             for layer, pair in enumerate(self.buffers):
                 for kind, buffer in zip(("key", "value"), pair, strict=True):
-                    view = ort.OrtValue.ortvalue_from_numpy(buffer[lo : lo + rows])  # no copy
-                    binding.bind_ortvalue_input(f"past_{kind}_{layer}", view)
-                    binding.bind_ortvalue_output(f"present_{kind}_{layer}", view)
+                    at = self._address(buffer) + lo * self.row_bytes
+                    kv = (self.device, 0, self.dtype, shape, at)
+                    binding.bind_input(f"past_{kind}_{layer}", *kv)
+                    binding.bind_output(f"present_{kind}_{layer}", *kv)
             made = self._bindings[(lo, rows)] = (binding, logits)
         return made
 
@@ -116,3 +139,25 @@ class SlotCache:
             self.lengths[group] += steps
             out.append(logits)
         return np.concatenate(out)
+
+
+# A check of a slot graph against decoder.onnx: the first tokens of a text, then single steps.
+CHECK_PROMPT = [0, 36, 551, 1651, 77, 2049, 11, 389, 72, 1530, 16, 240, 3090, 17]
+CHECK_STEPS = [101, 7, 942, 15]
+
+
+def slot_logits_gap(cache: SlotCache, decoder: ort.InferenceSession) -> float:
+    """The largest difference between the logits of ``cache``'s graph (on its slot 0) and
+    ``decoder``'s (decoder.onnx, its whole cache passed in and out) over a prompt and a few
+    steps after it."""
+    from runtime.batching import decode_feed
+
+    layers, (heads, _, head_dim) = len(cache.buffers), cache.row_shape
+    keys = values = np.zeros((layers, 1, heads, 0, head_dim), np.float32)
+    cache.lengths[0] = 0
+    gap = 0.0
+    for tokens in [CHECK_PROMPT, *([t] for t in CHECK_STEPS)]:
+        logits, keys, values = decoder.run(None, decode_feed(np.asarray([tokens]), keys, values))
+        ours = cache.step([0], [tokens])
+        gap = max(gap, float(np.abs(logits[0] - ours[0]).max()))
+    return gap

@@ -144,3 +144,33 @@ def test_rows_between_the_stepped_slots_keep_their_cache(slotted):
     cache.step([3], [prompts[1]])
     alone = cache.step([3], [[13]])
     assert np.abs(middle - alone).max() < 1e-4
+
+
+def test_slot_graph_matches_decoder_onnx_by_the_load_check(slotted):
+    """The check the loader runs before CUDA slots serve: float32 slots agree with
+    decoder.onnx to float32 rounding; float16 keys and values (CUDA's) within its bound."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from runtime.decode_graph import build_decode_graph
+    from runtime.loader import CUDA_SLOT_GAP
+    from runtime.slots import slot_logits_gap
+
+    config = slotted.card["config"]
+    exact = SlotCache(slotted.slot_session, 1, config)
+    assert slot_logits_gap(exact, slotted.decoder_session) < 1e-4
+    graph = build_decode_graph(slotted.folder / "model.onnx", config, cache="float16")
+    half = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    gap = slot_logits_gap(SlotCache(half, 1, config, "cpu", np.float16), slotted.decoder_session)
+    assert 1e-4 < gap < CUDA_SLOT_GAP
+    # Generation on float16 slots (the code path CUDA takes, here on the CPU): decoder.onnx's
+    # greedy tokens.
+    model = dataclasses.replace(slotted, slot_session=half, slot_dtype=np.float16)
+    engine = Engine(model, max_batch_rows=2)
+    request = GenerationRequest("Capitu olhou para mim", 40, SamplingParams(temperature=0.0))
+    plain = Engine(dataclasses.replace(slotted, slot_session=None))
+    assert [s.id for s in final(engine, request).steps] == [
+        s.id for s in final(plain, request).steps
+    ]
+    assert engine.scheduler.calls > 0 and engine.scheduler.cache.dtype == np.float16
