@@ -27,6 +27,7 @@ from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CPU, CUDA, ProviderChoice, load_model
 from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
+from runtime.slots import SlotCache, slot_logits_gap
 from service.settings import Settings
 
 TEXT = (
@@ -75,6 +76,17 @@ def compare_model(cpu: Engine, gpu: Engine, rng: np.random.Generator, args) -> d
             prompt.append(token)
         logits["decoder with key/value cache, 32 steps"] = {"max_abs_diff": worst}
     result = {"logits": logits}
+    slots = gpu.model
+    if slots.slot_session is not None and cpu.model.decoder_session is not None:
+        # The GPU's cache slots (float16 keys and values on CUDA) against the CPU's decoder.onnx:
+        # reported apart, bounded by the loader's CUDA_SLOT_GAP rather than the tolerance.
+        place = (slots.slot_device, slots.slot_dtype)
+        cache = SlotCache(slots.slot_session, 1, slots.card["config"], *place)
+        result["cache_slots"] = {
+            "device": slots.slot_device,
+            "dtype": np.dtype(slots.slot_dtype).name,
+            "max_abs_diff_vs_cpu_decoder": slot_logits_gap(cache, cpu.model.decoder_session),
+        }
     if cpu.model.has_attention:
         window = real[None, : min(64, context)]
         feed = {"input_ids": window, "positions": np.asarray([[window.shape[1] - 1]])}
