@@ -51,11 +51,11 @@ class Settings(BaseSettings):
         16,
         ge=0,
         le=1024,
-        description="sequences an attention model generates on cache slots at once, on the CPU "
-        "provider with float32 weights: the keys and values stay in buffers of the whole "
-        "context that the graph writes in place, and the steps of every generation under way "
-        "share one call (each slot holds the keys and values of one whole context); a "
-        "generation that finds no free slot uses decoder.onnx. 0: decoder.onnx only",
+        description="sequences an attention model generates on cache slots at once: the keys "
+        "and values stay in buffers of the whole context that the graph writes in place (on "
+        "CUDA in float16, on the GPU), and one loop steps every generation under way in one "
+        "call (each slot holds the keys and values of one whole context); a generation that "
+        "finds no free slot uses decoder.onnx. 0: decoder.onnx only",
     )
     quantize: Literal["none", "int8"] = Field(
         "none",
