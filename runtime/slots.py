@@ -126,8 +126,10 @@ class SlotCache:
 
     def prefill(self, slots: list[int], tokens: list[list[int]]) -> np.ndarray:
         """Each slot's tokens from its current length on: one call over the slots where they
-        are contiguous and of one length, else a call each."""
-        if slots == list(range(slots[0], slots[0] + len(slots))) and len({*map(len, tokens)}) == 1:
+        are contiguous, of one length and empty so far, else a call each (GroupQueryAttention
+        reads several tokens of several rows only where nothing is cached yet)."""
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        if contiguous and len({*map(len, tokens)}) == 1 and not self.lengths[slots].any():
             groups = [(slots, tokens)]
         else:
             groups = [([s], [t]) for s, t in zip(slots, tokens, strict=True)]

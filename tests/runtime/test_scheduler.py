@@ -167,3 +167,18 @@ def test_scheduler_logits_of_a_step_are_each_rows_own(slotted):
         tokens(engine, GenerationRequest(p, 12, GREEDY))
     for p in prompts:
         assert np.allclose(together[p], seen[p], atol=1e-4)
+
+
+def test_scheduler_choices_of_a_long_prompt_read_in_chunks(slotted, plain):
+    """n choices of a prompt read in several chunks (after the first, their slots already
+    hold tokens): each choice is what its seed gives alone."""
+    engine = Engine(slotted, max_batch_rows=4)
+    engine.scheduler.token_budget = engine.scheduler.min_prefill = 9
+    prompt = "Não tive filhos, não transmiti a nenhuma criatura o legado da nossa miséria."
+    request = GenerationRequest(prompt, 12, SamplingParams(temperature=1.0))
+    got = {
+        c: g.text for c, g in engine.generate_many(request, [1, 2, 3]) if isinstance(g, Generation)
+    }
+    alone = plain.generate_many(request, [1, 2, 3])
+    assert got == {c: g.text for c, g in alone if isinstance(g, Generation)}
+    assert idle(engine)
