@@ -49,6 +49,7 @@ def test_bench_attention_cli_writes_json(tmp_path, capsys):
     assert "loops" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_inference_rebuilds_the_shipped_models_in_torch():
     """PyTorch models rebuilt from the shipped graphs' weights agree with ONNX Runtime; the
     process's torch thread count is left as it was (the suite's later trainings run on it); the

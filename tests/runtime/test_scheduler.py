@@ -20,6 +20,7 @@ from runtime.results import Generation, GenerationRequest
 from runtime.sampling import SamplingParams
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+pytestmark = pytest.mark.slow  # the shipped weights, generating in threads
 GREEDY = SamplingParams(temperature=0.0)
 
 

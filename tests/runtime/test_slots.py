@@ -36,6 +36,7 @@ def final(engine: Engine, request: GenerationRequest) -> Generation:
     return last
 
 
+@pytest.mark.slow
 def test_only_attention_models_on_the_cpu_get_slots(slotted, plain):
     models = load_models(LoadOptions(models_dir=MODELS, kv_slots=2))
     assert models["attention"].slot_session is not None and models["attention"].kv_slots == 2

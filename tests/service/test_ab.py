@@ -118,6 +118,7 @@ def test_ab_openai_completions_count_in_the_stats(ab_client, stream):
 LONG = "Capitu olhou para mim com os olhos de ressaca. " * 30  # ~1,500 characters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "body"),
     [

@@ -139,6 +139,7 @@ def test_generations_under_way_keep_sharing_calls_when_the_batch_waits_for_them(
     assert apart.calls > together.calls + 4, apart.run.batches
 
 
+@pytest.mark.slow
 def test_a_batch_does_not_wait_for_a_generation_that_left_or_stalled():
     """A generation that ended (leave) is not waited for; one that stalls without a word costs
     the others one wait, not one per step."""
@@ -376,6 +377,7 @@ def test_padded_caches_change_no_logit(cached_models):
         assert np.abs(values - context.values).max() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["attention", "bengio", "attention (key/value cache)", "attention (cache slots)"]
 )

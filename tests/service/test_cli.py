@@ -113,6 +113,7 @@ def logging_left_alone(monkeypatch):
     monkeypatch.setattr(logging.config, "dictConfig", lambda config: None)
 
 
+@pytest.mark.slow
 def test_check_runs_every_model_once_and_exits_0():
     """--check loads the shipped models as serving would and probes each: one line each."""
     done = subprocess.run(

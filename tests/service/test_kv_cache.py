@@ -62,6 +62,7 @@ def test_sessions_keep_no_memory_pattern_per_shape(loaded):
         assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "50"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spin_us, allow, duration", [(-1, "1", ""), (0, "0", ""), (50, "1", "50"), (400, "1", "400")]
 )

@@ -87,6 +87,7 @@ def test_cli_sweep_refuses_a_value_no_trial_could_train(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_bpc_json(prepared, tmp_path, capsys):
     """evaluate scores the whole split and reports perplexity and bits per character."""
     run = tmp_path / "run"

@@ -111,6 +111,7 @@ def test_measure_reads_every_attention_model_and_one_sentence(shipped_data):
     assert len(seed["example"]["tokens"]) == seed["context"]  # the sentence's last tokens
 
 
+@pytest.mark.slow
 def test_cli_writes_the_result_and_refuses_another_tokenizer(shipped_data, prepared, tmp_path):
     out = tmp_path / "heads.json"
     code = main(["heads", "--data", str(shipped_data), "--windows", "2", "--json", str(out)])
@@ -120,6 +121,7 @@ def test_cli_writes_the_result_and_refuses_another_tokenizer(shipped_data, prepa
         main(["heads", "--data", str(prepared), "--windows", "2"])
 
 
+@pytest.mark.slow
 def test_report_draws_the_maps_or_says_they_are_stale(shipped_data, tmp_path):
     result = measure(MODELS, shipped_data, "test", windows=2)
     models_dir = tmp_path / "models"

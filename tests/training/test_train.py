@@ -246,6 +246,7 @@ def test_train_early_stopping(prepared, tmp_path):
     assert summary["steps"] == 30 and summary["best_step"] == 10
 
 
+@pytest.mark.slow
 def test_train_time_budget_ends_run(prepared, tmp_path):
     summary = train(
         _config(prepared, tmp_path / "run", max_steps=10**7, time_budget=3.0, eval_interval=10**6)
