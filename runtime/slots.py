@@ -51,7 +51,8 @@ class SlotCache:
         self.slots = slots
         self._free = list(range(slots))
         self.vocab_size = int(config["vocab_size"])
-        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
+        self._logits = np.empty((slots, self.vocab_size), dtype=np.float32)
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
         self._lock = threading.Lock()
 
     def _address(self, buffer) -> int:
@@ -73,15 +74,16 @@ class SlotCache:
     def free(self) -> int:
         return len(self._free)
 
-    def _binding(self, lo: int, rows: int) -> tuple[ort.IOBinding, np.ndarray]:
-        """The I/O binding of rows ``lo`` to ``lo + rows``, with its logits buffer: their cache
-        buffers bound as past and present, made once per range (binding the buffers at every
-        call took about a tenth of a one-row step); the tokens are bound at each call."""
-        made = self._bindings.get((lo, rows))
-        if made is None:
+    def _binding(self, lo: int, rows: int) -> ort.IOBinding:
+        """The I/O binding of rows ``lo`` to ``lo + rows``: their cache buffers bound as past
+        and present, the logits to the first rows of one host buffer; made once per range
+        (binding the buffers at every call took about a tenth of a one-row step), the tokens
+        bound at each call."""
+        binding = self._bindings.get((lo, rows))
+        if binding is None:
             binding = self.session.io_binding()
-            logits = np.empty((rows, self.vocab_size), dtype=np.float32)
-            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+            logits = (rows, self.vocab_size)
+            binding.bind_output("logits", "cpu", 0, np.float32, logits, self._logits.ctypes.data)
             # Rows lo to lo + rows of each buffer, by address: where the graph reads the past
             # and writes the present, on the buffers' device (no copy on either side).
             shape = [rows, *self.row_shape]
@@ -91,8 +93,8 @@ class SlotCache:
                     kv = (self.device, 0, self.dtype, shape, at)
                     binding.bind_input(f"past_{kind}_{layer}", *kv)
                     binding.bind_output(f"present_{kind}_{layer}", *kv)
-            made = self._bindings[(lo, rows)] = (binding, logits)
-        return made
+            self._bindings[(lo, rows)] = binding
+        return binding
 
     def run(self, lo: int, ids: np.ndarray, positions: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Logits (B, V) of rows ``lo`` to ``lo + B`` after adding ``ids`` (B, S) at
@@ -100,14 +102,14 @@ class SlotCache:
         then being ``positions[:, last] + 1``."""
         rows = ids.shape[0]
         totals = positions[np.arange(rows), last] + 1
-        binding, logits = self._binding(lo, rows)
+        binding = self._binding(lo, rows)
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
         binding.bind_cpu_input("positions", np.ascontiguousarray(positions, dtype=np.int64))
         binding.bind_cpu_input("last", np.ascontiguousarray(last[:, None], dtype=np.int64))
         binding.bind_cpu_input("seqlens_k", (totals - 1).astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(totals.max(), dtype=np.int32))
         self.session.run_with_iobinding(binding)
-        return logits.copy()  # the next call of the range writes into the same buffer
+        return self._logits[:rows].copy()  # the next call writes into the same buffer
 
     def step(self, slots: list[int], tokens: list[list[int]]) -> np.ndarray:
         """The next-token logits (B, V) of each slot after adding its tokens: one token each

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,24 @@ def real_data(real_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real-data")
     prepare(real_corpus, out, log=lambda *_: None)
     return out
+
+
+def concurrently(fn, inputs: list) -> list:
+    """``fn(x)`` for every input, each in its own thread, started together."""
+    results: list = [None] * len(inputs)
+    start = threading.Barrier(len(inputs))
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = fn(inputs[i])
+        except Exception as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive(), "a caller hung"
+    return results

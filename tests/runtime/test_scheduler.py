@@ -18,6 +18,7 @@ from runtime.loader import load_models
 from runtime.options import LoadOptions
 from runtime.results import Generation, GenerationRequest
 from runtime.sampling import SamplingParams
+from tests.conftest import concurrently
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 pytestmark = pytest.mark.slow  # the shipped weights, generating in threads
@@ -37,23 +38,6 @@ def plain():
 def tokens(engine: Engine, request: GenerationRequest, deadline: Deadline | None = None):
     *_, final = engine.generate(request, deadline)
     return [s.id for s in final.steps]
-
-
-def concurrently(work, items) -> list:
-    results = [None] * len(items)
-
-    def run(i):
-        try:
-            results[i] = work(items[i])
-        except Exception as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return results
 
 
 def idle(engine: Engine) -> bool:

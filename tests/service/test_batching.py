@@ -15,6 +15,7 @@ from runtime.kv_cache import CachedContext
 from runtime.loader import load_models
 from runtime.results import GenerationRequest
 from runtime.sampling import SamplingParams
+from tests.conftest import concurrently
 from tests.service.conftest import make_options
 
 
@@ -40,32 +41,11 @@ class FakeGraph:
         return np.stack([sums, lengths], axis=1)[:, None, :].astype(np.float32)
 
 
-def _concurrently(fn, inputs: list) -> list:
-    """``fn(x)`` for every input, each in its own thread, started together."""
-    results: list = [None] * len(inputs)
-    start = threading.Barrier(len(inputs))
-
-    def work(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = fn(inputs[i])
-        except Exception as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-        assert not thread.is_alive(), "a caller hung"
-    return results
-
-
 def test_concurrent_calls_share_graph_calls_and_each_gets_its_rows():
     graph = FakeGraph()
     batcher = StepBatcher(graph, max_rows=16)
     inputs = [[[i, i + 1, i + 2][: 1 + i % 3]] for i in range(8)]  # windows of 1 to 3 tokens
-    results = _concurrently(batcher, inputs)
+    results = concurrently(batcher, inputs)
     for windows, logits in zip(inputs, results, strict=True):
         assert logits.shape == (1, 2)
         assert logits[0].tolist() == [sum(windows[0]), len(windows[0])]
@@ -77,7 +57,7 @@ def test_every_graph_call_is_reported_with_its_rows():
     seen: list[int] = []
     graph = FakeGraph(seconds=0.02)
     batcher = StepBatcher(graph, max_rows=16, on_batch=seen.append)
-    _concurrently(batcher, [[[i], [i, 1]] for i in range(5)])
+    concurrently(batcher, [[[i], [i, 1]] for i in range(5)])
     assert seen == graph.batches and sum(seen) == 10
 
 
@@ -98,7 +78,7 @@ def test_a_batch_never_passes_max_rows():
     graph = FakeGraph(seconds=0.02)
     batcher = StepBatcher(graph, max_rows=4)
     inputs = [[[i], [i, 1], [i, 2]] for i in range(6)]  # three rows a call
-    results = _concurrently(batcher, inputs)
+    results = concurrently(batcher, inputs)
     assert max(graph.batches) <= 4 and sum(graph.batches) == 18
     for windows, logits in zip(inputs, results, strict=True):
         assert logits[:, 0].tolist() == [sum(w) for w in windows]
@@ -107,7 +87,7 @@ def test_a_batch_never_passes_max_rows():
 def test_a_failed_graph_call_fails_its_batch_only():
     graph = FakeGraph(fail_on=99)
     batcher = StepBatcher(graph, max_rows=16)
-    results = _concurrently(batcher, [[[99]], [[1]], [[2]]])
+    results = concurrently(batcher, [[[99]], [[1]], [[2]]])
     assert any(isinstance(r, RuntimeError) for r in results)
     assert batcher([[5, 6]])[0].tolist() == [11, 2]  # the model is free again
 
@@ -125,7 +105,7 @@ def _lockstep(batcher: StepBatcher, keys: list[object], steps: int, pause: float
             batcher([[step]], key)
             time.sleep(pause)
 
-    _concurrently(generate, keys)
+    concurrently(generate, keys)
 
 
 def test_generations_under_way_keep_sharing_calls_when_the_batch_waits_for_them():
@@ -202,7 +182,7 @@ def test_decode_steps_batch_with_steps_and_prefills_with_prefills():
         ids = np.arange(10, 10 + new, dtype=np.int64)[None]
         return batcher(ids, keys, keys)
 
-    results = _concurrently(step, cases)
+    results = concurrently(step, cases)
     assert sum(rows for rows, _ in graph.batches) == len(cases)
     assert not any(1 in news and len(news) > 1 for news in graph.news), graph.news
     assert any(len(news) > 1 for news in graph.news), graph.news  # lengths mixed
@@ -285,7 +265,7 @@ def test_short_windows_do_not_wait_behind_long_ones():
     graph = FakeGraph(seconds=0.02)
     batcher = StepBatcher(graph, max_rows=16)
     windows = [[1] * 256, [2] * 2, [1] * 255, [3] * 2] * 3
-    results = _concurrently(lambda w: batcher([w]), windows)
+    results = concurrently(lambda w: batcher([w]), windows)
     for window, logits in zip(windows, results, strict=True):
         assert logits.tolist() == [[sum(window), len(window)]]
     assert not any(2 in lengths and 256 in lengths for lengths in graph.lengths), graph.lengths
@@ -400,7 +380,7 @@ def test_concurrent_generations_match_their_solo_runs(models, cached_models, slo
         return [s.id for s in final.steps]
 
     expected = [generate(solo, p) for p in prompts]  # one after another: one row a call
-    got = _concurrently(lambda p: generate(shared, p), prompts)
+    got = concurrently(lambda p: generate(shared, p), prompts)
     assert got == expected
     batchers = {
         id(cached_models): (solo.decode_batcher, shared.decode_batcher),
