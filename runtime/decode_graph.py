@@ -11,11 +11,13 @@ adds and LayerNorms fused (SkipLayerNormalization), GELU with its bias (BiasGelu
 erf GELU that the model uses). Same weights, same arithmetic up to float32 rounding
 (tests/runtime/test_slots.py compares it with `decoder.onnx`).
 
-Inputs: input_ids and positions (B, S), right-padded; last (B, 1), the index of each row's last
-real token; seqlens_k (B,), each row's tokens after this call minus one; total_sequence_length,
-the longest; past_key_L / past_value_L (B, H, context, head_dim) for each layer L, bound (with
-ONNX Runtime's I/O binding) to the same buffers as present_key_L / present_value_L.
-Output: logits (B, V) of each row's last token.
+Inputs: input_ids and positions (B, S), right-padded; last (B, N), the indices of the tokens
+whose next-token logits each row returns (its last real token; speculative decoding's check
+asks for all of them); seqlens_k (B,), each row's tokens after this call minus one;
+total_sequence_length, the longest; past_key_L / past_value_L (B, H, context, head_dim) for
+each layer L, bound (with ONNX Runtime's I/O binding) to the same buffers as present_key_L /
+present_value_L.
+Output: logits (B, N, V) of those tokens.
 """
 
 from __future__ import annotations
@@ -94,11 +96,12 @@ def build_decode_graph(graph: Path, config: dict, cache: str = "float32") -> byt
     inputs = [
         helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
         helper.make_tensor_value_info("positions", i64, ["batch", "sequence"]),
-        helper.make_tensor_value_info("last", i64, ["batch", 1]),
+        helper.make_tensor_value_info("last", i64, ["batch", "outputs"]),
         helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", i32, []),
     ]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", embedding.shape[0]])]
+    vocab = embedding.shape[0]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "outputs", vocab])]
     for layer in range(layers):
         p = f"model.blocks.{layer}."
         qkv_w = np.concatenate([w[f"{p}attention.w{x}.weight"] for x in "qkv"]).T
@@ -175,7 +178,9 @@ def build_decode_graph(graph: Path, config: dict, cache: str = "float32") -> byt
             epsilon=1e-5,
         )
         residual = f"{layer}.res2"
-    last = op("GatherND", [normed, "last"], ["hidden_last"], batch_dims=1)  # (B, D)
+    initializers.append(numpy_helper.from_array(np.asarray([-1], np.int64), "minus_one"))
+    picked = op("Unsqueeze", ["last", "minus_one"], ["picked"])  # (B, N, 1)
+    last = op("GatherND", [normed, picked], ["hidden_last"], batch_dims=1)  # (B, N, D)
     op("MatMul", [last, weight("head", embedding.T)], ["logits"])
     graph_proto = helper.make_graph(nodes, "slot_decoder", inputs, outputs, initializers)
     model = helper.make_model(

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from runtime.batching import CALL_COST_TOKENS, DecodeBatcher, StepBatcher
 from runtime.deadline import Deadline
+from runtime.detokenize import IncrementalText
 from runtime.errors import TokenNotFound
 from runtime.kv_cache import CachedContext, uses_kv_cache
 from runtime.loader import CUDA, LoadedModel
@@ -38,6 +39,7 @@ from runtime.sampling import (
     logsumexp,
 )
 from runtime.scheduler import OnLogits, SlotScheduler
+from runtime.speculation import Drafter
 from runtime.windows import scoring_window, stride_of, window_plan
 
 END_OF_TEXT = "<|endoftext|>"
@@ -60,6 +62,7 @@ class _Choice:
         self.rng = np.random.default_rng(seed)
         self.generated: list[int] = []
         self.text = ""
+        self.texts = IncrementalText()
 
 
 class Engine:
@@ -124,6 +127,7 @@ class Engine:
                 model.slot_cache(),
                 max(1, min(max_batch_rows if slot_rows is None else slot_rows, model.kv_slots)),
                 on_batch,
+                drafter=Drafter(model.draft_tokens) if model.draft_tokens else None,
             )
             if model.slot_session is not None
             else None
@@ -274,9 +278,9 @@ class Engine:
 
             return on_logits
 
-        return self.scheduler.generate(
-            [(choices[c].ids, advance(c)) for c in range(len(choices))], deadline
-        )
+        greedy = request.sampling.temperature == 0.0
+        sequences = [(c.ids, advance(i), greedy) for i, c in enumerate(choices)]
+        return self.scheduler.generate(sequences, deadline)
 
     def _steps(
         self,
@@ -338,7 +342,7 @@ class Engine:
         )
         choice.ids.append(token)
         choice.generated.append(token)
-        full = self.decode(choice.generated)
+        full = choice.texts.text(choice.generated, self.decode)
         piece = full[len(choice.text) :] if full.startswith(choice.text) else ""
         step = Step(token, piece, logprob, top)
         choice.result.steps.append(step)

@@ -53,6 +53,7 @@ class LoadedModel:
     kv_slots: int = 0  # how many
     slot_device: str = "cpu"  # where the slots' buffers are, and their type
     slot_dtype: type = np.float32
+    draft_tokens: int = 0  # tokens drafted for a lone greedy generation (runtime.speculation)
     provider: str | None = None
     provider_reason: str = ""
     precision: str = "float32"  # of the matrix products: float32, or int8 (LoadOptions.quantize)
@@ -71,8 +72,9 @@ class LoadedModel:
         log.error(f"model {self.name} {stage}: {error}", extra={"model": self.name, "error": error})
 
     def slot_cache(self) -> SlotCache:
-        """A cache of ``kv_slots`` sequences for its slot graph, on that graph's device."""
-        place = (self.slot_device, self.slot_dtype)
+        """A cache of ``kv_slots`` sequences for its slot graph, on that graph's device (its
+        calls return the logits of up to ``draft_tokens + 1`` tokens, to check a draft)."""
+        place = (self.slot_device, self.slot_dtype, self.draft_tokens + 1)
         return SlotCache(self.slot_session, self.kv_slots, self.card["config"], *place)
 
     @property
@@ -207,6 +209,7 @@ def _open_slots(model: LoadedModel, options: LoadOptions, int8: bool, provider: 
             graph = build_decode_graph(model.folder / "model.onnx", config)
             model.slot_session = _open(block_int8(graph) if int8 else graph, options, [CPU])
         model.kv_slots = options.kv_slots
+        model.draft_tokens = options.draft_tokens
     except Exception as exc:
         model.slot_session = None
         log.warning(

@@ -18,4 +18,5 @@ class LoadOptions:
     quantize: Literal["none", "int8"] = "none"  # int8 weights on the CPU provider
     kv_cache: bool = True  # load the key/value cache graph where the context makes it pay
     kv_slots: int = 16  # sequences the cache slots of an attention model hold (0: no slots)
+    draft_tokens: int = 6  # guessed for a lone greedy generation (runtime.speculation; 0: none)
     cuda_tf32: bool = False  # TF32 matrix products on CUDA (faster, logits drift past 1e-3)

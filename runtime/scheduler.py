@@ -12,6 +12,9 @@ its slot free for the next. No thread waits for another to come back with its to
 
 A sequence longer than the context starts again from its last 3/4 (``CachedContext``'s rule,
 so the tokens are the same as through decoder.onnx).
+
+With a ``Drafter`` (runtime/speculation.py), a round in which a single greedy sequence decodes
+checks the tokens drafted for it in the same call that adds its next one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from runtime.deadline import Deadline
 from runtime.sampling import logsumexp
 from runtime.slots import SlotCache
+from runtime.speculation import Drafter
 
 # (logits of the sequence's next token, their logsumexp) -> (events for its request, whether it
 # goes on); the callback appends the token it chose to the sequence's ids.
@@ -45,6 +49,7 @@ class Sequence:
     feed: list[int] = field(default_factory=list)  # tokens to add at its next call
     cached: int = 0  # tokens its slot holds
     group: Group | None = None
+    greedy: bool = False  # its tokens are its model's likeliest: a drafter may draft for it
 
 
 @dataclass(eq=False)
@@ -66,11 +71,15 @@ class SlotScheduler:
         on_batch: Callable[[int], None] | None = None,
         token_budget: int = 256,
         min_prefill: int = 32,
+        drafter: Drafter | None = None,
     ) -> None:
         """``max_rows``: the most sequences one step computes for; ``token_budget``: the
         tokens of a round, the step's rows and prompt tokens together; ``min_prefill``: the
-        prompt tokens a round reads even when the step takes the whole budget."""
+        prompt tokens a round reads even when the step takes the whole budget; ``drafter``:
+        drafts for a lone greedy sequence (``cache``'s calls then return the logits of up to
+        ``drafter.tokens + 1`` tokens)."""
         self.cache = cache
+        self.drafter = drafter
         self.context = cache.context
         self.refill = max(1, self.context * 3 // 4)
         self.max_rows = max_rows
@@ -83,25 +92,25 @@ class SlotScheduler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def generate(
-        self, sequences: list[tuple[list[int], OnLogits]], deadline: Deadline | None = None
-    ) -> Iterator | None:
-        """The events of each (ids, callback) sequence's callbacks, in order, until every
-        sequence has left; None when there are not that many free slots. A failed graph call
-        or callback is raised here; the deadline is checked while waiting; closing the
-        iterator ends the sequences."""
+    def generate(self, sequences: list[tuple], deadline: Deadline | None = None) -> Iterator | None:
+        """The events of each (ids, callback[, greedy]) sequence's callbacks, in order, until
+        every sequence has left; None when there are not that many free slots. A failed graph
+        call or callback is raised here; the deadline is checked while waiting; closing the
+        iterator ends the sequences. ``greedy``: the callback chooses the likeliest token (a
+        drafter may draft for the sequence)."""
         group = self.submit(sequences)
         return None if group is None else self._follow(group, len(sequences), deadline)
 
-    def submit(self, sequences: list[tuple[list[int], OnLogits]]) -> Group | None:
+    def submit(self, sequences: list[tuple]) -> Group | None:
         """The sequences added to the loop (each on a slot of its own), or None."""
         slots = self.cache.acquire(len(sequences))
         if slots is None:
             return None
         group = Group([])
-        for slot, (ids, on_logits) in zip(slots, sequences, strict=True):
-            window = ids[-self.context :]
-            group.sequences.append(Sequence(ids, on_logits, slot, list(window), 0, group))
+        for slot, (ids, on_logits, *greedy) in zip(slots, sequences, strict=True):
+            window = list(ids[-self.context :])
+            sequence = Sequence(ids, on_logits, slot, window, 0, group, *greedy)
+            group.sequences.append(sequence)
         with self._lock:
             self._running.extend(group.sequences)
             if self._thread is None:  # the loop ends when idle: nothing holds the model after
@@ -160,7 +169,9 @@ class SlotScheduler:
                 waiting = [s for s in self._running if s.feed and id(s) not in stepping]
                 budget = max(self.min_prefill, self.token_budget - len(step))
                 prefills = self._prefill_plans(waiting, budget)
-            if step:
+            if len(step) == 1 and self._draftable(step[0][0]):
+                self._speculate(step[0][0])
+            elif step:
                 self._decode(step)
             for plan in prefills:
                 self._prefill(*plan)
@@ -200,6 +211,42 @@ class SlotScheduler:
         for s, row, row_lse in zip(sequences, logits, lse, strict=True):
             s.cached += 1
             self._advance(s, row, float(row_lse))
+
+    def _draftable(self, s: Sequence) -> bool:
+        """Whether a drafter can draft for ``s`` now: it is greedy, and its slot has room for
+        the drafted tokens."""
+        drafter = self.drafter
+        return drafter is not None and s.greedy and s.cached + 1 + drafter.tokens <= self.context
+
+    def _speculate(self, s: Sequence) -> None:
+        """One round for the lone decoding sequence ``s``: the drafter drafts from what its
+        slot holds, one call adds the sequence's next token and the drafted ones, and ``s``
+        chooses from each position's logits in turn while its choice is the drafted token (the
+        first choice that is not, or the one after the last drafted token, is its own and ends
+        the round). Without a draft, the usual step."""
+        drafted = self.drafter.draft(s.ids[-(s.cached + 1) :])
+        if not drafted:
+            self._decode([(s, s.slot, s.feed[0])])
+            return
+        try:
+            logits = self.cache.verify(s.slot, [s.feed[0], *drafted])
+            lse = logsumexp(logits)
+        except Exception as error:
+            self._fail(s.group, error)
+            return
+        self.calls += 1
+        self.rows += 1
+        if self.on_batch is not None:
+            self.on_batch(1)
+        for i, (row, row_lse) in enumerate(zip(logits, lse, strict=True)):
+            s.cached += 1
+            self._advance(s, row, float(row_lse))
+            if s.slot < 0 or s.group.ended or not s.cached:  # done, gone, or starting again
+                return
+            if i == len(drafted) or s.ids[-1] != drafted[i]:
+                break
+            self.drafter.accepted += 1
+        self.cache.lengths[s.slot] = s.cached  # the rejected drafted tokens' keys drop out
 
     def _prefill(
         self,

@@ -29,9 +29,11 @@ class SlotCache:
         config: dict,
         device: str = "cpu",
         dtype: type = np.float32,
+        outputs: int = 1,
     ) -> None:
         """The buffers are ``dtype`` (the graph's cache type) on ``device`` ("cpu": numpy
-        arrays; "cuda": ONNX Runtime's own, on the GPU, where they stay)."""
+        arrays; "cuda": ONNX Runtime's own, on the GPU, where they stay). ``outputs``: the
+        most tokens of one slot a call returns logits for (``verify``)."""
         layers, self.heads = int(config["n_layer"]), int(config["n_head"])
         self.context = int(config["context"])
         head_dim = int(config["d_model"]) // self.heads
@@ -51,8 +53,8 @@ class SlotCache:
         self.slots = slots
         self._free = list(range(slots))
         self.vocab_size = int(config["vocab_size"])
-        self._logits = np.empty((slots, self.vocab_size), dtype=np.float32)
-        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
+        self._logits = np.empty((max(slots, outputs), self.vocab_size), dtype=np.float32)
+        self._bindings: dict[tuple[int, int, int], ort.IOBinding] = {}
         self._lock = threading.Lock()
 
     def _address(self, buffer) -> int:
@@ -74,15 +76,15 @@ class SlotCache:
     def free(self) -> int:
         return len(self._free)
 
-    def _binding(self, lo: int, rows: int) -> ort.IOBinding:
+    def _binding(self, lo: int, rows: int, outputs: int) -> ort.IOBinding:
         """The I/O binding of rows ``lo`` to ``lo + rows``: their cache buffers bound as past
-        and present, the logits to the first rows of one host buffer; made once per range
-        (binding the buffers at every call took about a tenth of a one-row step), the tokens
-        bound at each call."""
-        binding = self._bindings.get((lo, rows))
+        and present, the logits of ``outputs`` tokens a row to the start of one host buffer;
+        made once per range (binding the buffers at every call took about a tenth of a
+        one-row step), the tokens bound at each call."""
+        binding = self._bindings.get((lo, rows, outputs))
         if binding is None:
             binding = self.session.io_binding()
-            logits = (rows, self.vocab_size)
+            logits = (rows, outputs, self.vocab_size)
             binding.bind_output("logits", "cpu", 0, np.float32, logits, self._logits.ctypes.data)
             # Rows lo to lo + rows of each buffer, by address: where the graph reads the past
             # and writes the present, on the buffers' device (no copy on either side).
@@ -93,23 +95,24 @@ class SlotCache:
                     kv = (self.device, 0, self.dtype, shape, at)
                     binding.bind_input(f"past_{kind}_{layer}", *kv)
                     binding.bind_output(f"present_{kind}_{layer}", *kv)
-            self._bindings[(lo, rows)] = binding
+            self._bindings[(lo, rows, outputs)] = binding
         return binding
 
     def run(self, lo: int, ids: np.ndarray, positions: np.ndarray, last: np.ndarray) -> np.ndarray:
-        """Logits (B, V) of rows ``lo`` to ``lo + B`` after adding ``ids`` (B, S) at
-        ``positions`` (right-padded; ``last`` (B,): each row's last real token), their lengths
-        then being ``positions[:, last] + 1``."""
-        rows = ids.shape[0]
-        totals = positions[np.arange(rows), last] + 1
-        binding = self._binding(lo, rows)
+        """Logits (B, N, V) of rows ``lo`` to ``lo + B`` after adding ``ids`` (B, S) at
+        ``positions`` (right-padded), of the tokens at ``last`` (B, N) in each row (the last
+        of them its last real token), the rows' lengths then being ``positions[:, last] + 1``."""
+        rows, outputs = last.shape
+        totals = positions[np.arange(rows), last[:, -1]] + 1
+        binding = self._binding(lo, rows, outputs)
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
         binding.bind_cpu_input("positions", np.ascontiguousarray(positions, dtype=np.int64))
-        binding.bind_cpu_input("last", np.ascontiguousarray(last[:, None], dtype=np.int64))
+        binding.bind_cpu_input("last", np.ascontiguousarray(last, dtype=np.int64))
         binding.bind_cpu_input("seqlens_k", (totals - 1).astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(totals.max(), dtype=np.int32))
         self.session.run_with_iobinding(binding)
-        return self._logits[:rows].copy()  # the next call writes into the same buffer
+        # A copy: the next call writes into the same buffer.
+        return self._logits[: rows * outputs].reshape(rows, outputs, -1).copy()
 
     def step(self, slots: list[int], tokens: list[list[int]]) -> np.ndarray:
         """The next-token logits (B, V) of each slot after adding its tokens: one token each
@@ -122,9 +125,9 @@ class SlotCache:
         # the buffer: a full row restarts before its next call anyway).
         positions = np.minimum(self.lengths[lo:hi], self.context - 1)[:, None].copy()
         ids[np.asarray(slots) - lo, 0] = [t[0] for t in tokens]
-        logits = self.run(lo, ids, positions, np.zeros(hi - lo, dtype=np.int64))
+        logits = self.run(lo, ids, positions, np.zeros((hi - lo, 1), dtype=np.int64))
         self.lengths[slots] += 1
-        return logits[np.asarray(slots) - lo]
+        return logits[np.asarray(slots) - lo, 0]
 
     def prefill(self, slots: list[int], tokens: list[list[int]]) -> np.ndarray:
         """Each slot's tokens from its current length on: one call over the slots where they
@@ -139,10 +142,22 @@ class SlotCache:
         for group, rows in groups:
             steps = len(rows[0])
             positions = self.lengths[group][:, None] + np.arange(steps)[None]
-            logits = self.run(group[0], np.asarray(rows), positions, np.full(len(group), steps - 1))
+            last = np.full((len(group), 1), steps - 1)
+            logits = self.run(group[0], np.asarray(rows), positions, last)
             self.lengths[group] += steps
-            out.append(logits)
+            out.append(logits[:, 0])
         return np.concatenate(out)
+
+    def verify(self, slot: int, tokens: list[int]) -> np.ndarray:
+        """The next-token logits (T, V) after each of ``tokens`` added to ``slot``, in one call
+        (speculative decoding's check of drafted tokens). The slot then holds them all: the
+        caller sets ``lengths[slot]`` back to drop the ones it rejects (what lies past a
+        slot's length is never read, and the next tokens overwrite it)."""
+        steps = len(tokens)
+        positions = self.lengths[slot] + np.arange(steps)[None]
+        logits = self.run(slot, np.asarray([tokens]), positions, np.arange(steps)[None])
+        self.lengths[slot] += steps
+        return logits[0]
 
 
 # A check of a slot graph against decoder.onnx: the first tokens of a text, then single steps.

@@ -57,6 +57,16 @@ class Settings(BaseSettings):
         "call (each slot holds the keys and values of one whole context); a generation that "
         "finds no free slot uses decoder.onnx. 0: decoder.onnx only",
     )
+    draft_tokens: int = Field(
+        6,
+        ge=0,
+        le=32,
+        description="most tokens guessed ahead of a greedy generation that decodes alone on "
+        "cache slots: the tokens that followed the latest earlier occurrence of its last few "
+        "tokens (prompt lookup); one call then checks them all and keeps those the model itself "
+        "chooses (speculative decoding: the same tokens, fewer calls). Sampled generations and "
+        "batched steps are never drafted for. 0: no drafting",
+    )
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="int8: on the CPU provider, quantize each graph's matrix-product weights to "
@@ -242,6 +252,7 @@ class Settings(BaseSettings):
             quantize=self.quantize,
             kv_cache=self.kv_cache,
             kv_slots=self.kv_slots,
+            draft_tokens=self.draft_tokens,
             cuda_tf32=self.cuda_tf32,
         )
 
