@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -70,6 +71,24 @@ SYSTEMS = {  # name: (kind, setting)
     "llama-server-f16": ("llama", "f16"),
     "service-int8": ("service", "int8"),
     "llama-server-q8_0": ("llama", "q8_0"),
+}
+# Measured at one client only, where drafting applies: this service without its drafts, and
+# llama-server with its own n-gram drafts, tuned as this service's (an ending of 3 tokens, up to
+# 8 drafted; its default looks for 12, for editing code).
+ONE_CLIENT = {
+    "service-float32-no-drafts": ("service", "none"),
+    "llama-server-f16-ngram": ("llama", "f16"),
+}
+EXTRA = {
+    "service-float32-no-drafts": {"MACHADO_DRAFT_TOKENS": "0"},
+    "llama-server-f16-ngram": [
+        "--spec-type",
+        "ngram-simple",
+        "--spec-ngram-simple-size-n",
+        "3",
+        "--spec-ngram-simple-size-m",
+        "8",
+    ],
 }
 PAIRS = {
     "float32_vs_f16": ("service-float32", "llama-server-f16"),
@@ -115,12 +134,15 @@ def find_llama_server(given: Path | None, build: bool) -> Path:
     return tree / "build" / "bin" / "llama-server"
 
 
-def start_llama_server(binary: Path, gguf: Path, threads: int) -> tuple[str, subprocess.Popen]:
+def start_llama_server(
+    binary: Path, gguf: Path, threads: int, extra: list[str] | None = None
+) -> tuple[str, subprocess.Popen]:
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent)}
     command = [str(binary), "-m", str(gguf), "-t", str(threads), "--parallel", str(PARALLEL)]
     command += ["-c", "8192", "--cont-batching", "--host", "127.0.0.1", "--port", str(port)]
+    command += extra or []
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path, proc.command = Path(log.name), command
     base = f"http://127.0.0.1:{port}"
@@ -213,12 +235,15 @@ def alternate(
     per_client: Callable[[int], int],
     texts: list[list[int]],
 ) -> dict[str, dict[str, list[dict]]]:
-    """``load`` of every server (name: (base URL, kind)) at each number of ``clients``,
-    alternating servers within each round: {name: {clients: [figures of each round]}}."""
+    """``load`` of every server (name: (base URL, kind)) at each number of ``clients`` (the
+    ONE_CLIENT ones at one), alternating servers within each round: {name: {clients: [figures
+    of each round]}}."""
     runs = {name: {str(c): [] for c in clients} for name in servers}
     for r in range(rounds):
         for count in clients:
             for name, (base, kind) in servers.items():
+                if name in ONE_CLIENT and count != 1:
+                    continue
                 figures = asyncio.run(load(base, kind, count, per_client(count), texts))
                 runs[name][str(count)].append(figures)
                 print(f"round {r + 1}, {count} clients, {name}: {figures}", flush=True)
@@ -232,6 +257,13 @@ def greedy(base: str, kind: str, texts: list[list[int]]) -> list[str]:
         ]
         for p in texts
     ]
+
+
+def draft_counts(base: str) -> dict[str, float]:
+    """The tokens a service drafted so far that its model kept and did not (its /metrics)."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    pattern = r'^machado_draft_tokens_total\{model="attention",outcome="(\w+)"\} (\S+)$'
+    return {outcome: float(n) for outcome, n in re.findall(pattern, text, re.M)}
 
 
 def hardware_limits(threads: int = 2) -> dict:
@@ -290,19 +322,20 @@ def main(argv: list[str] | None = None) -> None:
     ggufs.mkdir(parents=True, exist_ok=True)
     servers, procs = {}, []
     try:
-        for name, (kind, setting) in SYSTEMS.items():
+        for name, (kind, setting) in {**SYSTEMS, **ONE_CLIENT}.items():
             if kind == "service":
                 env = {
                     "MACHADO_QUANTIZE": setting,
                     "MACHADO_THREADS": str(args.threads),
                     **SERVICE_PARALLEL,
+                    **EXTRA.get(name, {}),
                 }
                 base, proc = start_server(env)
             else:
                 gguf = write_gguf(
                     MODELS / "attention", ggufs / f"attention-{setting}.gguf", setting
                 )
-                base, proc = start_llama_server(binary, gguf, args.threads)
+                base, proc = start_llama_server(binary, gguf, args.threads, EXTRA.get(name))
             servers[name] = (base, kind)
             procs.append(proc)
         texts = prompts()
@@ -312,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
             for pair, (x, y) in {
                 **PAIRS,
                 "int8_vs_float32": ("service-int8", "service-float32"),
+                "drafts_vs_none": ("service-float32", "service-float32-no-drafts"),
+                "f16_ngram_vs_f16": ("llama-server-f16-ngram", "llama-server-f16"),
             }.items()
         }
         print(
@@ -331,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
                 }
             print(f"BPC on the first {len(text)} test characters: {quality}", flush=True)
         runs = alternate(servers, CLIENTS, args.rounds, lambda c: max(2, 16 // c), texts)
+        drafts = {
+            name: draft_counts(base) for name, (base, kind) in servers.items() if kind == "service"
+        }
     finally:
         for proc in procs:
             proc.terminate()
@@ -344,8 +382,17 @@ def main(argv: list[str] | None = None) -> None:
             str(c): {k: median(name, c, k) for k in ("tokens_per_s", "p50_ms", "p99_ms")}
             | ({"ttft_p50_ms": median(name, c, "ttft_p50_ms")} if c == 1 else {})
             for c in CLIENTS
+            if c == 1 or name not in ONE_CLIENT
         }
-        for name in SYSTEMS
+        for name in {**SYSTEMS, **ONE_CLIENT}
+    }
+    one_client = {
+        f"{x}_vs_{y}": round(summary[x]["1"]["tokens_per_s"] / summary[y]["1"]["tokens_per_s"], 3)
+        for x, y in [
+            ("service-float32", "service-float32-no-drafts"),
+            ("llama-server-f16-ngram", "llama-server-f16"),
+            ("service-float32", "llama-server-f16-ngram"),
+        ]
     }
     pairs = {
         pair: {
@@ -371,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         "llama_server": {
             "binary": str(binary),
             "command": procs[1].command if len(procs) > 1 else None,
+            "ngram_command": procs[-1].command if len(procs) > 1 else None,
         },
         "service_settings": SERVICE_PARALLEL,
         "hardware": hardware_limits(args.threads),
@@ -378,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
         "quality": quality,
         "greedy_identical": agreement,
         "pairs": pairs,
+        "one_client_drafting": one_client,
+        "drafts": drafts,
         "summary": summary,
         "rounds": runs,
     }

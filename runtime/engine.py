@@ -75,12 +75,14 @@ class Engine:
         on_batch: Callable[[int], None] | None = None,
         batch_wait: float = 0.0,
         slot_rows: int | None = None,
+        on_draft: Callable[[int, int], None] | None = None,
     ) -> None:
         """``max_batch_rows`` > 1: next-token calls and cached generation steps of concurrent
         callers (threads) are batched, up to that many sequences a graph call
         (runtime.batching), each reported to ``on_batch``; a batch waits up to ``batch_wait``
         seconds for the generations of the batch before it. ``slot_rows``: the most sequences
-        a step on cache slots computes for (default: ``max_batch_rows``)."""
+        a step on cache slots computes for (default: ``max_batch_rows``); ``on_draft``: told
+        the tokens drafted and accepted of each checked draft (runtime.speculation)."""
         if not model.ready:
             raise ValueError(f"model {model.name} is not loaded: {model.error}")
         self.model = model
@@ -90,15 +92,13 @@ class Engine:
         self.context = int(self.card["context"])
         self.vocab_size = int(self.card["config"]["vocab_size"])
         self.score_window = scoring_window(self.card)
-        eot = self.tokenizer.token_to_id(END_OF_TEXT)
+        self.eot = eot = self.tokenizer.token_to_id(END_OF_TEXT)
         if eot is None:
             raise ValueError(f"the tokenizer of {self.name} has no {END_OF_TEXT} token")
-        self.eot = eot
         # On the CPU an attention model's work grows with the tokens a call pads to: short
         # sequences stay out of long batches. On CUDA (not measured) and for Bengio, any join.
         on_cpu = model.provider != CUDA
-        # Only the CPU provider's arena is shrunk: a CUDA session has no arena for "cpu:0".
-        self.shrinks = on_cpu
+        self.shrinks = on_cpu  # a CUDA session has no arena for "cpu:0" to shrink
         self.large_calls = threading.BoundedSemaphore(LARGE_CALLS)
         call_cost = CALL_COST_TOKENS if on_cpu else None
         self.batcher = (
@@ -127,7 +127,7 @@ class Engine:
                 model.slot_cache(),
                 max(1, min(max_batch_rows if slot_rows is None else slot_rows, model.kv_slots)),
                 on_batch,
-                drafter=Drafter(model.draft_tokens) if model.draft_tokens else None,
+                drafter=Drafter(model.draft_tokens, on_draft) if model.draft_tokens else None,
             )
             if model.slot_session is not None
             else None

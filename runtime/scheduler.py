@@ -238,15 +238,17 @@ class SlotScheduler:
         self.rows += 1
         if self.on_batch is not None:
             self.on_batch(1)
-        for i, (row, row_lse) in enumerate(zip(logits, lse, strict=True)):
+        accepted = 0
+        for row, row_lse in zip(logits, lse, strict=True):
             s.cached += 1
             self._advance(s, row, float(row_lse))
             if s.slot < 0 or s.group.ended or not s.cached:  # done, gone, or starting again
-                return
-            if i == len(drafted) or s.ids[-1] != drafted[i]:
                 break
-            self.drafter.accepted += 1
-        self.cache.lengths[s.slot] = s.cached  # the rejected drafted tokens' keys drop out
+            if accepted == len(drafted) or s.ids[-1] != drafted[accepted]:
+                self.cache.lengths[s.slot] = s.cached  # the rejected drafted tokens drop out
+                break
+            accepted += 1
+        self.drafter.checked(len(drafted), accepted)
 
     def _prefill(
         self,

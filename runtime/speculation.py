@@ -23,6 +23,8 @@ reads the weights once for all of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 # Lengths of the sequence's ending that a draft looks for earlier in it, longest first.
@@ -32,13 +34,21 @@ LOOKUP_MATCH = (3, 2)
 class Drafter:
     """Guesses of a sequence's next tokens from its own earlier tokens, and their tally."""
 
-    def __init__(self, tokens: int) -> None:
-        """``tokens``: the most tokens a draft guesses."""
+    def __init__(self, tokens: int, on_checked: Callable[[int, int], None] | None = None) -> None:
+        """``tokens``: the most tokens a draft guesses; ``on_checked(drafted, accepted)``: told
+        of each checked draft (metrics)."""
         if tokens < 1:
             raise ValueError(f"a draft guesses at least one token, not {tokens}")
         self.tokens = tokens
-        self.drafted = 0  # tokens guessed and accepted so far (metrics, benchmarks)
+        self.on_checked = on_checked
+        self.drafted = 0  # tokens guessed and accepted so far (tests, benchmarks)
         self.accepted = 0
+
+    def checked(self, drafted: int, accepted: int) -> None:
+        """A draft of ``drafted`` tokens was checked and its first ``accepted`` kept."""
+        self.accepted += accepted
+        if self.on_checked is not None:
+            self.on_checked(drafted, accepted)
 
     def draft(self, context: list[int]) -> list[int]:
         """Up to ``tokens`` tokens that followed the latest earlier occurrence of the last

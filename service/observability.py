@@ -108,6 +108,13 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
             registry=r,
         )
+        self.draft_tokens = Counter(
+            "machado_draft_tokens_total",
+            "tokens guessed ahead of lone greedy generations (MACHADO_DRAFT_TOKENS), by whether "
+            "the model's own choice kept them",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.ab_requests = Counter(
             "machado_ab_requests_total", "A/B requests by arm", ["arm", "outcome"], registry=r
         )
@@ -128,6 +135,17 @@ class Metrics:
             buckets=(0.5, 1, 1.5, 2, 2.5, 3, 4, 6, 8),
             registry=r,
         )
+
+    def drafts(self, model: str):
+        """What an engine tells of each checked draft (Engine's ``on_draft``), counted."""
+        accepted = self.draft_tokens.labels(model, "accepted")
+        rejected = self.draft_tokens.labels(model, "rejected")
+
+        def count(drafted: int, kept: int) -> None:
+            accepted.inc(kept)
+            rejected.inc(drafted - kept)
+
+        return count
 
 
 class RequestContext:

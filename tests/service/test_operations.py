@@ -88,6 +88,25 @@ def test_metrics_in_prometheus_format(client):
     assert "python_gc_collections_total" in text and "python_info" in text
 
 
+def draft_counts(client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    pattern = r'^machado_draft_tokens_total\{model="attention",outcome="(\w+)"\} (\S+)$'
+    return {outcome: float(n) for outcome, n in re.findall(pattern, text, re.M)}
+
+
+def test_drafted_tokens_counted(client):
+    """A greedy completion that repeats itself is drafted for, and the drafts are counted;
+    a sampled one is not."""
+    before = draft_counts(client)
+    loop = {"model": "attention", "prompt": "uma flor, uma flor", "max_new_tokens": 24}
+    assert client.post("/generate", json={**loop, "temperature": 0}).status_code == 200
+    after = draft_counts(client)
+    assert after["accepted"] > before.get("accepted", 0)
+    sampled = {**loop, "temperature": 1.0, "seed": 3}
+    assert client.post("/generate", json=sampled).status_code == 200
+    assert draft_counts(client) == after
+
+
 def test_rejections_counted(client):
     with every_slot_taken(client):
         response = client.post("/next-token", json={"model": "attention", "prompt": "a"})
