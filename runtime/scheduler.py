@@ -230,7 +230,6 @@ class SlotScheduler:
             return
         try:
             logits = self.cache.verify(s.slot, [s.feed[0], *drafted])
-            lse = logsumexp(logits)
         except Exception as error:
             self._fail(s.group, error)
             return
@@ -239,9 +238,14 @@ class SlotScheduler:
         if self.on_batch is not None:
             self.on_batch(1)
         accepted = 0
-        for row, row_lse in zip(logits, lse, strict=True):
+        for row in logits:
+            try:  # row by row: the rows after the first rejected token are never read
+                lse = float(logsumexp(row))
+            except Exception as error:
+                self._fail(s.group, error)
+                return
             s.cached += 1
-            self._advance(s, row, float(row_lse))
+            self._advance(s, row, lse)
             if s.slot < 0 or s.group.ended or not s.cached:  # done, gone, or starting again
                 break
             if accepted == len(drafted) or s.ids[-1] != drafted[accepted]:

@@ -55,17 +55,23 @@ class Drafter:
         LOOKUP_MATCH tokens of ``context`` (the longest such ending that came before); none
         where no ending did."""
         ids = np.asarray(context)
+        last = len(ids) - 1
+        if last < 1:
+            return []
+        # Where earlier runs of 1, 2, ... tokens that equal the sequence's ending end: the
+        # earlier places of its last token, kept while the tokens before them match too.
+        ends = np.flatnonzero(ids[:last] == ids[last])
+        matched = {1: ends}
+        for back in range(1, max(LOOKUP_MATCH)):
+            ends = ends[ends >= back]
+            matched[back + 1] = ends = ends[ids[ends - back] == ids[last - back]]
         for n in LOOKUP_MATCH:
-            if len(ids) <= n:
-                continue
-            # Where each earlier run of n tokens that equals the last n starts.
-            runs = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)
-            starts = np.flatnonzero((runs == ids[-n:]).all(axis=1))
-            if starts.size:
+            ends = matched[n]
+            if ends.size:
                 # The latest with as many tokens after it as a draft takes (in a loop shorter
                 # than a draft, the latest has fewer), else the latest.
-                whole = starts[starts + n + self.tokens <= len(ids)]
-                after = int(whole[-1] if whole.size else starts[-1]) + n
+                whole = ends[ends + 1 + self.tokens <= len(ids)]
+                after = int(whole[-1] if whole.size else ends[-1]) + 1
                 guess = [int(t) for t in ids[after : after + self.tokens]]
                 self.drafted += len(guess)
                 return guess
