@@ -208,8 +208,12 @@ def _open_slots(model: LoadedModel, options: LoadOptions, int8: bool, provider: 
         else:
             graph = build_decode_graph(model.folder / "model.onnx", config)
             model.slot_session = _open(block_int8(graph) if int8 else graph, options, [CPU])
+            # Drafts only where checking several tokens in one call gives each the logits of
+            # its own step: float32 on the CPU. int8 quantizes the activations, so the tiny
+            # rounding differences of a many-token call can move a logit by a whole step of
+            # the quantizer, and a drafted greedy completion would differ from an undrafted one.
+            model.draft_tokens = 0 if int8 else options.draft_tokens
         model.kv_slots = options.kv_slots
-        model.draft_tokens = options.draft_tokens
     except Exception as exc:
         model.slot_session = None
         log.warning(

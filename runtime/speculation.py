@@ -15,7 +15,8 @@ sequence's last few tokens (Saxena 2023, "Prompt lookup decoding"; vLLM's and ll
 where the guesses hold; where the ending never came before, the step adds one token as usual
 (why not a small drafting model: docs/decisions.md).
 
-Only greedy sequences are drafted for: a sampled token depends on its generator's state, so a
+Only float32 models on the CPU draft (runtime/loader.py says why not int8), and only greedy
+sequences are drafted for: a sampled token depends on its generator's state, so a
 seed must give the same completion whether the sequence ran alone (drafted) or in a batch.
 runtime/scheduler.py drafts when one sequence is decoding; with more, a batched step already
 reads the weights once for all of them.

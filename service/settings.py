@@ -62,10 +62,11 @@ class Settings(BaseSettings):
         ge=0,
         le=32,
         description="most tokens guessed ahead of a greedy generation that decodes alone on "
-        "cache slots: the tokens that followed the latest earlier occurrence of its last few "
-        "tokens (prompt lookup); one call then checks them all and keeps those the model itself "
-        "chooses (speculative decoding: the same tokens, fewer calls). Sampled generations and "
-        "batched steps are never drafted for. 0: no drafting",
+        "float32 cache slots on the CPU (not int8, not CUDA): the tokens that followed the "
+        "latest earlier occurrence of its last few tokens (prompt lookup); one call then checks "
+        "them all and keeps those the model itself chooses (speculative decoding: the same "
+        "tokens, fewer calls). Sampled generations and batched steps are never drafted for. "
+        "0: no drafting",
     )
     quantize: Literal["none", "int8"] = Field(
         "none",

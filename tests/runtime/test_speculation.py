@@ -146,6 +146,16 @@ def test_drafted_generation_past_the_context_is_the_steps_own(drafting, stepping
 
 
 @pytest.mark.slow
+def test_only_float32_on_the_cpu_is_drafted_for():
+    """int8 quantizes activations: a many-token call's rounding can move a logit by a step of
+    the quantizer, so its drafted completions could differ from its own. It has no drafter."""
+    options = LoadOptions(models_dir=MODELS, kv_slots=2, draft_tokens=6, quantize="int8")
+    model = load_models(options)["attention"]
+    assert model.precision == "int8" and model.draft_tokens == 0
+    assert Engine(model).scheduler.drafter is None
+
+
+@pytest.mark.slow
 def test_sampled_generations_are_never_drafted_for(drafting, stepping):
     drafter = drafting.scheduler.drafter
     before = drafter.drafted
