@@ -299,7 +299,9 @@ def cached_models():
 
 @pytest.fixture(scope="module")
 def slot_models():
-    return load_models(make_options(kv_cache=True, kv_slots=16))
+    # No drafts: these tests count a row per token and step (a lone greedy generation's
+    # drafts take fewer; tests/runtime/test_speculation.py tests them).
+    return load_models(make_options(kv_cache=True, kv_slots=16, draft_tokens=0))
 
 
 def test_padded_prefills_change_no_logit(cached_models):
