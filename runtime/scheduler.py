@@ -170,7 +170,7 @@ class SlotScheduler:
                 budget = max(self.min_prefill, self.token_budget - len(step))
                 prefills = self._prefill_plans(waiting, budget)
             if len(step) == 1 and self._draftable(step[0][0]):
-                self._speculate(step[0][0])
+                self._speculate(*step[0])
             elif step:
                 self._decode(step)
             for plan in prefills:
@@ -218,18 +218,19 @@ class SlotScheduler:
         drafter = self.drafter
         return drafter is not None and s.greedy and s.cached + 1 + drafter.tokens <= self.context
 
-    def _speculate(self, s: Sequence) -> None:
-        """One round for the lone decoding sequence ``s``: the drafter drafts from what its
-        slot holds, one call adds the sequence's next token and the drafted ones, and ``s``
-        chooses from each position's logits in turn while its choice is the drafted token (the
-        first choice that is not, or the one after the last drafted token, is its own and ends
-        the round). Without a draft, the usual step."""
-        drafted = self.drafter.draft(s.ids[-(s.cached + 1) :])
-        if not drafted:
-            self._decode([(s, s.slot, s.feed[0])])
-            return
+    def _speculate(self, s: Sequence, slot: int, token: int) -> None:
+        """One round for the lone decoding sequence ``s`` (on ``slot``, adding ``token``, both
+        read under the lock: its request may end it meanwhile): the drafter drafts from what
+        its slot holds, one call adds the token and the drafted ones, and ``s`` chooses from
+        each position's logits in turn while its choice is the drafted token (the first
+        choice that is not, or the one after the last drafted token, is its own and ends the
+        round). Without a draft, the usual step."""
         try:
-            logits = self.cache.verify(s.slot, [s.feed[0], *drafted])
+            drafted = self.drafter.draft(s.ids[-(s.cached + 1) :])
+            if not drafted:
+                self._decode([(s, slot, token)])
+                return
+            logits = self.cache.verify(slot, [token, *drafted])
         except Exception as error:
             self._fail(s.group, error)
             return
@@ -249,7 +250,7 @@ class SlotScheduler:
             if s.slot < 0 or s.group.ended or not s.cached:  # done, gone, or starting again
                 break
             if accepted == len(drafted) or s.ids[-1] != drafted[accepted]:
-                self.cache.lengths[s.slot] = s.cached  # the rejected drafted tokens drop out
+                self.cache.lengths[slot] = s.cached  # the rejected drafted tokens drop out
                 break
             accepted += 1
         self.drafter.checked(len(drafted), accepted)

@@ -5,6 +5,7 @@ goes through: the same text as decoding the whole generation."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,40 @@ def test_drafted_generation_past_the_context_is_the_steps_own(drafting, stepping
     request = GenerationRequest(prompt, 120, GREEDY)
     drafted, stepped = generation(drafting, request), generation(stepping, request)
     assert len(drafting.prompt_ids(prompt)) + 120 > drafting.context
+    assert [s.id for s in drafted.steps] == [s.id for s in stepped.steps]
+
+
+@pytest.mark.slow
+def test_generations_dropped_while_drafted_for_leave_the_loop_sound(drafting, stepping):
+    """Requests that hang up at every point of drafted rounds: their slots come back, the loop
+    ends, and the next generation is still the steps' own."""
+    loop = "Escobar era uma flor, uma flor, uma flor"
+    request = GenerationRequest(loop, 40, GREEDY)
+    for after in range(1, 12):
+        steps = drafting.generate(request)
+        for _ in range(after):
+            next(steps)
+        steps.close()  # the client hung up (the scheduler may be inside a drafted round)
+    for _ in range(100):
+        if drafting.scheduler._thread is None:
+            break
+        time.sleep(0.01)
+    assert drafting.scheduler._thread is None and drafting.scheduler.cache.free == 2
+    drafted, stepped = generation(drafting, request), generation(stepping, request)
+    assert [s.id for s in drafted.steps] == [s.id for s in stepped.steps]
+
+
+@pytest.mark.slow
+def test_a_failing_draft_fails_its_request_not_the_loop(drafting, stepping, monkeypatch):
+    def broken(context):
+        raise RuntimeError("no draft today")
+
+    request = GenerationRequest("Escobar era uma flor, uma flor, uma flor", 12, GREEDY)
+    with monkeypatch.context() as patch:
+        patch.setattr(drafting.scheduler.drafter, "draft", broken)
+        with pytest.raises(RuntimeError, match="no draft today"):
+            generation(drafting, request)
+    drafted, stepped = generation(drafting, request), generation(stepping, request)
     assert [s.id for s in drafted.steps] == [s.id for s in stepped.steps]
 
 
