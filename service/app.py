@@ -195,7 +195,7 @@ def open_engines(
                 metrics.batch_rows.labels(name).observe,
                 settings.batch_wait_ms / 1000,
                 slot_rows=settings.max_batch_rows,  # a slot row's int8 logits are its own
-                on_draft=metrics.drafts(name),
+                on_draft=metrics.drafts(name) if model.draft_tokens else None,
             )
             probe(engine)
         except Exception as error:  # this model alone is out; the reason is kept and shown

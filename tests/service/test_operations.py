@@ -105,6 +105,8 @@ def test_drafted_tokens_counted(client):
     sampled = {**loop, "temperature": 1.0, "seed": 3}
     assert client.post("/generate", json=sampled).status_code == 200
     assert draft_counts(client) == after
+    # Only a model that drafts has the series (the others have no cache slots).
+    assert 'machado_draft_tokens_total{model="bengio"' not in client.get("/metrics").text
 
 
 def test_rejections_counted(client):
